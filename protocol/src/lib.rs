@@ -1,0 +1,34 @@
+//! The mirror-agent wire protocol, with no I/O of its own.
+//!
+//! Bytes go in, messages come out (and the other way round); sockets, TLS and threads belong to the
+//! caller. Keeping the protocol free of I/O lets it be tested with golden bytes, round trips and a
+//! fuzzer without any network, and lets a hostile peer be nothing more than a byte string.
+//!
+//! A connection is a [`Preamble`] each way (magic bytes and protocol version, so that a peer speaking
+//! something else is told so before anything is parsed), then length-prefixed [frames](frame), each
+//! carrying one postcard-encoded [`Message`]. `PROTOCOL.md` beside this crate is the byte-level spec.
+#![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod message;
+pub mod path;
+pub mod preamble;
+pub mod version;
+
+pub use frame::{DecodeError, Decoder, encode, encode_into};
+pub use message::{Entry, Hash, Hello, Kind, Message, Timestamp, Welcome};
+pub use path::{PathError, RelPath};
+pub use preamble::{PREAMBLE_LEN, Preamble, PreambleError};
+pub use version::{Ordering as VersionOrdering, ReplicaId, VersionVector};
+
+/// The protocol version this build speaks. Peers must match exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest payload a frame may carry. Checked before anything is allocated.
+pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
+
+/// The largest file-content chunk a [`Message::Data`] may carry.
+pub const MAX_CHUNK_LEN: usize = 1024 * 1024;
+
+/// Entries per index batch: keeps every batch far below [`MAX_FRAME_LEN`] even with long paths.
+pub const MAX_BATCH_ENTRIES: usize = 256;

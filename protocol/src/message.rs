@@ -1,0 +1,110 @@
+//! The messages peers exchange, one per frame.
+
+use crate::path::RelPath;
+use crate::version::{ReplicaId, VersionVector};
+use serde::{Deserialize, Serialize};
+
+/// A blake3 digest of file contents.
+pub type Hash = [u8; 32];
+
+/// Seconds and nanoseconds since the Unix epoch. Carried as data; never used to order changes
+/// except to pick the same winner of a true conflict on every replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// What a path holds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    File { size: u64, hash: Hash, executable: bool },
+    Directory,
+    Symlink { #[serde(with = "serde_bytes")] target: Vec<u8> },
+    /// A tombstone: the path was deleted at this version.
+    Deleted,
+}
+
+impl Kind {
+    pub fn is_deleted(&self) -> bool {
+        matches!(self, Kind::Deleted)
+    }
+}
+
+/// One path's state as a replica knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: RelPath,
+    pub kind: Kind,
+    pub mtime: Timestamp,
+    pub version: VersionVector,
+    /// Host name of the replica that made this version (names conflict copies).
+    pub origin: String,
+}
+
+impl Entry {
+    /// Whether two entries describe the same content (kind, bytes, mode, link target),
+    /// whatever their versions and mtimes.
+    pub fn same_content(&self, other: &Entry) -> bool {
+        self.kind == other.kind
+    }
+}
+
+/// The client's first message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub replica: ReplicaId,
+    pub host: String,
+    /// The directory to sync, resolved by the server inside its root.
+    #[serde(with = "serde_bytes")]
+    pub remote: Vec<u8>,
+}
+
+/// The server's answer to an acceptable [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub replica: ReplicaId,
+    pub host: String,
+}
+
+/// Everything that travels in a frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    Hello(Hello),
+    Welcome(Welcome),
+    /// A batch of the sender's full index, sent once after the handshake; `last` ends it.
+    IndexBatch { entries: Vec<Entry>, last: bool },
+    /// Entries that changed on the sender since it last said.
+    Update { entries: Vec<Entry> },
+    /// Asks for the contents of a file at the given size and hash.
+    Request { id: u64, path: RelPath, size: u64, hash: Hash },
+    /// A chunk of a requested file, at most [`crate::MAX_CHUNK_LEN`] bytes, in order.
+    Data { id: u64, #[serde(with = "serde_bytes")] bytes: Vec<u8> },
+    /// All of a requested file was sent; `hash` and `size` are what was read.
+    DataEnd { id: u64, size: u64, hash: Hash },
+    /// The requested file could not be sent as asked (changed, deleted, unreadable).
+    DataAbort { id: u64, reason: String },
+    Ping,
+    Pong,
+    /// The sender is closing the connection, and why.
+    Goodbye { reason: String },
+}
+
+impl Message {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Welcome(_) => "Welcome",
+            Message::IndexBatch { .. } => "IndexBatch",
+            Message::Update { .. } => "Update",
+            Message::Request { .. } => "Request",
+            Message::Data { .. } => "Data",
+            Message::DataEnd { .. } => "DataEnd",
+            Message::DataAbort { .. } => "DataAbort",
+            Message::Ping => "Ping",
+            Message::Pong => "Pong",
+            Message::Goodbye { .. } => "Goodbye",
+        }
+    }
+}
