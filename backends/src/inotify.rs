@@ -1,0 +1,355 @@
+//! Linux inotify backend.
+//!
+//! inotify watches single directories, so recursion is ours to do, and it has three classic traps
+//! that this module handles explicitly:
+//! - **The creation race**: files written into a new directory before its watch lands produce no
+//!   events. A new directory is therefore watched *first* and listed *second* (via
+//!   [`WatchEvent::RescanSubtree`]), so every file is seen by one or the other.
+//! - **Renames come in halves**: `IN_MOVED_FROM` and `IN_MOVED_TO` share a cookie. Paired halves
+//!   rename our watch bookkeeping; a lone `FROM` is a deletion (its watches are dropped), a lone
+//!   `TO` is a creation to scan.
+//! - **The queue is finite**: `IN_Q_OVERFLOW` becomes [`WatchEvent::Overflow`], after which the
+//!   watches are re-walked so that directories created during the flood are watched too.
+
+use crate::{DirFilter, WatchConfig, WatchError, WatchEvent, Watcher, walk};
+use crossbeam_channel::{Receiver, Sender};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::{HashMap, HashSet};
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+const INOTIFY: Token = Token(0);
+const WAKE: Token = Token(1);
+
+fn mask() -> WatchMask {
+    WatchMask::CREATE
+        | WatchMask::MODIFY
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::ATTRIB
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::DONT_FOLLOW
+        | WatchMask::EXCL_UNLINK
+        | WatchMask::ONLYDIR
+}
+
+#[derive(Debug)]
+pub(crate) struct InotifyWatcher {
+    thread: Option<JoinHandle<()>>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    refresh_tx: Sender<PathBuf>,
+}
+
+struct State {
+    inotify: Inotify,
+    root: PathBuf,
+    descend: DirFilter,
+    by_wd: HashMap<WatchDescriptor, PathBuf>,
+    by_path: HashMap<PathBuf, WatchDescriptor>,
+    /// Set once the watch limit was hit, so the user is told once, not per directory.
+    limit_reported: bool,
+}
+
+/// Hints gathered from one drain of the inotify queue, deduplicated, in order.
+#[derive(Default)]
+struct Batch {
+    overflow: bool,
+    root_gone: bool,
+    events: Vec<WatchEvent>,
+    seen: HashSet<WatchEvent>,
+}
+
+impl Batch {
+    fn push(&mut self, ev: WatchEvent) {
+        if self.seen.insert(ev.clone()) {
+            self.events.push(ev);
+        }
+    }
+}
+
+impl std::hash::Hash for WatchEvent {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        if let WatchEvent::Dirty(p) | WatchEvent::RescanSubtree(p) = self {
+            p.hash(state);
+        }
+    }
+}
+
+impl InotifyWatcher {
+    pub(crate) fn start(config: WatchConfig, sink: Sender<WatchEvent>) -> Result<Self, WatchError> {
+        let io = |source| WatchError::Io { path: config.root.clone(), source };
+        let inotify = Inotify::init().map_err(io)?;
+        let poll = Poll::new().map_err(io)?;
+        poll.registry()
+            .register(&mut SourceFd(&inotify.as_raw_fd()), INOTIFY, Interest::READABLE)
+            .map_err(io)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(io)?);
+        let mut state = State {
+            inotify,
+            root: config.root.clone(),
+            descend: config.descend.clone(),
+            by_wd: HashMap::new(),
+            by_path: HashMap::new(),
+            limit_reported: false,
+        };
+        // Watches are in place before start() returns: a change made after it is never missed.
+        state.add_tree(Path::new(""))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (refresh_tx, refresh_rx) = crossbeam_channel::bounded(64);
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("watch-inotify".into())
+                .spawn(move || run(state, poll, sink, refresh_rx, stop))
+                .map_err(io)?
+        };
+        Ok(Self { thread: Some(thread), waker, stop, refresh_tx })
+    }
+}
+
+impl Watcher for InotifyWatcher {
+    fn backend(&self) -> crate::Backend {
+        crate::Backend::Inotify
+    }
+
+    fn refresh(&self, path: &Path) {
+        if self.refresh_tx.try_send(path.to_path_buf()).is_err() {
+            // The queue of refresh requests is full: the thread is far behind, and each pending
+            // request already re-walks; a later one covers this path too only if it is the root.
+            let _ = self.refresh_tx.try_send(PathBuf::new());
+        }
+        let _ = self.waker.wake();
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for InotifyWatcher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(mut state: State, mut poll: Poll, sink: Sender<WatchEvent>, refresh: Receiver<PathBuf>, stop: Arc<AtomicBool>) {
+    let mut events = Events::with_capacity(16);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending_from: HashMap<u32, (PathBuf, bool)> = HashMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            log::error!("inotify watcher: poll failed: {e}; reporting overflow and stopping");
+            let _ = sink.send(WatchEvent::Overflow);
+            return;
+        }
+        while let Ok(path) = refresh.try_recv() {
+            if let Err(e) = state.add_tree(&path) {
+                log::error!("{e}");
+            }
+        }
+        let mut batch = Batch::default();
+        loop {
+            match state.inotify.read_events(&mut buf) {
+                Ok(evs) => {
+                    let evs: Vec<_> = evs.map(|e| (e.wd, e.mask, e.cookie, e.name.map(|n| n.to_os_string()))).collect();
+                    for (wd, mask, cookie, name) in evs {
+                        state.handle(&mut batch, &mut pending_from, wd, mask, cookie, name);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("inotify watcher: read failed: {e}; reporting overflow");
+                    batch.overflow = true;
+                    break;
+                }
+            }
+        }
+        // A FROM half whose TO never came: the entry left the tree (or the pair straddled reads,
+        // in which case the TO side is treated as a creation; both are safe).
+        for (_, (from, is_dir)) in pending_from.drain() {
+            if is_dir {
+                state.remove_tree(&from);
+                batch.push(WatchEvent::RescanSubtree(from));
+            } else {
+                batch.push(WatchEvent::Dirty(from));
+            }
+        }
+        let out = if batch.root_gone {
+            vec![WatchEvent::RootGone]
+        } else if batch.overflow {
+            if let Err(e) = state.add_tree(Path::new("")) {
+                log::error!("{e}");
+            }
+            vec![WatchEvent::Overflow]
+        } else {
+            batch.events
+        };
+        for ev in out {
+            if sink.send(ev).is_err() {
+                return; // the consumer is gone
+            }
+        }
+    }
+}
+
+impl State {
+    fn handle(
+        &mut self,
+        batch: &mut Batch,
+        pending_from: &mut HashMap<u32, (PathBuf, bool)>,
+        wd: WatchDescriptor,
+        mask: EventMask,
+        cookie: u32,
+        name: Option<std::ffi::OsString>,
+    ) {
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            batch.overflow = true;
+            return;
+        }
+        let Some(dir) = self.by_wd.get(&wd).cloned() else { return };
+        if mask.contains(EventMask::IGNORED) {
+            if self.by_path.get(&dir) == Some(&wd) {
+                self.by_path.remove(&dir);
+            }
+            self.by_wd.remove(&wd);
+            if dir.as_os_str().is_empty() {
+                batch.root_gone = true;
+            }
+            return;
+        }
+        if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::UNMOUNT) {
+            // For a subdirectory, the parent's DELETE/MOVED_FROM event says what to rescan.
+            if dir.as_os_str().is_empty() {
+                batch.root_gone = true;
+            }
+            return;
+        }
+        let path = match &name {
+            Some(n) => dir.join(n),
+            None => dir,
+        };
+        let is_dir = mask.contains(EventMask::ISDIR);
+        if mask.contains(EventMask::MOVED_FROM) {
+            pending_from.insert(cookie, (path, is_dir));
+            return;
+        }
+        if mask.contains(EventMask::MOVED_TO) {
+            match pending_from.remove(&cookie) {
+                Some((from, true)) => {
+                    if (self.descend)(&path) {
+                        self.rename_tree(&from, &path);
+                    } else {
+                        self.remove_tree(&from);
+                    }
+                    batch.push(WatchEvent::RescanSubtree(from));
+                    batch.push(WatchEvent::RescanSubtree(path));
+                }
+                Some((from, false)) => {
+                    batch.push(WatchEvent::Dirty(from));
+                    batch.push(WatchEvent::Dirty(path));
+                }
+                None if is_dir => self.new_dir(batch, path),
+                None => batch.push(WatchEvent::Dirty(path)),
+            }
+            return;
+        }
+        if is_dir && mask.contains(EventMask::CREATE) {
+            self.new_dir(batch, path);
+            return;
+        }
+        batch.push(WatchEvent::Dirty(path));
+    }
+
+    /// A directory appeared: watch it, then have it listed whole.
+    fn new_dir(&mut self, batch: &mut Batch, path: PathBuf) {
+        if (self.descend)(&path)
+            && let Err(e) = self.add_tree(&path)
+        {
+            log::error!("{e}");
+        }
+        batch.push(WatchEvent::RescanSubtree(path));
+    }
+
+    fn add_one(&mut self, rel: &Path) -> Result<(), WatchError> {
+        let abs = crate::join(&self.root, rel);
+        match self.inotify.watches().add(&abs, mask()) {
+            Ok(wd) => {
+                if let Some(old) = self.by_path.insert(rel.to_path_buf(), wd.clone())
+                    && old != wd
+                {
+                    self.by_wd.remove(&old);
+                }
+                self.by_wd.insert(wd, rel.to_path_buf());
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc_enospc()) => {
+                if rel.as_os_str().is_empty() || !self.limit_reported {
+                    self.limit_reported = true;
+                    return Err(WatchError::WatchLimit { path: abs });
+                }
+                Ok(())
+            }
+            // Gone or replaced by a file since it was listed: its parent's events cover it.
+            Err(e) if !rel.as_os_str().is_empty() && matches!(e.raw_os_error(), Some(2 | 20)) => Ok(()),
+            Err(source) => Err(WatchError::Io { path: abs, source }),
+        }
+    }
+
+    /// Watches `rel` and every directory beneath it.
+    fn add_tree(&mut self, rel: &Path) -> Result<(), WatchError> {
+        self.add_one(rel)?;
+        let mut first_err = None;
+        for d in walk::subdirs(&self.root, rel, &self.descend) {
+            if let Err(e) = self.add_one(&d) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn remove_tree(&mut self, rel: &Path) {
+        let gone: Vec<PathBuf> = self.by_path.keys().filter(|p| p.starts_with(rel)).cloned().collect();
+        for p in gone {
+            if let Some(wd) = self.by_path.remove(&p) {
+                self.by_wd.remove(&wd);
+                let _ = self.inotify.watches().remove(wd);
+            }
+        }
+    }
+
+    fn rename_tree(&mut self, from: &Path, to: &Path) {
+        let moved: Vec<PathBuf> = self.by_path.keys().filter(|p| p.starts_with(from)).cloned().collect();
+        for old in moved {
+            let Ok(suffix) = old.strip_prefix(from) else { continue };
+            let new = if suffix.as_os_str().is_empty() { to.to_path_buf() } else { to.join(suffix) };
+            if let Some(wd) = self.by_path.remove(&old) {
+                self.by_wd.insert(wd.clone(), new.clone());
+                self.by_path.insert(new, wd);
+            }
+        }
+    }
+}
+
+/// `ENOSPC`, which `inotify_add_watch` returns when `max_user_watches` is reached.
+const fn libc_enospc() -> i32 {
+    28
+}

@@ -1,0 +1,180 @@
+//! File-system watchers for mirror-agent, one module per mechanism, behind one [`Watcher`] trait.
+//!
+//! A watcher's events are **hints**: "look at this path", "rescan this subtree", "you missed
+//! things, rescan everything". They never say what happened; the engine re-stats whatever it is
+//! pointed at. This keeps every backend honest about its limits (coalescing, overflow, races with
+//! directory creation) and keeps all judgement about the tree in one place.
+//!
+//! # Portability
+//! - Events may be spurious, duplicated or coalesced on every backend.
+//! - [`WatchEvent::Overflow`] is a value, never a log line: after it, the consumer must rescan.
+//! - The `poll` backend builds and is tested everywhere; it notices changes within its interval.
+#![deny(unsafe_code)]
+
+use crossbeam_channel::Sender;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[cfg(target_os = "linux")]
+mod inotify;
+mod poll;
+mod walk;
+
+/// A hint from a watcher. Paths are relative to the watched root; the empty path is the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Something at this path may have changed (created, written, deleted, renamed, chmod).
+    Dirty(PathBuf),
+    /// Anything at or beneath this path may have changed: scan it whole.
+    RescanSubtree(PathBuf),
+    /// Events were lost: rescan the whole root.
+    Overflow,
+    /// The root itself was deleted, moved or unmounted.
+    RootGone,
+}
+
+/// Decides whether a directory is watched and descended into. Gets the path relative to the root.
+pub type DirFilter = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
+
+/// What to watch and how.
+#[derive(Clone)]
+pub struct WatchConfig {
+    pub root: PathBuf,
+    /// Directories for which this returns `false` are not watched (ignored build output, `.git`).
+    pub descend: DirFilter,
+    /// Scan interval of the poll backend.
+    pub poll_interval: Duration,
+}
+
+impl fmt::Debug for WatchConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchConfig")
+            .field("root", &self.root)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WatchConfig {
+    /// Watch every directory under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into(), descend: Arc::new(|_| true), poll_interval: Duration::from_millis(500) }
+    }
+}
+
+/// A running watcher. Dropping it stops it.
+pub trait Watcher: Send + fmt::Debug {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+    /// Adds watches for directories under `path` that are not watched yet (after ignore rules
+    /// changed so that more of the tree is wanted).
+    fn refresh(&self, path: &Path);
+    /// Stops the watcher and joins its thread.
+    fn stop(&mut self);
+}
+
+/// The watching mechanisms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Linux inotify.
+    Inotify,
+    /// Periodic scans: works on any file system, including network mounts.
+    Poll,
+}
+
+impl Backend {
+    /// The recommended backend on this platform.
+    pub fn native() -> Self {
+        #[cfg(target_os = "linux")]
+        return Backend::Inotify;
+        #[cfg(not(target_os = "linux"))]
+        return Backend::Poll;
+    }
+
+    /// Every backend that runs on this platform.
+    pub fn available() -> Vec<Backend> {
+        let mut v = Vec::new();
+        #[cfg(target_os = "linux")]
+        v.push(Backend::Inotify);
+        v.push(Backend::Poll);
+        v
+    }
+
+    /// Whether this backend reports kernel-queue overflows (the poll backend has no queue).
+    pub fn can_overflow(self) -> bool {
+        !matches!(self, Backend::Poll)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Inotify => "inotify",
+            Backend::Poll => "poll",
+        }
+    }
+
+    /// Parses a backend name as given on the command line.
+    pub fn from_name(name: &str) -> Result<Self, WatchError> {
+        Backend::available()
+            .into_iter()
+            .find(|b| b.name() == name)
+            .ok_or_else(|| WatchError::Unsupported(name.to_string()))
+    }
+}
+
+/// Why a watcher could not start or go on.
+#[derive(Debug)]
+pub enum WatchError {
+    /// A backend this platform does not have.
+    Unsupported(String),
+    /// The kernel's per-user watch limit is reached.
+    WatchLimit { path: PathBuf },
+    /// An I/O error at a path.
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl fmt::Display for WatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unsupported(name) => {
+                let names: Vec<_> = Backend::available().iter().map(|b| b.name()).collect();
+                write!(f, "watcher backend {name:?} is not available here (available: {})", names.join(", "))
+            }
+            Self::WatchLimit { path } => write!(
+                f,
+                "cannot watch {}: the inotify watch limit is reached; raise it with \
+                 `sysctl fs.inotify.max_user_watches=524288` (and persist it in /etc/sysctl.d), \
+                 ignore large generated directories, or use --watcher poll",
+                path.display()
+            ),
+            Self::Io { path, source } => write!(f, "cannot watch {}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for WatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Starts a watcher of the given backend; hints go to `sink`.
+///
+/// The watcher blocks when `sink` is full (a bounded channel): the kernel queue then fills up
+/// and overflows, which the watcher reports as [`WatchEvent::Overflow`]. Nothing is lost silently.
+pub fn start(backend: Backend, config: WatchConfig, sink: Sender<WatchEvent>) -> Result<Box<dyn Watcher>, WatchError> {
+    match backend {
+        #[cfg(target_os = "linux")]
+        Backend::Inotify => Ok(Box::new(inotify::InotifyWatcher::start(config, sink)?)),
+        Backend::Poll => Ok(Box::new(poll::PollWatcher::start(config, sink)?)),
+    }
+}
+
+/// Joins a relative path onto a root; the empty relative path is the root itself.
+pub(crate) fn join(root: &Path, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(rel) }
+}

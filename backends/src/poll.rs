@@ -1,0 +1,136 @@
+//! The portable backend: scan the tree every interval and report what differs.
+//!
+//! It needs nothing from the kernel, so it works on network and FUSE mounts where inotify is
+//! silent, and it is the fallback on platforms without a native backend. It cannot overflow.
+
+use crate::{DirFilter, WatchConfig, WatchError, WatchEvent, Watcher};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What a scan remembers of each path: enough to notice any content or metadata change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    kind: u32,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+    mode: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct PollWatcher {
+    thread: Option<JoinHandle<()>>,
+    control: Sender<Control>,
+}
+
+enum Control {
+    Stop,
+    Refresh,
+}
+
+impl PollWatcher {
+    pub(crate) fn start(config: WatchConfig, sink: Sender<WatchEvent>) -> Result<Self, WatchError> {
+        let first = snapshot(&config.root, &config.descend).map_err(|source| WatchError::Io {
+            path: config.root.clone(),
+            source,
+        })?;
+        let (control, rx) = crossbeam_channel::bounded(4);
+        let thread = std::thread::Builder::new()
+            .name("watch-poll".into())
+            .spawn(move || run(config, first, sink, rx))
+            .map_err(|source| WatchError::Io { path: PathBuf::new(), source })?;
+        Ok(Self { thread: Some(thread), control })
+    }
+}
+
+impl Watcher for PollWatcher {
+    fn backend(&self) -> crate::Backend {
+        crate::Backend::Poll
+    }
+
+    fn refresh(&self, _path: &Path) {
+        let _ = self.control.try_send(Control::Refresh);
+    }
+
+    fn stop(&mut self) {
+        let _ = self.control.send(Control::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PollWatcher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(config: WatchConfig, mut prev: HashMap<PathBuf, Stamp>, sink: Sender<WatchEvent>, control: Receiver<Control>) {
+    let interval = config.poll_interval.max(Duration::from_millis(10));
+    loop {
+        match control.recv_timeout(interval) {
+            Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Control::Refresh) | Err(RecvTimeoutError::Timeout) => {}
+        }
+        let next = match snapshot(&config.root, &config.descend) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = sink.send(WatchEvent::RootGone);
+                return;
+            }
+        };
+        let mut changed: Vec<PathBuf> = next
+            .iter()
+            .filter(|(p, s)| prev.get(*p) != Some(s))
+            .map(|(p, _)| p.clone())
+            .chain(prev.keys().filter(|p| !next.contains_key(*p)).cloned())
+            .collect();
+        changed.sort();
+        for p in changed {
+            if sink.send(WatchEvent::Dirty(p)).is_err() {
+                return;
+            }
+        }
+        prev = next;
+    }
+}
+
+/// Every path under `root` with its stamp. Fails only if the root itself cannot be read.
+fn snapshot(root: &Path, descend: &DirFilter) -> std::io::Result<HashMap<PathBuf, Stamp>> {
+    let meta = std::fs::symlink_metadata(root)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "root is not a directory"));
+    }
+    let mut out = HashMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(crate::join(root, &dir)) else { continue };
+        for ent in rd.flatten() {
+            let rel = dir.join(ent.file_name());
+            let Ok(m) = ent.metadata() else { continue };
+            let stamp = Stamp {
+                kind: m.mode() & libc_s_ifmt(),
+                size: m.size(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+                ino: m.ino(),
+                mode: m.mode(),
+            };
+            if m.is_dir() && descend(&rel) {
+                stack.push(rel.clone());
+            }
+            out.insert(rel, stamp);
+        }
+    }
+    Ok(out)
+}
+
+const fn libc_s_ifmt() -> u32 {
+    0o170000
+}

@@ -1,0 +1,228 @@
+//! One conformance suite for every watcher backend this host has.
+//!
+//! Each test runs against every backend in `Backend::available()`. A path counts as reported when
+//! a hint covers it: `Dirty` of the path itself, `RescanSubtree` of it or an ancestor, or
+//! `Overflow`. The suite uses only portable file operations so it runs unchanged on macOS/BSD.
+
+use crossbeam_channel::{Receiver, bounded};
+use mirror_backends::{Backend, WatchConfig, WatchEvent, Watcher, start};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    rx: Receiver<WatchEvent>,
+    watcher: Box<dyn Watcher>,
+}
+
+fn fixture(backend: Backend, setup: impl FnOnce(&Path), cap: usize) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    fs::create_dir(&root).expect("mkdir root");
+    setup(&root);
+    let (tx, rx) = bounded(cap);
+    let mut cfg = WatchConfig::new(&root);
+    cfg.poll_interval = Duration::from_millis(30);
+    let watcher = start(backend, cfg, tx).expect("start watcher");
+    Fixture { _dir: dir, root, rx, watcher }
+}
+
+fn covers(ev: &WatchEvent, p: &Path) -> bool {
+    match ev {
+        WatchEvent::Dirty(d) => d == p,
+        WatchEvent::RescanSubtree(d) => p.starts_with(d),
+        WatchEvent::Overflow => true,
+        WatchEvent::RootGone => false,
+    }
+}
+
+/// Waits until every path in `want` is covered by some hint, or fails at the deadline.
+fn expect_covered(f: &Fixture, backend: Backend, want: &[&str]) {
+    let mut missing: Vec<PathBuf> = want.iter().map(PathBuf::from).collect();
+    let end = Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    while !missing.is_empty() {
+        let left = end.saturating_duration_since(Instant::now());
+        match f.rx.recv_timeout(left) {
+            Ok(ev) => {
+                missing.retain(|p| !covers(&ev, p));
+                seen.push(ev);
+            }
+            Err(_) => panic!("{backend:?}: no hint for {missing:?} within {DEADLINE:?}; saw {seen:?}"),
+        }
+    }
+}
+
+fn drain(f: &Fixture) {
+    while f.rx.recv_timeout(Duration::from_millis(150)).is_ok() {}
+}
+
+fn each_backend(test: impl Fn(Backend)) {
+    for b in Backend::available() {
+        test(b);
+    }
+}
+
+#[test]
+fn create_modify_delete_file() {
+    each_backend(|b| {
+        let f = fixture(b, |_| {}, 1024);
+        fs::write(f.root.join("a.txt"), "1").unwrap();
+        expect_covered(&f, b, &["a.txt"]);
+        drain(&f);
+        fs::write(f.root.join("a.txt"), "22").unwrap();
+        expect_covered(&f, b, &["a.txt"]);
+        drain(&f);
+        fs::remove_file(f.root.join("a.txt")).unwrap();
+        expect_covered(&f, b, &["a.txt"]);
+    });
+}
+
+#[test]
+fn chmod_is_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    each_backend(|b| {
+        let f = fixture(b, |r| fs::write(r.join("x"), "x").unwrap(), 1024);
+        fs::set_permissions(f.root.join("x"), fs::Permissions::from_mode(0o755)).unwrap();
+        expect_covered(&f, b, &["x"]);
+    });
+}
+
+#[test]
+fn rename_file_reports_both_names() {
+    each_backend(|b| {
+        let f = fixture(b, |r| fs::write(r.join("old"), "x").unwrap(), 1024);
+        fs::rename(f.root.join("old"), f.root.join("new")).unwrap();
+        expect_covered(&f, b, &["old", "new"]);
+    });
+}
+
+#[test]
+fn mkdir_rmdir_and_rename_directory() {
+    each_backend(|b| {
+        let f = fixture(b, |_| {}, 1024);
+        fs::create_dir(f.root.join("d")).unwrap();
+        expect_covered(&f, b, &["d"]);
+        drain(&f);
+        fs::write(f.root.join("d/file"), "x").unwrap();
+        expect_covered(&f, b, &["d/file"]);
+        drain(&f);
+        fs::rename(f.root.join("d"), f.root.join("e")).unwrap();
+        expect_covered(&f, b, &["d/file", "e/file"]);
+        drain(&f);
+        // The renamed directory is still watched under its new name.
+        fs::write(f.root.join("e/file"), "yy").unwrap();
+        expect_covered(&f, b, &["e/file"]);
+        drain(&f);
+        fs::remove_file(f.root.join("e/file")).unwrap();
+        fs::remove_dir(f.root.join("e")).unwrap();
+        expect_covered(&f, b, &["e"]);
+    });
+}
+
+#[test]
+fn mkdir_p_then_immediate_writes_are_seen() {
+    each_backend(|b| {
+        let f = fixture(b, |_| {}, 1024);
+        fs::create_dir_all(f.root.join("a/b/c")).unwrap();
+        fs::write(f.root.join("a/b/c/f1"), "1").unwrap();
+        fs::write(f.root.join("a/b/f2"), "2").unwrap();
+        expect_covered(&f, b, &["a/b/c/f1", "a/b/f2"]);
+        drain(&f);
+        // And the deepest new directory got its own watch.
+        fs::write(f.root.join("a/b/c/f1"), "changed").unwrap();
+        expect_covered(&f, b, &["a/b/c/f1"]);
+    });
+}
+
+#[test]
+fn moves_into_and_out_of_the_tree() {
+    each_backend(|b| {
+        let f = fixture(b, |_| {}, 1024);
+        let outside = f.root.parent().unwrap().join("outside");
+        fs::create_dir_all(outside.join("sub")).unwrap();
+        fs::write(outside.join("sub/x"), "x").unwrap();
+        fs::rename(&outside, f.root.join("in")).unwrap();
+        expect_covered(&f, b, &["in/sub/x"]);
+        drain(&f);
+        fs::write(f.root.join("in/sub/y"), "y").unwrap();
+        expect_covered(&f, b, &["in/sub/y"]);
+        drain(&f);
+        let away = f.root.parent().unwrap().join("away");
+        fs::rename(f.root.join("in"), &away).unwrap();
+        expect_covered(&f, b, &["in/sub/x"]);
+        drain(&f);
+        // Writes in the moved-out directory are not reported as paths inside the root.
+        fs::write(away.join("sub/z"), "z").unwrap();
+        let end = Instant::now() + Duration::from_millis(300);
+        while let Ok(ev) = f.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            assert!(
+                !matches!(&ev, WatchEvent::Dirty(p) if p.ends_with("z")),
+                "{b:?}: write outside the root reported as {ev:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn overflow_is_reported_and_watching_goes_on() {
+    each_backend(|b| {
+        if !b.can_overflow() {
+            return;
+        }
+        // A one-slot sink: the watcher blocks on it while the kernel queue floods.
+        let f = fixture(b, |_| {}, 1);
+        let limit: usize = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(16384);
+        // Distinct names: the kernel merges identical consecutive events, so one file would not do.
+        fs::create_dir(f.root.join("flood")).unwrap();
+        for i in 0..limit + 1000 {
+            fs::File::create(f.root.join("flood").join(i.to_string())).unwrap();
+        }
+        let end = Instant::now() + DEADLINE;
+        let mut got = false;
+        while let Ok(ev) = f.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            if ev == WatchEvent::Overflow {
+                got = true;
+                break;
+            }
+        }
+        assert!(got, "{b:?}: no Overflow after {} events", limit + 1000);
+        drain(&f);
+        fs::write(f.root.join("after"), "1").unwrap();
+        expect_covered(&f, b, &["after"]);
+    });
+}
+
+#[test]
+fn root_removal_is_reported() {
+    each_backend(|b| {
+        let f = fixture(b, |r| fs::write(r.join("x"), "x").unwrap(), 1024);
+        fs::remove_dir_all(&f.root).unwrap();
+        let end = Instant::now() + DEADLINE;
+        let mut got = false;
+        while let Ok(ev) = f.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            if ev == WatchEvent::RootGone {
+                got = true;
+                break;
+            }
+        }
+        assert!(got, "{b:?}: no RootGone");
+    });
+}
+
+#[test]
+fn stop_joins_promptly() {
+    each_backend(|b| {
+        let mut f = fixture(b, |_| {}, 4);
+        let t = Instant::now();
+        f.watcher.stop();
+        assert!(t.elapsed() < Duration::from_secs(5), "{b:?}: stop took {:?}", t.elapsed());
+    });
+}
