@@ -1,0 +1,78 @@
+//! The command line. Names follow stephenh/mirror where they overlap (`-h HOST`, `-l`, `-r`,
+//! `-i`, `-e`), so `--help` is long-only.
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+pub const DEFAULT_PORT: u16 = 49172;
+
+#[derive(Debug, Parser)]
+#[command(name = "mirror-agent", version, about = "Real-time two-way file sync", disable_help_flag = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short = 'q', long = "quiet", action = ArgAction::Count, global = true)]
+    pub quiet: u8,
+    /// Log every decision about paths starting with this prefix (relative to the sync root).
+    #[arg(long = "debug-prefix", value_name = "PATH", global = true)]
+    pub debug_prefix: Option<String>,
+    /// File watching backend: inotify (default on Linux) or poll.
+    #[arg(long = "watcher", value_name = "BACKEND", global = true)]
+    pub watcher: Option<String>,
+    /// Scan interval of the poll watcher, in milliseconds.
+    #[arg(long = "poll-interval-ms", value_name = "MS", default_value_t = 500, global = true)]
+    pub poll_interval_ms: u64,
+    /// Where identity and sync state live (default: $XDG_STATE_HOME/mirror-agent).
+    #[arg(long = "state-dir", value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Use plaintext TCP. Required until TLS is available; only for trusted networks.
+    #[arg(long = "insecure", global = true)]
+    pub insecure: bool,
+    /// Print help.
+    #[arg(long = "help", action = ArgAction::Help, global = true)]
+    pub help: Option<bool>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve directories under --root to any number of clients.
+    Server {
+        /// Address and port to listen on.
+        #[arg(long = "listen", value_name = "ADDR:PORT", default_value = "0.0.0.0:49172")]
+        listen: String,
+        /// Clients' remote paths are resolved inside this directory (default: home directory).
+        #[arg(long = "root", value_name = "DIR")]
+        root: Option<PathBuf>,
+    },
+    /// Sync a local directory with a directory on a server.
+    Client {
+        /// Server host name or address.
+        #[arg(short = 'h', long = "host", value_name = "HOST")]
+        host: String,
+        /// Server port.
+        #[arg(short = 'p', long = "port", default_value_t = DEFAULT_PORT)]
+        port: u16,
+        /// Local directory to sync.
+        #[arg(short = 'l', long = "local", value_name = "LOCAL")]
+        local: PathBuf,
+        /// Directory on the server, inside the server's --root.
+        #[arg(short = 'r', long = "remote", value_name = "REMOTE")]
+        remote: String,
+        /// Sync paths matching this gitignore-syntax pattern even if ignored (repeatable).
+        #[arg(short = 'i', long = "include", value_name = "PATTERN")]
+        include: Vec<String>,
+        /// Do not sync paths matching this gitignore-syntax pattern (repeatable).
+        #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
+        exclude: Vec<String>,
+    },
+}

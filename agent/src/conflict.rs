@@ -1,0 +1,82 @@
+//! Conflict copy names: `NAME.conflict-HOST-YYYYMMDD-HHMMSS.EXT`.
+//!
+//! HOST is the replica that wrote the losing version and the time is that version's mtime (UTC),
+//! so every replica that secures the same loser picks the same name, and two copies of one loser
+//! made independently meet as identical files rather than as a new conflict.
+
+use mirror_protocol::{RelPath, Timestamp};
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+pub fn conflict_path(path: &RelPath, host: &str, mtime: Timestamp) -> RelPath {
+    let name = path.file_name();
+    let (stem, ext) = match name.iter().rposition(|b| *b == b'.') {
+        Some(i) if i > 0 && i + 1 < name.len() => (&name[..i], &name[i..]),
+        _ => (name, &b""[..]),
+    };
+    let host: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .take(64)
+        .collect();
+    let when = OffsetDateTime::from_unix_timestamp(mtime.secs)
+        .ok()
+        .and_then(|t| t.format(format_description!("[year][month][day]-[hour][minute][second]")).ok())
+        .unwrap_or_else(|| "00000000-000000".into());
+    let tag = format!(".conflict-{host}-{when}");
+    let keep = 255usize.saturating_sub(tag.len() + ext.len()).min(stem.len());
+    let mut out = Vec::with_capacity(255);
+    out.extend_from_slice(&stem[..keep]);
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(ext);
+    let full = match path.parent() {
+        Some(p) => {
+            let mut v = p.as_bytes().to_vec();
+            v.push(b'/');
+            v.extend_from_slice(&out);
+            v
+        }
+        None => out,
+    };
+    // Every part is a valid path component: the fallback only guards the impossible.
+    RelPath::new(full).unwrap_or_else(|_| path.clone())
+}
+
+/// `path` with a numeric suffix before the extension, for when the conflict name is taken by
+/// different content.
+pub fn numbered(path: &RelPath, n: u32) -> RelPath {
+    let name = path.file_name();
+    let (stem, ext) = match name.iter().rposition(|b| *b == b'.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, &b""[..]),
+    };
+    let mut out = stem.to_vec();
+    out.extend_from_slice(format!("-{n}").as_bytes());
+    out.extend_from_slice(ext);
+    match path.parent() {
+        Some(p) => p.join(&out).unwrap_or_else(|_| path.clone()),
+        None => RelPath::new(out).unwrap_or_else(|_| path.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let t = Timestamp { secs: 1_700_000_000, nanos: 0 }; // 2023-11-14 22:13:20 UTC
+        let rows = [
+            ("a/report.txt", "laptop", "a/report.conflict-laptop-20231114-221320.txt"),
+            ("Makefile", "desk", "Makefile.conflict-desk-20231114-221320"),
+            (".bashrc", "h", ".bashrc.conflict-h-20231114-221320"),
+            ("x.tar.gz", "my host/1", "x.tar.conflict-my_host_1-20231114-221320.gz"),
+        ];
+        for (p, host, want) in rows {
+            assert_eq!(conflict_path(&RelPath::new(p).unwrap(), host, t), RelPath::new(want).unwrap(), "{p}");
+        }
+        let long = "n".repeat(255);
+        assert!(conflict_path(&RelPath::new(long).unwrap(), "h", t).file_name().len() <= 255);
+        assert_eq!(numbered(&RelPath::new("d/a.conflict-x.txt").unwrap(), 2), RelPath::new("d/a.conflict-x-2.txt").unwrap());
+    }
+}

@@ -1,0 +1,974 @@
+//! The engine: the single owner of one sync root.
+//!
+//! One thread per root owns the index (what we know of every path), the ignore rules, and the
+//! state of every peer session attached to the root. The watcher and the network thread talk to
+//! it through bounded channels; it alone reads the tree to find local changes, asks peers for
+//! content, and changes the disk (through the [executor](crate::executor)).
+//!
+//! Flow of a local change: a watcher hint marks a path dirty; after a short debounce the path is
+//! re-stat'ed (and hashed only if size/mtime/inode moved); a real change bumps our counter in the
+//! path's version vector and is broadcast as an `Update`. Flow of a remote change: the peer's
+//! entry is [reconciled](crate::reconcile) against ours; content is requested, streamed into a
+//! temp file, verified by hash, and renamed into place after checking that the user did not
+//! change the path meanwhile. What we write is recorded with its stat before the watcher reports
+//! it, so the report finds nothing new: no echo.
+
+use crate::conflict::{conflict_path, numbered};
+use crate::executor::{self, ExecError, TempFile};
+use crate::index::{Index, LocalEntry, Stat, subtree};
+use crate::link::{ConnId, NetHandle, ToEngine, ToNet};
+use crate::paths::{self, abs, rel_path, to_rel};
+use crate::reconcile::{Action, reconcile};
+use crate::rules::{Rules, is_temp};
+use crate::scan::{self, Seen};
+use crossbeam_channel::{Receiver, Sender, bounded, never, select};
+use mirror_backends::{Backend, WatchConfig, WatchEvent, Watcher};
+use mirror_protocol::{Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, VersionVector};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Requests in flight per session: enough to keep a fast link busy with small files.
+const MAX_IN_FLIGHT: usize = 64;
+/// A path changed again within this window after we processed it is "hot" (being written).
+const HOT_WINDOW: Duration = Duration::from_millis(50);
+/// A hot path waits for this much quiet before it is read again...
+const QUIET: Duration = Duration::from_millis(20);
+/// ...but never longer than this after its first event, so a file written forever still syncs.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+/// How long to wait before retrying a failed write (full disk, permission).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub root: PathBuf,
+    pub host: String,
+    pub includes: Vec<String>,
+    pub excludes: Vec<String>,
+    pub backend: Backend,
+    pub poll_interval: Duration,
+    pub debug_prefix: Option<Vec<u8>>,
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub struct EngineHandle {
+    pub tx: Sender<ToEngine>,
+    pub thread: JoinHandle<Result<(), String>>,
+}
+
+/// Starts the engine thread for `cfg.root`. Returns once the root is watched; the initial scan
+/// runs on the engine thread before it serves any peer.
+pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> {
+    let rules = Rules::new(&cfg.root, &cfg.includes, &cfg.excludes)?;
+    let rules = Arc::new(Mutex::new(rules));
+    let (watch_tx, watch_rx) = bounded(4096);
+    let filter_rules = rules.clone();
+    let wcfg = WatchConfig {
+        root: cfg.root.clone(),
+        descend: Arc::new(move |rel: &Path| {
+            let mut r = filter_rules.lock().unwrap_or_else(PoisonError::into_inner);
+            r.has_includes() || !r.is_ignored(rel, true)
+        }),
+        poll_interval: cfg.poll_interval,
+    };
+    let watcher = mirror_backends::start(cfg.backend, wcfg, watch_tx)?;
+    let (tx, rx) = bounded(256);
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(|e| anyhow::anyhow!("random replica id: {e}"))?;
+    let engine = Engine {
+        me: u64::from_le_bytes(rnd) | 1,
+        root: cfg.root.clone(),
+        host: cfg.host.clone(),
+        debug_prefix: cfg.debug_prefix.clone(),
+        index: Index::new(),
+        rules,
+        net,
+        sessions: BTreeMap::new(),
+        dirty: HashMap::new(),
+        full_rescan: false,
+        last_done: HashMap::new(),
+        retries: Vec::new(),
+        deferred: Vec::new(),
+        outbox: Vec::new(),
+        next_id: 1,
+        halted: None,
+        initial: true,
+    };
+    let name = format!("engine {}", cfg.root.display());
+    let thread = std::thread::Builder::new()
+        .name(name.chars().take(15).collect())
+        .spawn(move || engine.run(rx, watcher, watch_rx))?;
+    Ok(EngineHandle { tx, thread })
+}
+
+#[derive(Debug)]
+enum Purpose {
+    /// Put the content at its path; first move our own version aside if we lost a conflict.
+    Apply { keep_local_copy: bool },
+    /// Keep the peer's losing version as a conflict copy at this path.
+    KeepRemoteCopy { at: RelPath },
+}
+
+#[derive(Debug)]
+struct Fetch {
+    entry: Entry,
+    purpose: Purpose,
+    tmp: Option<TempFile>,
+    hasher: blake3::Hasher,
+    received: u64,
+    failed: bool,
+}
+
+#[derive(Debug)]
+struct Session {
+    peer_host: String,
+    in_flight: HashMap<u64, Fetch>,
+    queued: VecDeque<(u64, Fetch)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dirty {
+    first: Instant,
+    due: Instant,
+    deep: bool,
+}
+
+struct Engine {
+    me: ReplicaId,
+    root: PathBuf,
+    host: String,
+    debug_prefix: Option<Vec<u8>>,
+    index: Index,
+    rules: Arc<Mutex<Rules>>,
+    net: NetHandle,
+    sessions: BTreeMap<ConnId, Session>,
+    dirty: HashMap<RelPath, Dirty>,
+    full_rescan: bool,
+    last_done: HashMap<RelPath, Instant>,
+    retries: Vec<(Instant, ConnId, Entry)>,
+    /// Directory deletions that waited for their children.
+    deferred: Vec<(ConnId, Entry)>,
+    /// Changed entries to broadcast, each with the session it came from (not sent back there).
+    outbox: Vec<(Entry, Option<ConnId>)>,
+    next_id: u64,
+    halted: Option<String>,
+    /// During the initial scan every path is "new": log them at debug level only.
+    initial: bool,
+}
+
+/// A connection-fatal problem with what a peer sent.
+struct PeerError(String);
+
+impl Engine {
+    fn run(mut self, rx: Receiver<ToEngine>, mut watcher: Box<dyn Watcher>, watch_rx: Receiver<WatchEvent>) -> Result<(), String> {
+        let started = Instant::now();
+        self.full_scan(true);
+        self.initial = false;
+        self.outbox.clear(); // nobody is connected yet; each session gets the full index
+        log::info!(
+            "watching {} ({} entries, {} backend, scanned in {:.0?})",
+            self.root.display(),
+            self.index.values().filter(|l| !l.entry.kind.is_deleted()).count(),
+            watcher.backend().name(),
+            started.elapsed()
+        );
+        let mut watch_rx = watch_rx;
+        loop {
+            let timeout = self.next_deadline().map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
+            let mut stop = false;
+            select! {
+                recv(rx) -> m => match m {
+                    Ok(m) => stop |= self.on_net(m),
+                    Err(_) => stop = true,
+                },
+                recv(watch_rx) -> ev => match ev {
+                    Ok(ev) => self.on_watch(ev),
+                    Err(_) => {
+                        log::error!("{}: the watcher stopped; changes are no longer seen", self.root.display());
+                        watch_rx = never();
+                    }
+                },
+                default(timeout) => {}
+            }
+            // Take what else is waiting before acting, so bursts are handled as batches.
+            for _ in 0..4096 {
+                match watch_rx.try_recv() {
+                    Ok(ev) => self.on_watch(ev),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..64 {
+                match rx.try_recv() {
+                    Ok(m) => stop |= self.on_net(m),
+                    Err(_) => break,
+                }
+            }
+            if stop {
+                break;
+            }
+            if self.halted.is_none() {
+                self.process_dirty();
+                self.process_retries();
+            }
+            self.flush_outbox();
+            self.pump_all();
+        }
+        watcher.stop();
+        self.sessions.clear(); // drops temp files of unfinished transfers
+        match self.halted.take() {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
+    fn traced(&self, p: &RelPath) -> bool {
+        self.debug_prefix.as_ref().is_some_and(|pre| p.as_bytes().starts_with(pre))
+    }
+
+    fn is_ignored(&self, rel: &Path, is_dir: bool) -> bool {
+        self.rules.lock().unwrap_or_else(PoisonError::into_inner).is_ignored(rel, is_dir)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let d = self.dirty.values().map(|d| d.due).min();
+        let r = self.retries.iter().map(|r| r.0).min();
+        match (d, r) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- local changes -------------------------------------------------------------------
+
+    fn on_watch(&mut self, ev: WatchEvent) {
+        match ev {
+            WatchEvent::Dirty(p) => self.mark_dirty(&p, false),
+            WatchEvent::RescanSubtree(p) => self.mark_dirty(&p, true),
+            WatchEvent::Overflow => {
+                log::warn!("{}: watcher queue overflowed; rescanning everything", self.root.display());
+                self.full_rescan = true;
+            }
+            WatchEvent::RootGone => self.halt(format!(
+                "sync root {} vanished or was unmounted; halting this pair instead of propagating deletions",
+                self.root.display()
+            )),
+        }
+    }
+
+    fn halt(&mut self, reason: String) {
+        if self.halted.is_none() {
+            log::error!("{reason}");
+            for conn in self.sessions.keys() {
+                self.net.send(ToNet::Close { conn: *conn, reason: reason.clone() });
+            }
+            self.halted = Some(reason);
+        }
+    }
+
+    fn mark_dirty(&mut self, p: &Path, deep: bool) {
+        if p.as_os_str().is_empty() {
+            if deep {
+                self.full_rescan = true;
+            }
+            return;
+        }
+        let Some(rel) = to_rel(p) else { return };
+        if is_temp(p) {
+            return;
+        }
+        let now = Instant::now();
+        let hot = self.last_done.get(&rel).is_some_and(|t| now.duration_since(*t) < HOT_WINDOW);
+        let d = self.dirty.entry(rel).or_insert(Dirty { first: now, due: now, deep });
+        d.deep |= deep;
+        if hot {
+            d.due = (now + QUIET).min(d.first + MAX_DELAY);
+        }
+    }
+
+    fn process_dirty(&mut self) {
+        if std::mem::take(&mut self.full_rescan) {
+            self.dirty.clear();
+            self.full_scan(false);
+            return;
+        }
+        let now = Instant::now();
+        let mut due: Vec<(RelPath, bool)> = self.dirty.iter().filter(|(_, d)| d.due <= now).map(|(p, d)| (p.clone(), d.deep)).collect();
+        if due.is_empty() {
+            return;
+        }
+        due.sort();
+        for (p, deep) in due {
+            self.dirty.remove(&p);
+            self.last_done.insert(p.clone(), now);
+            if p.file_name() == b".gitignore" {
+                let dir = p.parent().map(|d| rel_path(&d).to_path_buf()).unwrap_or_default();
+                self.rules.lock().unwrap_or_else(PoisonError::into_inner).invalidate(&dir);
+                self.scan_path(&p, false);
+                match p.parent() {
+                    Some(d) => self.scan_path(&d, true),
+                    None => self.full_scan(false),
+                }
+                continue;
+            }
+            self.scan_path(&p, deep);
+        }
+        if self.last_done.len() > 10_000 {
+            self.last_done.retain(|_, t| now.duration_since(*t) < HOT_WINDOW);
+        }
+    }
+
+    /// Walks the whole root. At start-up it also removes temp files a crash left behind.
+    fn full_scan(&mut self, startup: bool) {
+        let mut seen = BTreeSet::new();
+        self.walk(None, startup, &mut seen);
+        let gone: Vec<RelPath> =
+            self.index.iter().filter(|(p, l)| !l.entry.kind.is_deleted() && !seen.contains(*p)).map(|(p, _)| p.clone()).collect();
+        for p in gone {
+            self.scan_one(&p);
+        }
+    }
+
+    /// Re-reads `rel`; for a directory that is new, or when `deep`, everything beneath it too.
+    fn scan_path(&mut self, rel: &RelPath, deep: bool) {
+        let was_dir = self.index.get(rel).is_some_and(|l| matches!(l.entry.kind, Kind::Directory));
+        let is_dir = self.scan_one(rel);
+        if is_dir && (deep || !was_dir) {
+            let mut seen = BTreeSet::new();
+            self.walk(Some(rel.clone()), false, &mut seen);
+            let gone: Vec<RelPath> = subtree(&self.index, rel)
+                .filter(|(p, l)| *p != rel && !l.entry.kind.is_deleted() && !seen.contains(*p))
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in gone {
+                self.scan_one(&p);
+            }
+        }
+    }
+
+    /// Lists `dir` (the root when `None`) recursively, scanning every synced path.
+    fn walk(&mut self, dir: Option<RelPath>, clean_temp: bool, seen: &mut BTreeSet<RelPath>) {
+        let has_includes = self.rules.lock().unwrap_or_else(PoisonError::into_inner).has_includes();
+        let mut stack: Vec<(Option<RelPath>, bool)> = vec![(dir, false)];
+        while let Some((dir, inside_ignored)) = stack.pop() {
+            let dir_abs = dir.as_ref().map_or_else(|| self.root.clone(), |d| abs(&self.root, d));
+            let rd = match std::fs::read_dir(&dir_abs) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        log::warn!("cannot list {}: {e}; skipping it", dir_abs.display());
+                    }
+                    continue;
+                }
+            };
+            let mut children: Vec<_> = rd.flatten().collect();
+            children.sort_by_key(|e| e.file_name());
+            for ent in children {
+                let name = ent.file_name();
+                if clean_temp && executor::remove_stale_temp(&dir_abs, &name) {
+                    continue;
+                }
+                let child_path = match &dir {
+                    Some(d) => rel_path(d).join(&name),
+                    None => PathBuf::from(&name),
+                };
+                let Some(rel) = to_rel(&child_path) else {
+                    log::warn!("skipping {}: name cannot be synced", child_path.display());
+                    continue;
+                };
+                let is_dir = ent.file_type().is_ok_and(|t| t.is_dir());
+                let (ignored, included) = {
+                    let mut r = self.rules.lock().unwrap_or_else(PoisonError::into_inner);
+                    let included = r.is_included(&child_path, is_dir);
+                    (!included && (inside_ignored || r.ignored_here(&child_path, is_dir)), included)
+                };
+                if ignored {
+                    if is_dir && has_includes {
+                        stack.push((Some(rel), true));
+                    }
+                    continue;
+                }
+                seen.insert(rel.clone());
+                self.scan_one(&rel);
+                if is_dir {
+                    stack.push((Some(rel), inside_ignored && !included));
+                }
+            }
+        }
+    }
+
+    /// Compares one path on disk with the index and records a local change if there is one.
+    /// Returns whether the path is now a directory.
+    fn scan_one(&mut self, rel: &RelPath) -> bool {
+        let prev = self.index.get(rel);
+        let seen = match scan::observe(&abs(&self.root, rel), prev) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.mark_dirty(rel_path(rel), false);
+                return false;
+            }
+            Err(e) => {
+                log::warn!("cannot read {rel}: {e}; skipping it until it changes");
+                return false;
+            }
+        };
+        let Some(seen) = seen else {
+            self.local_delete(rel);
+            return false;
+        };
+        let is_dir = matches!(seen.kind, Kind::Directory);
+        if self.is_ignored(rel_path(rel), is_dir) {
+            return false;
+        }
+        self.local_seen(rel, seen);
+        is_dir
+    }
+
+    fn local_seen(&mut self, rel: &RelPath, seen: Seen) {
+        let (version, was_dir) = match self.index.get_mut(rel) {
+            Some(l) if !l.entry.kind.is_deleted() && l.stat == Some(seen.stat) => return,
+            Some(l) if l.entry.kind == seen.kind => {
+                l.stat = Some(seen.stat);
+                return;
+            }
+            Some(l) => (l.entry.version.incremented(self.me), matches!(l.entry.kind, Kind::Directory)),
+            None => (VersionVector::new().incremented(self.me), false),
+        };
+        if was_dir && !matches!(seen.kind, Kind::Directory) {
+            self.delete_descendants(rel);
+        }
+        if self.traced(rel) {
+            log::info!("[trace] {rel}: local change {:?} v{:?}", seen.kind, version);
+        }
+        let entry = Entry { path: rel.clone(), kind: seen.kind, mtime: seen.mtime, version, origin: self.host.clone() };
+        if !self.initial {
+            log_change("changed", &entry, None);
+        }
+        self.set(entry, Some(seen.stat), None);
+    }
+
+    fn local_delete(&mut self, rel: &RelPath) {
+        let Some(l) = self.index.get(rel) else { return };
+        if l.entry.kind.is_deleted() {
+            return;
+        }
+        let was_dir = matches!(l.entry.kind, Kind::Directory);
+        let version = l.entry.version.incremented(self.me);
+        if was_dir {
+            self.delete_descendants(rel);
+        }
+        let entry = Entry { path: rel.clone(), kind: Kind::Deleted, mtime: now(), version, origin: self.host.clone() };
+        log_change("deleted", &entry, None);
+        self.set(entry, None, None);
+    }
+
+    fn delete_descendants(&mut self, dir: &RelPath) {
+        let live: Vec<RelPath> =
+            subtree(&self.index, dir).filter(|(p, l)| *p != dir && !l.entry.kind.is_deleted()).map(|(p, _)| p.clone()).collect();
+        for p in live.into_iter().rev() {
+            if let Some(l) = self.index.get(&p) {
+                let version = l.entry.version.incremented(self.me);
+                let entry = Entry { path: p.clone(), kind: Kind::Deleted, mtime: now(), version, origin: self.host.clone() };
+                self.set(entry, None, None);
+            }
+        }
+    }
+
+    /// Records `entry` with its disk stat and queues it for every session but `from`.
+    fn set(&mut self, entry: Entry, stat: Option<Stat>, from: Option<ConnId>) {
+        self.outbox.push((entry.clone(), from));
+        self.index.insert(entry.path.clone(), LocalEntry { entry, stat });
+    }
+
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let outbox = std::mem::take(&mut self.outbox);
+        for (conn, _) in &self.sessions {
+            let mine: Vec<Entry> = outbox.iter().filter(|(_, from)| *from != Some(*conn)).map(|(e, _)| e.clone()).collect();
+            for chunk in order_for_apply(mine).chunks(MAX_BATCH_ENTRIES) {
+                self.net.send(ToNet::Send { conn: *conn, msg: Message::Update { entries: chunk.to_vec() } });
+            }
+        }
+    }
+
+    // ----- the network side ----------------------------------------------------------------
+
+    /// Handles a message from the network thread; returns whether to stop.
+    fn on_net(&mut self, m: ToEngine) -> bool {
+        match m {
+            ToEngine::Shutdown => return true,
+            ToEngine::Connected { conn, peer_host, peer_replica } => {
+                log::debug!("{peer_host} (replica {peer_replica:016x}) attached to {}", self.root.display());
+                if let Some(reason) = &self.halted {
+                    self.net.send(ToNet::Close { conn, reason: reason.clone() });
+                    return false;
+                }
+                self.sessions.insert(conn, Session { peer_host, in_flight: HashMap::new(), queued: VecDeque::new() });
+                self.send_index(conn);
+            }
+            ToEngine::Disconnected { conn, reason } => {
+                if let Some(s) = self.sessions.remove(&conn) {
+                    log::info!("{} disconnected: {reason}", s.peer_host);
+                }
+                self.retries.retain(|r| r.1 != conn);
+                self.deferred.retain(|d| d.0 != conn);
+            }
+            ToEngine::Message { conn, msg } => {
+                if !self.sessions.contains_key(&conn) {
+                    return false;
+                }
+                if let Err(PeerError(reason)) = self.on_message(conn, msg) {
+                    let host = self.sessions.get(&conn).map(|s| s.peer_host.clone()).unwrap_or_default();
+                    log::error!("closing connection to {host}: {reason}");
+                    self.sessions.remove(&conn);
+                    self.net.send(ToNet::Close { conn, reason });
+                }
+            }
+        }
+        false
+    }
+
+    fn send_index(&mut self, conn: ConnId) {
+        let entries: Vec<Entry> = self.index.values().map(|l| l.entry.clone()).collect();
+        let mut chunks = entries.chunks(MAX_BATCH_ENTRIES).peekable();
+        if chunks.peek().is_none() {
+            self.net.send(ToNet::Send { conn, msg: Message::IndexBatch { entries: Vec::new(), last: true } });
+        }
+        while let Some(c) = chunks.next() {
+            let last = chunks.peek().is_none();
+            self.net.send(ToNet::Send { conn, msg: Message::IndexBatch { entries: c.to_vec(), last } });
+        }
+    }
+
+    fn on_message(&mut self, conn: ConnId, msg: Message) -> Result<(), PeerError> {
+        match msg {
+            Message::IndexBatch { entries, .. } | Message::Update { entries } => {
+                if self.halted.is_some() {
+                    return Ok(());
+                }
+                for e in order_for_apply(entries) {
+                    self.on_remote(conn, e)?;
+                }
+                self.retry_deferred();
+            }
+            Message::Request { id, path, size, hash } => self.serve(conn, id, path, size, hash),
+            Message::Data { id, bytes } => self.on_data(conn, id, &bytes)?,
+            Message::DataEnd { id, size, hash } => self.on_data_end(conn, id, size, hash)?,
+            Message::DataAbort { id, reason } => {
+                if let Some(s) = self.sessions.get_mut(&conn)
+                    && let Some(f) = s.in_flight.remove(&id)
+                {
+                    log::debug!("{}: peer could not send it ({reason}); waiting for its update", f.entry.path);
+                }
+            }
+            Message::Ping | Message::Pong => {}
+            Message::Goodbye { reason } => return Err(PeerError(format!("peer said goodbye: {reason}"))),
+            Message::Hello(_) | Message::Welcome(_) => return Err(PeerError("unexpected handshake message".into())),
+        }
+        Ok(())
+    }
+
+    /// A peer's entry for one path.
+    fn on_remote(&mut self, conn: ConnId, e: Entry) -> Result<(), PeerError> {
+        let is_dir = matches!(e.kind, Kind::Directory);
+        if self.is_ignored(rel_path(&e.path), is_dir) {
+            return Ok(());
+        }
+        if let Err(err) = paths::check_parents(&self.root, &e.path) {
+            // A symlink where the peer has a directory: never write through it.
+            if !e.kind.is_deleted() {
+                return Err(PeerError(err.to_string()));
+            }
+        }
+        // A transfer already under way for this path: keep it unless this entry supersedes it.
+        if let Some(pending) = self.pending_version(&e.path) {
+            match pending.compare(&e.version) {
+                mirror_protocol::VersionOrdering::Before => self.cancel_fetches(&e.path),
+                _ => return Ok(()),
+            }
+        }
+        // Executor discipline: what the user did since the last scan counts first.
+        if self.dirty.remove(&e.path).is_some() || self.index.get(&e.path).is_some_and(|l| self.disk_moved(l)) {
+            self.scan_one(&e.path);
+        }
+        let local = self.index.get(&e.path).map(|l| &l.entry);
+        let action = reconcile(local, &e);
+        if self.traced(&e.path) {
+            log::info!("[trace] {}: remote {:?} v{:?} vs local {:?} -> {action:?}", e.path, e.kind, e.version, local.map(|l| (&l.kind, &l.version)));
+        }
+        match action {
+            Action::Nothing => {}
+            Action::Adopt(version) => {
+                let stat = self.index.get(&e.path).and_then(|l| l.stat);
+                let entry = match self.index.get(&e.path) {
+                    Some(l) => Entry { version, ..l.entry.clone() },
+                    None => Entry { version, ..e },
+                };
+                self.set(entry, stat, Some(conn));
+            }
+            Action::Apply => self.apply(conn, e, false),
+            Action::ConflictKeepLocalCopy => self.apply(conn, e, true),
+            Action::ConflictKeepRemoteCopy => self.keep_remote_copy(conn, e),
+        }
+        Ok(())
+    }
+
+    fn disk_moved(&self, l: &LocalEntry) -> bool {
+        executor::current(&self.root, &l.entry.path).map_or(true, |s| s != l.stat)
+    }
+
+    fn pending_version(&self, path: &RelPath) -> Option<VersionVector> {
+        self.sessions.values().find_map(|s| {
+            s.in_flight.values().chain(s.queued.iter().map(|(_, f)| f)).find(|f| &f.entry.path == path).map(|f| f.entry.version.clone())
+        })
+    }
+
+    fn cancel_fetches(&mut self, path: &RelPath) {
+        for s in self.sessions.values_mut() {
+            s.queued.retain(|(_, f)| &f.entry.path != path);
+            for f in s.in_flight.values_mut() {
+                if &f.entry.path == path {
+                    f.failed = true; // ignore the rest of its data
+                    f.tmp = None;
+                }
+            }
+        }
+    }
+
+    /// Makes the disk match the peer's entry. With `keep_local_copy`, our version (which lost a
+    /// conflict) is first moved aside to a conflict copy.
+    fn apply(&mut self, conn: ConnId, e: Entry, keep_local_copy: bool) {
+        let local = self.index.get(&e.path).cloned();
+        let expected = local.as_ref().and_then(|l| l.stat);
+        if let Kind::File { hash, executable, .. } = &e.kind {
+            let same_bytes = matches!(local.as_ref().map(|l| &l.entry.kind), Some(Kind::File { hash: h, .. }) if h == hash);
+            if same_bytes && !keep_local_copy {
+                let r = executor::set_meta(&self.root, &e.path, expected, e.mtime, *executable);
+                self.finish_local(conn, e, r);
+            } else {
+                self.enqueue(conn, e, Purpose::Apply { keep_local_copy });
+            }
+            return;
+        }
+        if keep_local_copy && let Some(l) = &local {
+            if let Err(err) = self.move_local_aside(l) {
+                self.exec_failed(conn, e, err);
+                return;
+            }
+        }
+        let expected = if keep_local_copy { None } else { expected };
+        let r = match &e.kind {
+            Kind::Deleted => executor::remove(&self.root, &e.path, expected).map(|()| None),
+            Kind::Directory => executor::make_dir(&self.root, &e.path, expected).map(Some),
+            Kind::Symlink { target } => executor::make_symlink(&self.root, &e.path, expected, target).map(Some),
+            Kind::File { .. } => return,
+        };
+        match r {
+            Err(ExecError::NotEmpty) if e.kind.is_deleted() => self.deferred.push((conn, e)),
+            r => self.finish_local(conn, e, r.map(|s| s.unwrap_or(Stat { mode: 0, size: 0, mtime: Timestamp::default(), ino: 0 }))),
+        }
+    }
+
+    /// Records the outcome of a disk change made for the peer's entry `e`.
+    fn finish_local(&mut self, conn: ConnId, e: Entry, r: Result<Stat, ExecError>) {
+        match r {
+            Ok(stat) => {
+                let version = self.index.get(&e.path).map_or_else(|| e.version.clone(), |l| l.entry.version.merged(&e.version));
+                let host = self.sessions.get(&conn).map(|s| s.peer_host.clone());
+                log_change("applied", &e, host.as_deref());
+                let stat = if e.kind.is_deleted() { None } else { Some(stat) };
+                self.set(Entry { version, ..e }, stat, Some(conn));
+            }
+            Err(err) => self.exec_failed(conn, e, err),
+        }
+    }
+
+    fn exec_failed(&mut self, conn: ConnId, e: Entry, err: ExecError) {
+        match err {
+            ExecError::Changed => {
+                // The user changed the path while we worked: that change is news; scan it and
+                // decide again with the peer's entry.
+                log::debug!("{}: changed locally meanwhile; reconciling again", e.path);
+                self.scan_one(&e.path);
+                let local = self.index.get(&e.path).map(|l| &l.entry);
+                if reconcile(local, &e) != Action::Nothing {
+                    self.retries.push((Instant::now() + Duration::from_millis(10), conn, e));
+                }
+            }
+            err => {
+                log::error!("cannot apply {} ({}): {err}; retrying in {}s", e.path, describe(&e.kind), RETRY_AFTER.as_secs());
+                self.retries.push((Instant::now() + RETRY_AFTER, conn, e));
+            }
+        }
+    }
+
+    fn move_local_aside(&mut self, l: &LocalEntry) -> Result<(), ExecError> {
+        let mut to = conflict_path(&l.entry.path, &l.entry.origin, l.entry.mtime);
+        let mut n = 1;
+        while executor::current(&self.root, &to)?.is_some() {
+            n += 1;
+            to = numbered(&conflict_path(&l.entry.path, &l.entry.origin, l.entry.mtime), n);
+        }
+        executor::move_aside(&self.root, &l.entry.path, l.stat, &to)?;
+        log::warn!("conflict on {}: our version lost and is kept as {to}", l.entry.path);
+        self.scan_one(&to);
+        Ok(())
+    }
+
+    fn keep_remote_copy(&mut self, conn: ConnId, e: Entry) {
+        let at = conflict_path(&e.path, &e.origin, e.mtime);
+        match &e.kind {
+            Kind::File { .. } => self.enqueue(conn, e, Purpose::KeepRemoteCopy { at }),
+            Kind::Symlink { target } => {
+                if executor::current(&self.root, &at).ok().flatten().is_none() {
+                    let _ = executor::make_symlink(&self.root, &at, None, target);
+                    self.scan_one(&at);
+                }
+                self.won_conflict(conn, &e, &at);
+            }
+            Kind::Directory | Kind::Deleted => self.won_conflict(conn, &e, &at),
+        }
+    }
+
+    /// Our version won a conflict and the peer's is secured: supersede theirs.
+    fn won_conflict(&mut self, conn: ConnId, e: &Entry, copy: &RelPath) {
+        if let Some(l) = self.index.get(&e.path).cloned() {
+            log::warn!("conflict on {}: our version won; the peer's is kept as {copy}", e.path);
+            let version = l.entry.version.merged(&e.version);
+            self.set(Entry { version, ..l.entry }, l.stat, Some(conn));
+        }
+    }
+
+    fn retry_deferred(&mut self) {
+        let mut progress = true;
+        while progress && !self.deferred.is_empty() {
+            progress = false;
+            for (conn, e) in std::mem::take(&mut self.deferred) {
+                let expected = self.index.get(&e.path).and_then(|l| l.stat);
+                match executor::remove(&self.root, &e.path, expected) {
+                    Err(ExecError::NotEmpty) => self.deferred.push((conn, e)),
+                    r => {
+                        progress = true;
+                        self.finish_local(conn, e, r.map(|()| Stat { mode: 0, size: 0, mtime: Timestamp::default(), ino: 0 }));
+                    }
+                }
+            }
+        }
+        // What is still deferred holds files the peer never had (ignored here, or new): keep them.
+        for (_, e) in std::mem::take(&mut self.deferred) {
+            log::warn!("not deleting directory {}: it still holds files the peer does not have", e.path);
+        }
+    }
+
+    fn process_retries(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries).into_iter().partition(|r| r.0 <= now);
+        self.retries = later;
+        for (_, conn, e) in due {
+            if self.sessions.contains_key(&conn) {
+                let _ = self.on_remote(conn, e);
+            }
+        }
+    }
+
+    // ----- transfers -----------------------------------------------------------------------
+
+    fn enqueue(&mut self, conn: ConnId, entry: Entry, purpose: Purpose) {
+        let id = self.next_id;
+        self.next_id += 1;
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            let f = Fetch { entry, purpose, tmp: None, hasher: blake3::Hasher::new(), received: 0, failed: false };
+            s.queued.push_back((id, f));
+        }
+    }
+
+    fn pump_all(&mut self) {
+        for (conn, s) in self.sessions.iter_mut() {
+            while s.in_flight.len() < MAX_IN_FLIGHT {
+                let Some((id, f)) = s.queued.pop_front() else { break };
+                if let Kind::File { size, hash, .. } = &f.entry.kind {
+                    let msg = Message::Request { id, path: f.entry.path.clone(), size: *size, hash: *hash };
+                    self.net.send(ToNet::Send { conn: *conn, msg });
+                    s.in_flight.insert(id, f);
+                }
+            }
+        }
+    }
+
+    fn serve(&mut self, conn: ConnId, id: u64, path: RelPath, size: u64, hash: Hash) {
+        let ok = matches!(self.index.get(&path).map(|l| &l.entry.kind), Some(Kind::File { hash: h, .. }) if *h == hash);
+        let reply = |reason: &str| ToNet::Send { conn, msg: Message::DataAbort { id, reason: reason.into() } };
+        if !ok {
+            self.net.send(reply("not the current version here"));
+            return;
+        }
+        if let Err(e) = paths::check_parents(&self.root, &path) {
+            self.net.send(reply(&e.to_string()));
+            return;
+        }
+        match scan::open_nofollow(&abs(&self.root, &path)) {
+            Ok(file) => self.net.send(ToNet::Upload { conn, id, file, size }),
+            Err(e) => {
+                log::warn!("cannot read {path} for the peer: {e}");
+                self.net.send(reply(&e.to_string()));
+            }
+        }
+    }
+
+    fn on_data(&mut self, conn: ConnId, id: u64, bytes: &[u8]) -> Result<(), PeerError> {
+        let root = self.root.clone();
+        let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
+        let Some(f) = s.in_flight.get_mut(&id) else {
+            return Err(PeerError(format!("data for unknown request {id}")));
+        };
+        f.received += bytes.len() as u64;
+        let Kind::File { size, .. } = f.entry.kind else { return Ok(()) };
+        if f.received > size {
+            return Err(PeerError(format!("peer sent more than the {size} bytes of {}", f.entry.path)));
+        }
+        if f.failed {
+            return Ok(());
+        }
+        f.hasher.update(bytes);
+        let target = match &f.purpose {
+            Purpose::Apply { .. } => f.entry.path.clone(),
+            Purpose::KeepRemoteCopy { at } => at.clone(),
+        };
+        if f.tmp.is_none() {
+            match TempFile::create(&root, &target) {
+                Ok(t) => f.tmp = Some(t),
+                Err(ExecError::Jail(e)) => return Err(PeerError(e.to_string())),
+                Err(e) => {
+                    f.failed = true;
+                    log::error!("cannot receive {target}: {e}; retrying in {}s", RETRY_AFTER.as_secs());
+                    self.retries.push((Instant::now() + RETRY_AFTER, conn, f.entry.clone()));
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(t) = &mut f.tmp
+            && let Err(e) = t.write_all(bytes)
+        {
+            f.failed = true;
+            f.tmp = None; // removes the partial file
+            let hint = if e.raw_os_error() == Some(libc::ENOSPC) { " (disk full)" } else { "" };
+            log::error!("cannot write {target}{hint}: {e}; removed the partial file, retrying in {}s", RETRY_AFTER.as_secs());
+            self.retries.push((Instant::now() + RETRY_AFTER, conn, f.entry.clone()));
+        }
+        Ok(())
+    }
+
+    fn on_data_end(&mut self, conn: ConnId, id: u64, size: u64, hash: Hash) -> Result<(), PeerError> {
+        let root = self.root.clone();
+        let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
+        let Some(mut f) = s.in_flight.remove(&id) else {
+            return Err(PeerError(format!("end of unknown request {id}")));
+        };
+        if size != f.received {
+            return Err(PeerError(format!("peer claimed {size} bytes for {} but sent {}", f.entry.path, f.received)));
+        }
+        if f.failed {
+            return Ok(());
+        }
+        let ours = *f.hasher.finalize().as_bytes();
+        if ours != hash {
+            return Err(PeerError(format!("content of {} does not match the hash the peer sent", f.entry.path)));
+        }
+        let Kind::File { size: want_size, hash: want_hash, executable } = f.entry.kind else { return Ok(()) };
+        if want_hash != hash || want_size != size {
+            log::debug!("{} changed at the source while it was sent; waiting for its update", f.entry.path);
+            return Ok(());
+        }
+        let target = match &f.purpose {
+            Purpose::Apply { .. } => f.entry.path.clone(),
+            Purpose::KeepRemoteCopy { at } => at.clone(),
+        };
+        let tmp = match f.tmp.take() {
+            Some(t) => t,
+            None => match TempFile::create(&root, &target) {
+                Ok(t) => t,
+                Err(ExecError::Jail(e)) => return Err(PeerError(e.to_string())),
+                Err(e) => {
+                    self.exec_failed(conn, f.entry, e);
+                    return Ok(());
+                }
+            },
+        };
+        match f.purpose {
+            Purpose::Apply { keep_local_copy } => {
+                let local = self.index.get(&f.entry.path).cloned();
+                let mut expected = local.as_ref().and_then(|l| l.stat);
+                if keep_local_copy && let Some(l) = &local {
+                    if let Err(err) = self.move_local_aside(l) {
+                        self.exec_failed(conn, f.entry, err);
+                        return Ok(());
+                    }
+                    expected = None;
+                }
+                let r = tmp.install(&root, &f.entry.path, expected, f.entry.mtime, executable);
+                self.finish_local(conn, f.entry, r);
+            }
+            Purpose::KeepRemoteCopy { at } => {
+                let mut dest = at.clone();
+                let mut n = 1;
+                loop {
+                    match self.index.get(&dest).map(|l| &l.entry.kind) {
+                        Some(Kind::File { hash: h, .. }) if *h == hash => break, // already kept
+                        _ if executor::current(&root, &dest).ok().flatten().is_none() => {
+                            if let Err(e) = tmp.install(&root, &dest, None, f.entry.mtime, executable) {
+                                self.exec_failed(conn, f.entry, e);
+                                return Ok(());
+                            }
+                            self.scan_one(&dest);
+                            break;
+                        }
+                        _ => {
+                            n += 1;
+                            dest = numbered(&at, n);
+                        }
+                    }
+                }
+                self.won_conflict(conn, &f.entry, &dest);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Orders entries so that applying them in turn works: deletions deepest first (children before
+/// their directory), then everything else parents first.
+pub fn order_for_apply(mut entries: Vec<Entry>) -> Vec<Entry> {
+    entries.sort_by(|a, b| match (a.kind.is_deleted(), b.kind.is_deleted()) {
+        (true, true) => b.path.cmp(&a.path),
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        (false, false) => a.path.cmp(&b.path),
+    });
+    entries
+}
+
+fn now() -> Timestamp {
+    let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: d.subsec_nanos() }
+}
+
+fn describe(k: &Kind) -> String {
+    match k {
+        Kind::File { size, .. } => format!("{size} bytes"),
+        Kind::Directory => "directory".into(),
+        Kind::Symlink { .. } => "symlink".into(),
+        Kind::Deleted => "deletion".into(),
+    }
+}
+
+fn log_change(what: &str, e: &Entry, from: Option<&str>) {
+    match from {
+        Some(h) => log::info!("{what} {} ({}) from {h}", e.path, describe(&e.kind)),
+        None => log::info!("{what} {} ({})", e.path, describe(&e.kind)),
+    }
+}

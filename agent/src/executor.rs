@@ -1,0 +1,263 @@
+//! Every change this agent makes to the disk goes through here.
+//!
+//! Two disciplines hold throughout:
+//! - **Verify before mutate**: the caller passes the stat it believes is on disk; if the disk
+//!   says otherwise the user changed the path since the scan, and we report
+//!   [`ExecError::Changed`] instead of overwriting a fresh write.
+//! - **Atomic replace**: content lands in a temp file in the target directory and is renamed
+//!   over the target, so no reader ever sees a torn file. Temp names start with
+//!   [`TEMP_PREFIX`](crate::rules::TEMP_PREFIX), are never synced, and are removed on drop
+//!   and at start-up.
+
+use crate::index::Stat;
+use crate::paths::{self, JailError, abs};
+use crate::rules::TEMP_PREFIX;
+use mirror_protocol::{RelPath, Timestamp};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug)]
+pub enum ExecError {
+    /// The disk no longer matches what we last saw: a fresh local change.
+    Changed,
+    /// The path would be reached through a symlink or a non-directory.
+    Jail(JailError),
+    /// A directory to remove still holds entries.
+    NotEmpty,
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ExecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Changed => f.write_str("changed on disk since it was scanned"),
+            Self::Jail(e) => e.fmt(f),
+            Self::NotEmpty => f.write_str("directory is not empty"),
+            Self::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<io::Error> for ExecError {
+    fn from(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::ENOTEMPTY) { ExecError::NotEmpty } else { ExecError::Io(e) }
+    }
+}
+
+impl From<JailError> for ExecError {
+    fn from(e: JailError) -> Self {
+        ExecError::Jail(e)
+    }
+}
+
+type Result<T> = std::result::Result<T, ExecError>;
+
+/// The current stat of `rel`, `None` when absent.
+pub fn current(root: &Path, rel: &RelPath) -> io::Result<Option<Stat>> {
+    match fs::symlink_metadata(abs(root, rel)) {
+        Ok(m) => Ok(Some(Stat::of(&m))),
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Fails with [`ExecError::Changed`] unless the disk holds exactly `expected` at `rel`.
+pub fn verify(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<()> {
+    paths::check_parents(root, rel)?;
+    if current(root, rel)? == expected { Ok(()) } else { Err(ExecError::Changed) }
+}
+
+/// A file being received. Removed on drop unless installed.
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl TempFile {
+    /// Creates a temp file in the directory that will hold `rel`, creating missing parents.
+    pub fn create(root: &Path, rel: &RelPath) -> Result<Self> {
+        paths::check_parents(root, rel)?;
+        paths::create_parents(root, rel)?;
+        let dir = abs(root, rel).parent().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf());
+        loop {
+            let mut rnd = [0u8; 8];
+            getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
+            let path = dir.join(format!("{TEMP_PREFIX}{:016x}", u64::from_le_bytes(rnd)));
+            match OpenOptions::new().write(true).create_new(true).mode(0o666).custom_flags(libc::O_CLOEXEC).open(&path) {
+                Ok(file) => return Ok(Self { path, file: Some(file) }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.write_all(bytes),
+            None => Err(io::Error::other("temp file already closed")),
+        }
+    }
+
+    /// Sets mode and mtime, then renames over `rel` after checking that `rel` still holds
+    /// `expected`. Returns the stat of the installed file.
+    pub fn install(mut self, root: &Path, rel: &RelPath, expected: Option<Stat>, mtime: Timestamp, executable: bool) -> Result<Stat> {
+        let file = self.file.take().ok_or_else(|| io::Error::other("temp file already closed"))?;
+        // Created with 0o666, so the kernel already applied the umask: that is the base mode.
+        let base = file.metadata()?.permissions().mode() & 0o666;
+        let mode = if executable { base | ((base & 0o444) >> 2) } else { base };
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.set_modified(to_system_time(mtime))?;
+        drop(file);
+        verify(root, rel, expected)?;
+        let target = abs(root, rel);
+        if expected.is_some_and(|s| s.mode & libc::S_IFMT == libc::S_IFDIR) {
+            fs::remove_dir(&target)?;
+        }
+        fs::rename(&self.path, &target)?;
+        self.path = PathBuf::new();
+        Ok(Stat::of(&fs::symlink_metadata(&target)?))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+pub fn to_system_time(t: Timestamp) -> SystemTime {
+    let secs = Duration::from_secs(t.secs.unsigned_abs());
+    let nanos = Duration::from_nanos(u64::from(t.nanos.min(999_999_999)));
+    if t.secs >= 0 { SystemTime::UNIX_EPOCH + secs + nanos } else { SystemTime::UNIX_EPOCH - secs + nanos }
+}
+
+/// Changes only the mode and mtime of a file whose content already matches.
+pub fn set_meta(root: &Path, rel: &RelPath, expected: Option<Stat>, mtime: Timestamp, executable: bool) -> Result<Stat> {
+    verify(root, rel, expected)?;
+    let path = abs(root, rel);
+    let f = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path)?;
+    let mode = f.metadata()?.permissions().mode() & 0o7777;
+    let new_mode = if executable { mode | ((mode & 0o444) >> 2) } else { mode & !0o111 };
+    f.set_permissions(fs::Permissions::from_mode(new_mode))?;
+    f.set_modified(to_system_time(mtime))?;
+    drop(f);
+    Ok(Stat::of(&fs::symlink_metadata(&path)?))
+}
+
+/// Removes whatever non-directory or empty directory is at `rel`, if it is still `expected`.
+pub fn remove(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<()> {
+    verify(root, rel, expected)?;
+    let Some(s) = expected else { return Ok(()) };
+    let path = abs(root, rel);
+    if s.mode & libc::S_IFMT == libc::S_IFDIR { fs::remove_dir(path)? } else { fs::remove_file(path)? }
+    Ok(())
+}
+
+/// Creates a directory at `rel` (replacing a non-directory that is still `expected`).
+pub fn make_dir(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<Stat> {
+    if let Some(s) = expected
+        && s.mode & libc::S_IFMT == libc::S_IFDIR
+    {
+        verify(root, rel, expected)?;
+        return Ok(s);
+    }
+    remove(root, rel, expected)?;
+    paths::create_parents(root, rel)?;
+    let path = abs(root, rel);
+    fs::create_dir(&path)?;
+    Ok(Stat::of(&fs::symlink_metadata(&path)?))
+}
+
+/// Creates a symlink at `rel` pointing at `target` (never followed), atomically replacing what
+/// is there if it is still `expected`.
+pub fn make_symlink(root: &Path, rel: &RelPath, expected: Option<Stat>, target: &[u8]) -> Result<Stat> {
+    let tmp = TempFile::create(root, rel)?;
+    let tmp_path = tmp.path.clone();
+    drop(tmp); // frees the name; the symlink takes it
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp_path)?;
+    let guard = TempFile { path: tmp_path.clone(), file: None };
+    verify(root, rel, expected)?;
+    let path = abs(root, rel);
+    if expected.is_some_and(|s| s.mode & libc::S_IFMT == libc::S_IFDIR) {
+        fs::remove_dir(&path)?;
+    }
+    fs::rename(&tmp_path, &path)?;
+    std::mem::forget(guard);
+    Ok(Stat::of(&fs::symlink_metadata(&path)?))
+}
+
+/// Moves `from` (still `expected`) to `to`, which must not exist.
+pub fn move_aside(root: &Path, from: &RelPath, expected: Option<Stat>, to: &RelPath) -> Result<()> {
+    verify(root, from, expected)?;
+    paths::check_parents(root, to)?;
+    if current(root, to)?.is_some() {
+        return Err(ExecError::Io(io::Error::new(io::ErrorKind::AlreadyExists, "conflict name taken")));
+    }
+    fs::rename(abs(root, from), abs(root, to))?;
+    Ok(())
+}
+
+/// Removes `dir/name` if it is a temp file a crash left behind. Returns whether it did.
+pub fn remove_stale_temp(dir: &Path, name: &std::ffi::OsStr) -> bool {
+    if name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
+        return fs::remove_file(dir.join(name)).is_ok();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rp(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn install_is_atomic_and_verified() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let mut t = TempFile::create(root, &rp("sub/f")).unwrap();
+        t.write_all(b"new").unwrap();
+        let st = t.install(root, &rp("sub/f"), None, Timestamp { secs: 1_000_000, nanos: 7 }, true).unwrap();
+        assert_eq!(fs::read(root.join("sub/f")).unwrap(), b"new");
+        assert_eq!(st.mtime, Timestamp { secs: 1_000_000, nanos: 7 });
+        assert!(st.mode & 0o100 != 0);
+        // The user writes meanwhile: the next install must refuse.
+        let mut t = TempFile::create(root, &rp("sub/f")).unwrap();
+        t.write_all(b"peer").unwrap();
+        fs::write(root.join("sub/f"), "user's fresh write").unwrap();
+        assert!(matches!(t.install(root, &rp("sub/f"), Some(st), Timestamp::default(), false), Err(ExecError::Changed)));
+        assert_eq!(fs::read(root.join("sub/f")).unwrap(), b"user's fresh write");
+        let left: Vec<_> = fs::read_dir(root.join("sub")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 1, "temp file left behind: {left:?}");
+    }
+
+    #[test]
+    fn refuses_to_write_through_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("link")).unwrap();
+        assert!(matches!(TempFile::create(d.path(), &rp("link/x")), Err(ExecError::Jail(_))));
+        assert!(matches!(make_dir(d.path(), &rp("link/y"), None), Err(ExecError::Jail(_))));
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn symlink_dir_and_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let st = make_symlink(d.path(), &rp("l"), None, b"../nowhere").unwrap();
+        assert_eq!(fs::read_link(d.path().join("l")).unwrap(), Path::new("../nowhere"));
+        let st = make_dir(d.path(), &rp("l"), Some(st)).unwrap();
+        assert!(d.path().join("l").is_dir());
+        fs::write(d.path().join("l/x"), "").unwrap();
+        assert!(matches!(remove(d.path(), &rp("l"), Some(st)), Err(ExecError::NotEmpty)));
+    }
+}

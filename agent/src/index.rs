@@ -1,0 +1,49 @@
+//! What a replica knows of each path: the synced entry plus the disk stat it was seen with.
+//!
+//! The stat is how the engine avoids work and echoes: a path whose stat is unchanged is not
+//! re-hashed, and a change we applied ourselves is recorded with its stat before the watcher
+//! reports it, so the report stops at "unchanged".
+
+use mirror_protocol::{Entry, RelPath, Timestamp};
+use std::collections::BTreeMap;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+
+/// The parts of `lstat` that say whether a path changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// File type and permission bits.
+    pub mode: u32,
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub ino: u64,
+}
+
+impl Stat {
+    pub fn of(m: &Metadata) -> Self {
+        if m.is_dir() {
+            // A directory's size and mtime move with its children; they say nothing of it.
+            return Self { mode: m.mode(), size: 0, mtime: Timestamp::default(), ino: m.ino() };
+        }
+        Self { mode: m.mode(), size: m.size(), mtime: mtime_of(m), ino: m.ino() }
+    }
+}
+
+pub fn mtime_of(m: &Metadata) -> Timestamp {
+    Timestamp { secs: m.mtime(), nanos: u32::try_from(m.mtime_nsec()).unwrap_or(0) }
+}
+
+/// One path as this replica knows it.
+#[derive(Clone, Debug)]
+pub struct LocalEntry {
+    pub entry: Entry,
+    /// The stat of the disk object matching `entry`; `None` when nothing is on disk.
+    pub stat: Option<Stat>,
+}
+
+pub type Index = BTreeMap<RelPath, LocalEntry>;
+
+/// The paths at or beneath `dir`, in order.
+pub fn subtree<'a>(index: &'a Index, dir: &'a RelPath) -> impl Iterator<Item = (&'a RelPath, &'a LocalEntry)> + 'a {
+    index.range(dir.clone()..).take_while(move |(p, _)| p.starts_with(dir))
+}

@@ -1,0 +1,47 @@
+//! The messages between the network thread and the engine threads, and the handle engines use
+//! to reach the network thread.
+//!
+//! Deadlock freedom rests on one rule: the network thread never blocks on an engine (it uses
+//! `try_send` and stops reading a connection whose engine is busy), while an engine may block on
+//! the network thread's channel, which that thread drains on every turn of its loop.
+
+use crossbeam_channel::Sender;
+use mirror_protocol::Message;
+use std::fs::File;
+use std::sync::Arc;
+
+/// Identifies one connection for as long as the process runs.
+pub type ConnId = u64;
+
+#[derive(Debug)]
+pub enum ToEngine {
+    /// A peer finished the handshake.
+    Connected { conn: ConnId, peer_host: String, peer_replica: u64 },
+    Message { conn: ConnId, msg: Message },
+    Disconnected { conn: ConnId, reason: String },
+    Shutdown,
+}
+
+#[derive(Debug)]
+pub enum ToNet {
+    Send { conn: ConnId, msg: Message },
+    /// Stream `file` as the answer to request `id`: at most `size` bytes, then `DataEnd`.
+    Upload { conn: ConnId, id: u64, file: File, size: u64 },
+    /// Say goodbye with `reason` and close.
+    Close { conn: ConnId, reason: String },
+}
+
+/// How an engine reaches the network thread.
+#[derive(Clone, Debug)]
+pub struct NetHandle {
+    pub tx: Sender<ToNet>,
+    pub waker: Arc<mio::Waker>,
+}
+
+impl NetHandle {
+    pub fn send(&self, m: ToNet) {
+        if self.tx.send(m).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! `mirror-agent`: keeps a directory tree identical on several machines, both ways, in real time.
+//!
+//! The binary wires the parts together: a network thread (mio) for all sockets, one engine
+//! thread per sync root, one watcher per root. See `DESIGN` notes in each module.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod conflict;
+mod engine;
+mod executor;
+mod index;
+mod link;
+mod net;
+mod paths;
+mod reconcile;
+mod rules;
+mod scan;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use cli::{Cli, Command, Common};
+use crossbeam_channel::bounded;
+use engine::{EngineConfig, EngineHandle};
+use link::{NetHandle, ToEngine};
+use mio::{Poll, Waker};
+use mirror_backends::Backend;
+use mirror_protocol::Hello;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(&cli.common);
+    if let Err(e) = run(cli) {
+        log::error!("{e:#}");
+        eprintln!("mirror-agent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(c: &Common) {
+    let level = match i16::from(c.verbose) - i16::from(c.quiet) {
+        i16::MIN..=-2 => log::LevelFilter::Error,
+        -1 => log::LevelFilter::Warn,
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .filter_module("ignore", log::LevelFilter::Warn)
+        .format_target(false)
+        .parse_env("MIRROR_LOG")
+        .init();
+}
+
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let c = &cli.common;
+    if !c.insecure {
+        bail!(
+            "this build speaks plaintext TCP only; pass --insecure on both sides to confirm \
+             (use it on trusted networks or through an SSH tunnel)"
+        );
+    }
+    let backend = match &c.watcher {
+        Some(name) => Backend::from_name(name)?,
+        None => Backend::native(),
+    };
+    let poll = Poll::new().context("creating the event loop")?;
+    let waker = Arc::new(Waker::new(poll.registry(), net::WAKER).context("creating the waker")?);
+    let (net_tx, net_rx) = bounded(1024);
+    let handle = NetHandle { tx: net_tx, waker: waker.clone() };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (stop, waker) = (stop.clone(), waker.clone());
+        ctrlc::set_handler(move || {
+            stop.store(true, Ordering::SeqCst);
+            let _ = waker.wake();
+        })
+        .context("installing the signal handler")?;
+    }
+    let poll_interval = Duration::from_millis(c.poll_interval_ms);
+    let debug_prefix = c.debug_prefix.as_ref().map(|p| p.trim_end_matches('/').as_bytes().to_vec());
+    let engine_cfg = move |root: PathBuf, includes: Vec<String>, excludes: Vec<String>| EngineConfig {
+        root,
+        host: hostname(),
+        includes,
+        excludes,
+        backend,
+        poll_interval,
+        debug_prefix: debug_prefix.clone(),
+    };
+    match cli.command {
+        Command::Client { host, port, local, remote, include, exclude } => {
+            std::fs::create_dir_all(&local).with_context(|| format!("creating {}", local.display()))?;
+            let local = local.canonicalize().with_context(|| format!("resolving {}", local.display()))?;
+            let engine = engine::spawn(engine_cfg(local, include, exclude), handle)?;
+            let engine_tx = engine.tx.clone();
+            let done = watch_engine(engine, stop.clone(), waker.clone());
+            let addr = if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+            let hello = Hello { replica: 0, host: hostname(), remote: remote.as_bytes().to_vec() };
+            let role = net::Role::Client { addr, hello, engine: engine_tx.clone() };
+            let result = net::Net::new(poll, net_rx, stop, role)?.run();
+            let _ = engine_tx.send(ToEngine::Shutdown);
+            let engine_result = done.join().unwrap_or_else(|_| Err("engine thread panicked".into()));
+            result?;
+            engine_result.map_err(anyhow::Error::msg)
+        }
+        Command::Server { listen, root } => {
+            let root = match root {
+                Some(r) => r,
+                None => std::env::var_os("HOME").map(PathBuf::from).context("no --root and no $HOME")?,
+            };
+            let root = root.canonicalize().with_context(|| format!("server root {}", root.display()))?;
+            let addr = net_addr(&listen)?;
+            let listener = mio::net::TcpListener::bind(addr).with_context(|| format!("listening on {listen}"))?;
+            log::info!("listening on {} (serving {})", listener.local_addr()?, root.display());
+            let engines: Arc<Mutex<HashMap<PathBuf, EngineHandle>>> = Arc::default();
+            let factory = {
+                let engines = engines.clone();
+                let make = move |path: PathBuf| engine_cfg(path, Vec::new(), Vec::new());
+                let handle = handle.clone();
+                Box::new(move |path: PathBuf| {
+                    let mut map = engines.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(h) = map.get(&path)
+                        && !h.thread.is_finished()
+                    {
+                        return Ok(h.tx.clone());
+                    }
+                    let h = engine::spawn(make(path.clone()), handle.clone())?;
+                    let tx = h.tx.clone();
+                    map.insert(path, h);
+                    Ok(tx)
+                }) as net::EngineFactory
+            };
+            let role = net::Role::Server { listener, root, engines: factory };
+            let result = net::Net::new(poll, net_rx, stop, role)?.run();
+            let all: Vec<EngineHandle> = engines.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, h)| h).collect();
+            for h in &all {
+                let _ = h.tx.send(ToEngine::Shutdown);
+            }
+            for h in all {
+                let _ = h.thread.join();
+            }
+            result
+        }
+    }
+}
+
+fn net_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .with_context(|| format!("bad listen address {s:?}"))?
+        .next()
+        .with_context(|| format!("no address for {s:?}"))
+}
+
+/// Ends the process's loops when the engine ends (a halted pair, a crash), and hands back how
+/// it ended.
+fn watch_engine(engine: EngineHandle, stop: Arc<AtomicBool>, waker: Arc<Waker>) -> std::thread::JoinHandle<Result<(), String>> {
+    std::thread::spawn(move || {
+        let r = engine.thread.join().unwrap_or_else(|_| Err("engine thread panicked".into()));
+        stop.store(true, Ordering::SeqCst);
+        let _ = waker.wake();
+        r
+    })
+}

@@ -1,0 +1,590 @@
+//! The network thread: one mio loop for the listener and every connection.
+//!
+//! It only moves bytes: the preamble check, frame decoding and the handshake route a
+//! connection to its engine, after which messages pass through untouched, except file uploads,
+//! which this thread streams from an open file handle in bounded chunks as the socket drains, so
+//! a file of any size costs one chunk of memory.
+//!
+//! It never blocks on an engine: a message the engine's channel cannot take yet is parked, and
+//! the connection is not read again until the message is delivered.
+
+use crate::link::{ConnId, ToEngine, ToNet};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use mirror_protocol::{Decoder, Hello, MAX_CHUNK_LEN, Message, PREAMBLE_LEN, Preamble, Welcome, encode_into};
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub const WAKER: Token = Token(0);
+const LISTENER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Uploads add chunks only while less than this is waiting to be written.
+const OUT_LOW_WATER: usize = 512 * 1024;
+/// Stop reading a connection whose undecoded input exceeds this.
+const IN_HIGH_WATER: usize = 8 * 1024 * 1024;
+const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// Opens the engine serving a resolved directory (creating it on first use).
+pub type EngineFactory = Box<dyn FnMut(PathBuf) -> anyhow::Result<Sender<ToEngine>>>;
+
+pub enum Role {
+    Server { listener: TcpListener, root: PathBuf, engines: EngineFactory },
+    Client { addr: String, hello: Hello, engine: Sender<ToEngine> },
+}
+
+enum State {
+    Preamble,
+    AwaitHello,
+    AwaitWelcome,
+    Open(Sender<ToEngine>),
+}
+
+struct Upload {
+    id: u64,
+    file: File,
+    size: u64,
+    sent: u64,
+    hash: blake3::Hasher,
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: String,
+    state: State,
+    dec: Decoder,
+    out: Vec<u8>,
+    out_pos: usize,
+    uploads: VecDeque<Upload>,
+    parked: Option<ToEngine>,
+    /// Close once everything queued is written.
+    closing: bool,
+    /// The socket is gone: close at once.
+    dead: bool,
+    /// Why it closed, for the engine and the log.
+    close_reason: Option<String>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, peer: String, first_out: Vec<u8>) -> Self {
+        Self {
+            stream,
+            peer,
+            state: State::Preamble,
+            dec: Decoder::new(),
+            out: first_out,
+            out_pos: 0,
+            uploads: VecDeque::new(),
+            parked: None,
+            closing: false,
+            dead: false,
+            close_reason: None,
+        }
+    }
+
+    fn send(&mut self, msg: &Message) {
+        if self.out_pos > 0 && self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        encode_into(msg, &mut self.out);
+    }
+
+    fn pending_out(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Closes after flushing what is queued (a goodbye, usually).
+    fn fail(&mut self, reason: String) {
+        if self.close_reason.is_none() {
+            self.close_reason = Some(reason);
+        }
+        self.closing = true;
+    }
+
+    /// The connection is unusable: close without flushing.
+    fn lost(&mut self, reason: String) {
+        self.fail(format!("connection lost: {reason}"));
+        self.dead = true;
+    }
+}
+
+pub struct Net {
+    poll: Poll,
+    rx: Receiver<ToNet>,
+    stop: Arc<AtomicBool>,
+    role: Role,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: usize,
+    /// Disconnect notices an engine could not take yet.
+    notices: VecDeque<(Sender<ToEngine>, ToEngine)>,
+    reconnect_at: Option<Instant>,
+    backoff: Duration,
+    /// Set when a client's server refused it for good; the loop ends with this error.
+    fatal: Option<String>,
+    root_canon: Option<PathBuf>,
+}
+
+impl Net {
+    pub fn new(poll: Poll, rx: Receiver<ToNet>, stop: Arc<AtomicBool>, mut role: Role) -> io::Result<Self> {
+        let mut root_canon = None;
+        if let Role::Server { listener, root, .. } = &mut role {
+            poll.registry().register(listener, LISTENER, Interest::READABLE)?;
+            root_canon = Some(root.canonicalize()?);
+        }
+        let reconnect_at = matches!(role, Role::Client { .. }).then(Instant::now);
+        Ok(Self {
+            poll,
+            rx,
+            stop,
+            role,
+            conns: HashMap::new(),
+            next_conn: FIRST_CONN,
+            notices: VecDeque::new(),
+            reconnect_at,
+            backoff: Duration::from_millis(200),
+            fatal: None,
+            root_canon,
+        })
+    }
+
+    /// Runs until the stop flag is set (or a client is refused for good).
+    pub fn run(mut self) -> anyhow::Result<()> {
+        let mut events = Events::with_capacity(256);
+        while !self.stop.load(Ordering::SeqCst) {
+            let busy = !self.notices.is_empty() || self.conns.values().any(|c| c.parked.is_some());
+            let mut timeout = if busy { Some(Duration::from_millis(2)) } else { None };
+            if let Some(at) = self.reconnect_at {
+                let d = at.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            // Every connection is serviced on every turn (reads and writes stop at WouldBlock),
+            // so readiness only needs to wake the loop; the listener is the one token we act on.
+            if events.iter().any(|ev| ev.token() == LISTENER) {
+                self.accept();
+            }
+            self.drain_engines();
+            self.deliver_notices();
+            if self.reconnect_at.is_some_and(|at| at <= Instant::now()) {
+                self.reconnect_at = None;
+                self.connect();
+            }
+            let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+            for id in ids {
+                self.service(id);
+            }
+            if let Some(reason) = self.fatal.take() {
+                anyhow::bail!(reason);
+            }
+        }
+        for (_, mut c) in std::mem::take(&mut self.conns) {
+            c.send(&Message::Goodbye { reason: "agent shutting down".into() });
+            // Best effort: the socket is non-blocking and the peer may be gone.
+            let _ = c.stream.write(&c.out[c.out_pos..]);
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Role::Server { listener, .. } = &mut self.role else { return };
+            match listener.accept() {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.add_conn(stream, addr.to_string(), Preamble::ours().encode().to_vec());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut stream: TcpStream, peer: String, first_out: Vec<u8>) -> Option<ConnId> {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(id), Interest::READABLE | Interest::WRITABLE) {
+            log::warn!("cannot register connection from {peer}: {e}");
+            return None;
+        }
+        log::debug!("connection {id} with {peer}");
+        self.conns.insert(id as ConnId, Conn::new(stream, peer, first_out));
+        Some(id as ConnId)
+    }
+
+    /// Client only: (re)connects to the server and sends the preamble and hello.
+    fn connect(&mut self) {
+        let Role::Client { addr, hello, .. } = &self.role else { return };
+        let (addr, hello) = (addr.clone(), hello.clone());
+        let attempt = resolve(&addr).and_then(|sa| std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(5)));
+        match attempt {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                if s.set_nonblocking(true).is_err() {
+                    self.schedule_reconnect();
+                    return;
+                }
+                let mut first = Preamble::ours().encode().to_vec();
+                encode_into(&Message::Hello(hello), &mut first);
+                if self.add_conn(TcpStream::from_std(s), addr.clone(), first).is_none() {
+                    self.schedule_reconnect();
+                }
+            }
+            Err(e) => {
+                log::warn!("cannot connect to {addr}: {e}; retrying in {:.1}s", self.backoff.as_secs_f32());
+                self.schedule_reconnect();
+            }
+        }
+    }
+
+    fn schedule_reconnect(&mut self) {
+        self.reconnect_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+    }
+
+    fn drain_engines(&mut self) {
+        while let Ok(m) = self.rx.try_recv() {
+            match m {
+                ToNet::Send { conn, msg } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.send(&msg);
+                    }
+                }
+                ToNet::Upload { conn, id, file, size } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.uploads.push_back(Upload { id, file, size, sent: 0, hash: blake3::Hasher::new() });
+                    }
+                }
+                ToNet::Close { conn, reason } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.send(&Message::Goodbye { reason: reason.clone() });
+                        c.fail(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver_notices(&mut self) {
+        for _ in 0..self.notices.len() {
+            let Some((tx, m)) = self.notices.pop_front() else { break };
+            match tx.try_send(m) {
+                Err(TrySendError::Full(m)) => self.notices.push_back((tx, m)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads, decodes, dispatches, uploads and writes for one connection.
+    fn service(&mut self, id: ConnId) {
+        let Some(mut c) = self.conns.remove(&id) else { return };
+        // Deliver what was parked before reading more.
+        if let (Some(m), State::Open(tx)) = (c.parked.take(), &c.state) {
+            match tx.try_send(m) {
+                Ok(()) => {}
+                Err(TrySendError::Full(m)) => c.parked = Some(m),
+                Err(TrySendError::Disconnected(_)) => c.fail("the sync engine stopped".into()),
+            }
+        }
+        if c.parked.is_none() && !c.closing {
+            self.read(&mut c);
+            self.dispatch(id, &mut c);
+        }
+        fill_uploads(&mut c);
+        flush(&mut c);
+        if c.dead || (c.closing && c.pending_out() == 0) {
+            self.close(id, c);
+        } else {
+            self.conns.insert(id, c);
+        }
+    }
+
+    fn read(&mut self, c: &mut Conn) {
+        let mut buf = [0u8; 64 * 1024];
+        while c.dec.buffered() < IN_HIGH_WATER {
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    c.lost("peer closed the connection".into());
+                    return;
+                }
+                Ok(n) => c.dec.extend(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    c.lost(e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, id: ConnId, c: &mut Conn) {
+        loop {
+            if c.parked.is_some() {
+                return;
+            }
+            if let State::Preamble = c.state {
+                match Preamble::decode(c.dec.peek()) {
+                    Ok(None) => return,
+                    Ok(Some(_)) => {
+                        c.dec.take_raw(PREAMBLE_LEN);
+                        c.state = if matches!(self.role, Role::Server { .. }) { State::AwaitHello } else { State::AwaitWelcome };
+                        continue;
+                    }
+                    Err(e) => {
+                        log::error!("{}: {e}", c.peer);
+                        if matches!(self.role, Role::Client { .. }) {
+                            self.fatal = Some(format!("server {}: {e}", c.peer));
+                        }
+                        c.lost(e.to_string());
+                        return;
+                    }
+                }
+            }
+            let msg = match c.dec.decode() {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(e) => {
+                    log::error!("{}: {e}; closing the connection", c.peer);
+                    c.send(&Message::Goodbye { reason: e.to_string() });
+                    c.fail(format!("protocol error: {e}"));
+                    return;
+                }
+            };
+            match (&c.state, msg) {
+                (_, Message::Ping) => c.send(&Message::Pong),
+                (_, Message::Pong) => {}
+                (State::AwaitHello, Message::Hello(h)) => self.on_hello(id, c, h),
+                (State::AwaitWelcome, Message::Welcome(w)) => self.on_welcome(id, c, w),
+                (State::AwaitWelcome | State::AwaitHello, Message::Goodbye { reason }) => {
+                    log::error!("{} refused us: {reason}", c.peer);
+                    if matches!(self.role, Role::Client { .. }) {
+                        self.fatal = Some(format!("server {} refused the connection: {reason}", c.peer));
+                    }
+                    c.lost(format!("refused: {reason}"));
+                    return;
+                }
+                (State::Open(tx), msg) => {
+                    if let Message::Goodbye { reason } = &msg {
+                        log::info!("{} closed the connection: {reason}", c.peer);
+                    }
+                    match tx.try_send(ToEngine::Message { conn: id, msg }) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(m)) => {
+                            c.parked = Some(m);
+                            return;
+                        }
+                        Err(TrySendError::Disconnected(_)) => {
+                            c.lost("the sync engine stopped".into());
+                            return;
+                        }
+                    }
+                }
+                (_, msg) => {
+                    let reason = format!("unexpected {} during the handshake", msg.name());
+                    log::error!("{}: {reason}", c.peer);
+                    c.send(&Message::Goodbye { reason: reason.clone() });
+                    c.fail(reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_hello(&mut self, id: ConnId, c: &mut Conn, h: Hello) {
+        let Role::Server { engines, .. } = &mut self.role else { return };
+        let Some(root) = &self.root_canon else { return };
+        let target = match resolve_remote(root, &h.remote) {
+            Ok(t) => t,
+            Err(reason) => {
+                log::error!("{} ({}): {reason}", c.peer, h.host);
+                c.send(&Message::Goodbye { reason: reason.clone() });
+                c.fail(reason);
+                return;
+            }
+        };
+        match engines(target.clone()) {
+            Ok(tx) => {
+                c.send(&Message::Welcome(Welcome { replica: 0, host: crate::hostname() }));
+                log::info!("{} ({}) syncs {}", h.host, c.peer, target.display());
+                c.parked = Some(ToEngine::Connected { conn: id, peer_host: h.host, peer_replica: h.replica });
+                c.state = State::Open(tx);
+                // Delivered on the next turn of the loop (parked delivery keeps the order).
+                if let (Some(m), State::Open(tx)) = (c.parked.take(), &c.state) {
+                    match tx.try_send(m) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(m)) => c.parked = Some(m),
+                        Err(TrySendError::Disconnected(_)) => c.fail("the sync engine stopped".into()),
+                    }
+                }
+            }
+            Err(e) => {
+                let reason = format!("cannot sync {}: {e:#}", target.display());
+                log::error!("{reason}");
+                c.send(&Message::Goodbye { reason: reason.clone() });
+                c.fail(reason);
+            }
+        }
+    }
+
+    fn on_welcome(&mut self, id: ConnId, c: &mut Conn, w: Welcome) {
+        let Role::Client { engine, .. } = &self.role else { return };
+        log::info!("connected to {} ({})", w.host, c.peer);
+        self.backoff = Duration::from_millis(200);
+        c.state = State::Open(engine.clone());
+        match engine.try_send(ToEngine::Connected { conn: id, peer_host: w.host, peer_replica: w.replica }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(m)) => c.parked = Some(m),
+            Err(TrySendError::Disconnected(_)) => c.fail("the sync engine stopped".into()),
+        }
+    }
+
+    fn close(&mut self, id: ConnId, mut c: Conn) {
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        let reason = c.close_reason.take().unwrap_or_else(|| "closed".into());
+        log::debug!("connection {id} with {} closed: {reason}", c.peer);
+        if let State::Open(tx) = &c.state {
+            let notice = ToEngine::Disconnected { conn: id, reason };
+            if let Err(TrySendError::Full(m)) = tx.try_send(notice) {
+                self.notices.push_back((tx.clone(), m));
+            }
+        }
+        if matches!(self.role, Role::Client { .. }) && self.fatal.is_none() && self.reconnect_at.is_none() {
+            self.schedule_reconnect();
+        }
+    }
+}
+
+/// Adds upload chunks while the socket keeps up.
+fn fill_uploads(c: &mut Conn) {
+    let mut buf = Vec::new();
+    while c.pending_out() < OUT_LOW_WATER {
+        let Some(u) = c.uploads.front_mut() else { return };
+        let want = usize::try_from(u.size - u.sent).unwrap_or(usize::MAX).min(UPLOAD_CHUNK).min(MAX_CHUNK_LEN);
+        // At the declared size, probe one byte further: a file that grew is not sent as the old one.
+        buf.resize(want.max(1), 0);
+        let r = read_some(&mut u.file, &mut buf);
+        let (msg, done) = match r {
+            Ok(0) => {
+                let hash = *u.hash.finalize().as_bytes();
+                (Message::DataEnd { id: u.id, size: u.sent, hash }, true)
+            }
+            Ok(_) if want == 0 => (Message::DataAbort { id: u.id, reason: "file grew while being sent".into() }, true),
+            Ok(n) => {
+                u.hash.update(&buf[..n]);
+                u.sent += n as u64;
+                (Message::Data { id: u.id, bytes: buf[..n].to_vec() }, false)
+            }
+            Err(e) => (Message::DataAbort { id: u.id, reason: format!("read failed: {e}") }, true),
+        };
+        c.send(&msg);
+        if done {
+            c.uploads.pop_front();
+        }
+    }
+}
+
+fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match f.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+fn flush(c: &mut Conn) {
+    while c.pending_out() > 0 {
+        match c.stream.write(&c.out[c.out_pos..]) {
+            Ok(0) => {
+                c.lost("write returned 0".into());
+                return;
+            }
+            Ok(n) => c.out_pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                c.lost(e.to_string());
+                return;
+            }
+        }
+    }
+    c.out.clear();
+    c.out_pos = 0;
+}
+
+fn resolve(addr: &str) -> io::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()?.next().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address for {addr}")))
+}
+
+/// Resolves a client's remote directory inside the server root, refusing anything that escapes
+/// it (`..`, an absolute path elsewhere, a symlink pointing out). Creates it if missing.
+pub fn resolve_remote(root: &Path, remote: &[u8]) -> Result<PathBuf, String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
+    let shown = String::from_utf8_lossy(remote).into_owned();
+    if remote.contains(&0) {
+        return Err(format!("remote path {shown:?} contains NUL"));
+    }
+    let mut p = Path::new(std::ffi::OsStr::from_bytes(remote));
+    if let Ok(rest) = p.strip_prefix("~") {
+        p = rest;
+    }
+    let rel = if p.is_absolute() {
+        p.strip_prefix(root).map_err(|_| format!("remote path {shown:?} is outside the server root {}", root.display()))?
+    } else {
+        p
+    };
+    let mut target = root.to_path_buf();
+    for comp in rel.components() {
+        match comp {
+            Component::Normal(n) => target.push(n),
+            Component::CurDir => {}
+            _ => return Err(format!("remote path {shown:?} escapes the server root")),
+        }
+    }
+    std::fs::create_dir_all(&target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    let canon = target.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", target.display()))?;
+    if !canon.starts_with(root) {
+        return Err(format!("remote path {shown:?} leads outside the server root through a symlink"));
+    }
+    if !canon.is_dir() {
+        return Err(format!("remote path {shown:?} is not a directory"));
+    }
+    Ok(canon)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_paths_stay_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::os::unix::fs::symlink("/", root.join("escape")).unwrap();
+        assert_eq!(resolve_remote(&root, b"proj").unwrap(), root.join("proj"));
+        assert_eq!(resolve_remote(&root, b"~/a/b").unwrap(), root.join("a/b"));
+        assert_eq!(resolve_remote(&root, root.join("c").as_os_str().as_encoded_bytes()).unwrap(), root.join("c"));
+        assert_eq!(resolve_remote(&root, b"").unwrap(), root);
+        for bad in [&b"../x"[..], b"a/../../x", b"/etc", b"escape/tmp", b"a\0b"] {
+            assert!(resolve_remote(&root, bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Which paths are synced: nested `.gitignore` files, `.git/info/exclude`, the `.git` directory,
+//! our own temp files, and the `-i`/`-e` patterns of the command line (gitignore syntax).
+//!
+//! Precedence, as in stephenh/mirror: an `-i` include wins over every ignore rule; then `-e`
+//! excludes; then `.gitignore` files from the deepest directory up (a `!pattern` re-includes);
+//! then `.git/info/exclude`. A path inside an ignored directory is ignored unless an include
+//! names it. The `ignore` crate does the pattern matching; this module does the layering.
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Names of our temp files start with this; they are never synced.
+pub const TEMP_PREFIX: &str = ".mirror-tmp-";
+
+/// A bad `-i`/`-e` pattern.
+#[derive(Debug)]
+pub struct PatternError {
+    pub pattern: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for PatternError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid pattern {:?}: {}", self.pattern, self.reason)
+    }
+}
+
+impl std::error::Error for PatternError {}
+
+#[derive(Debug)]
+pub struct Rules {
+    root: PathBuf,
+    includes: Option<Gitignore>,
+    excludes: Option<Gitignore>,
+    info_exclude: Option<Gitignore>,
+    /// Each directory's `.gitignore`, loaded on first use; `None` when it has none.
+    dirs: HashMap<PathBuf, Option<Arc<Gitignore>>>,
+}
+
+fn build(root: &Path, patterns: &[String]) -> Result<Option<Gitignore>, PatternError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GitignoreBuilder::new(root);
+    for p in patterns {
+        b.add_line(None, p).map_err(|e| PatternError { pattern: p.clone(), reason: e.to_string() })?;
+    }
+    b.build()
+        .map(Some)
+        .map_err(|e| PatternError { pattern: patterns.join(" "), reason: e.to_string() })
+}
+
+fn load_file(dir: &Path, file: &Path) -> Option<Gitignore> {
+    if !file.is_file() {
+        return None;
+    }
+    let mut b = GitignoreBuilder::new(dir);
+    if let Some(e) = b.add(file) {
+        log::warn!("{}: {e}", file.display());
+    }
+    match b.build() {
+        Ok(g) if !g.is_empty() => Some(g),
+        Ok(_) => None,
+        Err(e) => {
+            log::warn!("{}: {e}", file.display());
+            None
+        }
+    }
+}
+
+impl Rules {
+    pub fn new(root: &Path, includes: &[String], excludes: &[String]) -> Result<Self, PatternError> {
+        Ok(Self {
+            root: root.to_path_buf(),
+            includes: build(root, includes)?,
+            excludes: build(root, excludes)?,
+            info_exclude: load_file(root, &root.join(".git/info/exclude")),
+            dirs: HashMap::new(),
+        })
+    }
+
+    pub fn has_includes(&self) -> bool {
+        self.includes.is_some()
+    }
+
+    /// Forgets the cached rules of `dir` (its `.gitignore` changed). `dir` relative to the root.
+    pub fn invalidate(&mut self, dir: &Path) {
+        self.dirs.remove(dir);
+        if dir == Path::new(".git/info") || dir == Path::new(".git") {
+            self.info_exclude = load_file(&self.root, &self.root.join(".git/info/exclude"));
+        }
+    }
+
+    /// Whether an include pattern names `rel` or one of its ancestors.
+    pub fn is_included(&self, rel: &Path, is_dir: bool) -> bool {
+        self.includes
+            .as_ref()
+            .is_some_and(|g| g.matched_path_or_any_parents(rel, is_dir).is_ignore())
+    }
+
+    /// Whether `rel` is ignored, considering its ancestors too.
+    pub fn is_ignored(&mut self, rel: &Path, is_dir: bool) -> bool {
+        if is_temp(rel) {
+            return true;
+        }
+        if self.is_included(rel, is_dir) {
+            return false;
+        }
+        if self.ignored_here(rel, is_dir) {
+            return true;
+        }
+        let ancestors: Vec<PathBuf> = rel.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).map(Path::to_path_buf).collect();
+        ancestors.iter().rev().any(|a| self.ignored_here(a, true))
+    }
+
+    /// Whether `rel` itself is ignored, assuming its ancestors are not (a walk that prunes
+    /// ignored directories only needs this).
+    pub fn ignored_here(&mut self, rel: &Path, is_dir: bool) -> bool {
+        if is_temp(rel) {
+            return true;
+        }
+        if rel.file_name() == Some(OsStr::new(".git")) {
+            return true;
+        }
+        if self.excludes.as_ref().is_some_and(|g| g.matched(rel, is_dir).is_ignore()) {
+            return true;
+        }
+        let abs = self.root.join(rel);
+        let mut dir = rel.parent();
+        while let Some(d) = dir {
+            if let Some(g) = self.dir_rules(d) {
+                let m = g.matched(&abs, is_dir);
+                if m.is_ignore() {
+                    return true;
+                }
+                if m.is_whitelist() {
+                    return false;
+                }
+            }
+            dir = d.parent();
+        }
+        self.info_exclude.as_ref().is_some_and(|g| g.matched(&abs, is_dir).is_ignore())
+    }
+
+    fn dir_rules(&mut self, dir: &Path) -> Option<Arc<Gitignore>> {
+        if let Some(g) = self.dirs.get(dir) {
+            return g.clone();
+        }
+        let abs = self.root.join(dir);
+        let g = load_file(&abs, &abs.join(".gitignore")).map(Arc::new);
+        self.dirs.insert(dir.to_path_buf(), g.clone());
+        g
+    }
+}
+
+/// Whether the last component is one of our temp files.
+pub fn is_temp(rel: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    rel.file_name().is_some_and(|n| n.as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn rules(setup: &[(&str, &str)], inc: &[&str], exc: &[&str]) -> (tempfile::TempDir, Rules) {
+        let d = tempfile::tempdir().unwrap();
+        for (p, content) in setup {
+            let p = d.path().join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, content).unwrap();
+        }
+        let inc: Vec<String> = inc.iter().map(|s| s.to_string()).collect();
+        let exc: Vec<String> = exc.iter().map(|s| s.to_string()).collect();
+        let r = Rules::new(d.path(), &inc, &exc).unwrap();
+        (d, r)
+    }
+
+    #[test]
+    fn table() {
+        let (_d, mut r) = rules(
+            &[
+                (".gitignore", "target/\n*.log\n!keep.log\n"),
+                ("sub/.gitignore", "gen/\n!important.log\n"),
+                (".git/info/exclude", "secret\n"),
+            ],
+            &["*-SNAPSHOT.jar"],
+            &["*.tmp"],
+        );
+        let rows: &[(&str, bool, bool)] = &[
+            ("src/main.rs", false, false),
+            ("target", true, true),
+            ("target/classes/A.class", false, true),
+            ("target/app-1.0-SNAPSHOT.jar", false, false), // include wins
+            ("x.log", false, true),
+            ("keep.log", false, false),
+            ("sub/gen", true, true),
+            ("sub/gen/a.rs", false, true),
+            ("sub/important.log", false, false), // deeper whitelist wins
+            ("other/gen", true, false),
+            ("a.tmp", false, true),
+            (".git", true, true),
+            (".git/config", false, true),
+            ("secret", false, true),
+            ("dir/.mirror-tmp-123", false, true),
+        ];
+        for (p, is_dir, want) in rows {
+            assert_eq!(r.is_ignored(Path::new(p), *is_dir), *want, "{p}");
+        }
+    }
+
+    #[test]
+    fn include_of_a_git_directory_wins() {
+        let (_d, mut r) = rules(&[], &[".git/"], &[]);
+        assert!(!r.is_ignored(Path::new(".git/HEAD"), false));
+    }
+
+    #[test]
+    fn changed_gitignore_takes_effect_after_invalidate() {
+        let (d, mut r) = rules(&[(".gitignore", "a\n")], &[], &[]);
+        assert!(r.is_ignored(Path::new("a"), false));
+        fs::write(d.path().join(".gitignore"), "b\n").unwrap();
+        assert!(r.is_ignored(Path::new("a"), false), "cached until invalidated");
+        r.invalidate(Path::new(""));
+        assert!(!r.is_ignored(Path::new("a"), false));
+        assert!(r.is_ignored(Path::new("b"), false));
+    }
+
+    #[test]
+    fn bad_pattern_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let err = Rules::new(d.path(), &["a[".into()], &[]).unwrap_err();
+        assert!(err.to_string().contains("a["), "{err}");
+    }
+}

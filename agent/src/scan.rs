@@ -1,0 +1,110 @@
+//! Reading the disk: stat, hash, list. Nothing here decides anything.
+
+use crate::index::{LocalEntry, Stat, mtime_of};
+use mirror_protocol::{Hash, Kind, Timestamp};
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// What is at a path now.
+#[derive(Debug)]
+pub struct Seen {
+    pub kind: Kind,
+    pub stat: Stat,
+    pub mtime: Timestamp,
+}
+
+/// Opens a regular file for reading without following a symlink at its last component.
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
+}
+
+/// blake3 of a whole file, streamed.
+pub fn hash_file(path: &Path) -> io::Result<(Hash, u64)> {
+    let mut f = open_nofollow(path)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((*h.finalize().as_bytes(), n))
+}
+
+pub fn is_executable(m: &Metadata) -> bool {
+    m.mode() & 0o111 != 0
+}
+
+/// Observes `abs`. `Ok(None)` when nothing is there or it is a type we do not sync (socket,
+/// FIFO, device). `prev` lets an unchanged file skip hashing.
+pub fn observe(abs: &Path, prev: Option<&LocalEntry>) -> io::Result<Option<Seen>> {
+    let m = match std::fs::symlink_metadata(abs) {
+        Ok(m) => m,
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    observe_meta(abs, &m, prev)
+}
+
+pub fn observe_meta(abs: &Path, m: &Metadata, prev: Option<&LocalEntry>) -> io::Result<Option<Seen>> {
+    let stat = Stat::of(m);
+    let ft = m.file_type();
+    let kind = if ft.is_file() {
+        let executable = is_executable(m);
+        let reuse = prev.and_then(|p| match (&p.entry.kind, p.stat) {
+            (Kind::File { hash, .. }, Some(s)) if s.size == stat.size && s.mtime == stat.mtime && s.ino == stat.ino => {
+                Some(*hash)
+            }
+            _ => None,
+        });
+        let hash = match reuse {
+            Some(h) => h,
+            None => {
+                let (h, n) = hash_file(abs)?;
+                if n != stat.size {
+                    // Written while we read: the next event will bring it back.
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "file changed while hashing"));
+                }
+                h
+            }
+        };
+        Kind::File { size: stat.size, hash, executable }
+    } else if ft.is_dir() {
+        Kind::Directory
+    } else if ft.is_symlink() {
+        Kind::Symlink { target: std::fs::read_link(abs)?.as_os_str().as_bytes().to_vec() }
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Seen { kind, stat, mtime: mtime_of(m) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observes_kinds_and_reuses_hash_when_stat_is_unchanged() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, "hello").unwrap();
+        let seen = observe(&f, None).unwrap().unwrap();
+        let Kind::File { size: 5, hash, executable: false } = seen.kind else { panic!("{:?}", seen.kind) };
+        assert_eq!(hash, *blake3::hash(b"hello").as_bytes());
+        std::os::unix::fs::symlink("target/x", d.path().join("l")).unwrap();
+        let l = observe(&d.path().join("l"), None).unwrap().unwrap();
+        assert_eq!(l.kind, Kind::Symlink { target: b"target/x".to_vec() });
+        assert_eq!(observe(&d.path().join("missing"), None).unwrap().map(|s| s.kind), None);
+        assert_eq!(observe(d.path(), None).unwrap().map(|s| s.kind), Some(Kind::Directory));
+    }
+}
