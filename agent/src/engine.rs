@@ -76,7 +76,9 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         poll_interval: cfg.poll_interval,
     };
     let watcher = mirror_backends::start(cfg.backend, wcfg, watch_tx)?;
-    let (tx, rx) = bounded(256);
+    // Small on purpose: a data chunk is up to 256 KiB, so this bounds what a fast sender can
+    // queue in front of a slow disk to a few MiB.
+    let (tx, rx) = bounded(16);
     let mut rnd = [0u8; 8];
     getrandom::fill(&mut rnd).map_err(|e| anyhow::anyhow!("random replica id: {e}"))?;
     let engine = Engine {
@@ -97,6 +99,8 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         next_id: 1,
         halted: None,
         initial: true,
+        rules_changed: false,
+        refresh: Vec::new(),
     };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()
@@ -128,6 +132,9 @@ struct Session {
     peer_host: String,
     in_flight: HashMap<u64, Fetch>,
     queued: VecDeque<(u64, Fetch)>,
+    /// The peer's entries that our rules ignored, offered again when the rules change (a
+    /// `.gitignore` arriving after the files it un-ignores, for instance).
+    skipped: BTreeMap<RelPath, Entry>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -158,6 +165,10 @@ struct Engine {
     halted: Option<String>,
     /// During the initial scan every path is "new": log them at debug level only.
     initial: bool,
+    /// Ignore rules changed: skipped peer entries are to be offered again.
+    rules_changed: bool,
+    /// Directories the watcher should (re)watch after ignore rules changed.
+    refresh: Vec<PathBuf>,
 }
 
 /// A connection-fatal problem with what a peer sent.
@@ -213,6 +224,10 @@ impl Engine {
             if self.halted.is_none() {
                 self.process_dirty();
                 self.process_retries();
+                self.reoffer_skipped();
+            }
+            for dir in std::mem::take(&mut self.refresh) {
+                watcher.refresh(&dir);
             }
             self.flush_outbox();
             self.pump_all();
@@ -304,20 +319,44 @@ impl Engine {
         for (p, deep) in due {
             self.dirty.remove(&p);
             self.last_done.insert(p.clone(), now);
-            if p.file_name() == b".gitignore" {
-                let dir = p.parent().map(|d| rel_path(&d).to_path_buf()).unwrap_or_default();
-                self.rules.lock().unwrap_or_else(PoisonError::into_inner).invalidate(&dir);
-                self.scan_path(&p, false);
-                match p.parent() {
-                    Some(d) => self.scan_path(&d, true),
-                    None => self.full_scan(false),
-                }
-                continue;
-            }
             self.scan_path(&p, deep);
+            if is_rules_file(&p) {
+                self.rules_changed_at(&p);
+            }
         }
         if self.last_done.len() > 10_000 {
             self.last_done.retain(|_, t| now.duration_since(*t) < HOT_WINDOW);
+        }
+    }
+
+    /// A `.gitignore` (or `.git/info/exclude`) changed, here or by a peer: reload the rules of
+    /// its directory, rescan that directory whole, watch what is no longer ignored, and offer
+    /// the peers' skipped entries again.
+    fn rules_changed_at(&mut self, file: &RelPath) {
+        let dir = file.parent();
+        let dir_path = dir.as_ref().map(|d| rel_path(d).to_path_buf()).unwrap_or_default();
+        self.rules.lock().unwrap_or_else(PoisonError::into_inner).invalidate(&dir_path);
+        match &dir {
+            Some(d) if !matches!(d.as_bytes(), b".git/info") => self.mark_dirty(&dir_path, true),
+            _ => self.full_rescan = true,
+        }
+        self.refresh.push(dir_path);
+        self.rules_changed = true;
+    }
+
+    fn reoffer_skipped(&mut self) {
+        if !std::mem::take(&mut self.rules_changed) {
+            return;
+        }
+        let offers: Vec<(ConnId, Entry)> = self
+            .sessions
+            .iter_mut()
+            .flat_map(|(c, s)| std::mem::take(&mut s.skipped).into_values().map(move |e| (*c, e)))
+            .collect();
+        for (conn, e) in offers {
+            if let Err(PeerError(reason)) = self.on_remote(conn, e) {
+                self.drop_session(conn, reason);
+            }
         }
     }
 
@@ -508,7 +547,8 @@ impl Engine {
                     self.net.send(ToNet::Close { conn, reason: reason.clone() });
                     return false;
                 }
-                self.sessions.insert(conn, Session { peer_host, in_flight: HashMap::new(), queued: VecDeque::new() });
+                let s = Session { peer_host, in_flight: HashMap::new(), queued: VecDeque::new(), skipped: BTreeMap::new() };
+                self.sessions.insert(conn, s);
                 self.send_index(conn);
             }
             ToEngine::Disconnected { conn, reason } => {
@@ -523,14 +563,18 @@ impl Engine {
                     return false;
                 }
                 if let Err(PeerError(reason)) = self.on_message(conn, msg) {
-                    let host = self.sessions.get(&conn).map(|s| s.peer_host.clone()).unwrap_or_default();
-                    log::error!("closing connection to {host}: {reason}");
-                    self.sessions.remove(&conn);
-                    self.net.send(ToNet::Close { conn, reason });
+                    self.drop_session(conn, reason);
                 }
             }
         }
         false
+    }
+
+    fn drop_session(&mut self, conn: ConnId, reason: String) {
+        let host = self.sessions.get(&conn).map(|s| s.peer_host.clone()).unwrap_or_default();
+        log::error!("closing connection to {host}: {reason}");
+        self.sessions.remove(&conn);
+        self.net.send(ToNet::Close { conn, reason });
     }
 
     fn send_index(&mut self, conn: ConnId) {
@@ -577,6 +621,9 @@ impl Engine {
     fn on_remote(&mut self, conn: ConnId, e: Entry) -> Result<(), PeerError> {
         let is_dir = matches!(e.kind, Kind::Directory);
         if self.is_ignored(rel_path(&e.path), is_dir) {
+            if let Some(s) = self.sessions.get_mut(&conn) {
+                s.skipped.insert(e.path.clone(), e);
+            }
             return Ok(());
         }
         if let Err(err) = paths::check_parents(&self.root, &e.path) {
@@ -682,7 +729,12 @@ impl Engine {
                 let host = self.sessions.get(&conn).map(|s| s.peer_host.clone());
                 log_change("applied", &e, host.as_deref());
                 let stat = if e.kind.is_deleted() { None } else { Some(stat) };
+                let rules_file = is_rules_file(&e.path);
+                let path = e.path.clone();
                 self.set(Entry { version, ..e }, stat, Some(conn));
+                if rules_file {
+                    self.rules_changed_at(&path);
+                }
             }
             Err(err) => self.exec_failed(conn, e, err),
         }
@@ -950,6 +1002,11 @@ pub fn order_for_apply(mut entries: Vec<Entry>) -> Vec<Entry> {
         (false, false) => a.path.cmp(&b.path),
     });
     entries
+}
+
+/// Whether a change to this path changes the ignore rules.
+fn is_rules_file(p: &RelPath) -> bool {
+    p.file_name() == b".gitignore" || p.as_bytes() == b".git/info/exclude"
 }
 
 fn now() -> Timestamp {

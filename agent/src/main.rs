@@ -101,11 +101,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Client { host, port, local, remote, include, exclude } => {
             std::fs::create_dir_all(&local).with_context(|| format!("creating {}", local.display()))?;
             let local = local.canonicalize().with_context(|| format!("resolving {}", local.display()))?;
-            let engine = engine::spawn(engine_cfg(local, include, exclude), handle)?;
+            let engine = engine::spawn(engine_cfg(local, include.clone(), exclude.clone()), handle)?;
             let engine_tx = engine.tx.clone();
             let done = watch_engine(engine, stop.clone(), waker.clone());
             let addr = if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-            let hello = Hello { replica: 0, host: hostname(), remote: remote.as_bytes().to_vec() };
+            let hello = Hello { replica: 0, host: hostname(), remote: remote.as_bytes().to_vec(), includes: include, excludes: exclude };
             let role = net::Role::Client { addr, hello, engine: engine_tx.clone() };
             let result = net::Net::new(poll, net_rx, stop, role)?.run();
             let _ = engine_tx.send(ToEngine::Shutdown);
@@ -122,27 +122,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let addr = net_addr(&listen)?;
             let listener = mio::net::TcpListener::bind(addr).with_context(|| format!("listening on {listen}"))?;
             log::info!("listening on {} (serving {})", listener.local_addr()?, root.display());
-            let engines: Arc<Mutex<HashMap<PathBuf, EngineHandle>>> = Arc::default();
+            // One engine per served directory, shared by every client of that directory. It
+            // takes the patterns of the client that opened it; a later client with other
+            // patterns is warned (its own side still filters what it applies).
+            type Served = (EngineHandle, Vec<String>, Vec<String>);
+            let engines: Arc<Mutex<HashMap<PathBuf, Served>>> = Arc::default();
             let factory = {
                 let engines = engines.clone();
-                let make = move |path: PathBuf| engine_cfg(path, Vec::new(), Vec::new());
                 let handle = handle.clone();
-                Box::new(move |path: PathBuf| {
+                Box::new(move |path: PathBuf, hello: &Hello| {
                     let mut map = engines.lock().unwrap_or_else(PoisonError::into_inner);
-                    if let Some(h) = map.get(&path)
+                    if let Some((h, inc, exc)) = map.get(&path)
                         && !h.thread.is_finished()
                     {
+                        if *inc != hello.includes || *exc != hello.excludes {
+                            log::warn!(
+                                "{} asks for {} with other -i/-e patterns than the client that opened it; \
+                                 keeping the first client's patterns ({inc:?} / {exc:?})",
+                                hello.host,
+                                path.display()
+                            );
+                        }
                         return Ok(h.tx.clone());
                     }
-                    let h = engine::spawn(make(path.clone()), handle.clone())?;
+                    let cfg = engine_cfg(path.clone(), hello.includes.clone(), hello.excludes.clone());
+                    let h = engine::spawn(cfg, handle.clone())?;
                     let tx = h.tx.clone();
-                    map.insert(path, h);
+                    map.insert(path, (h, hello.includes.clone(), hello.excludes.clone()));
                     Ok(tx)
                 }) as net::EngineFactory
             };
             let role = net::Role::Server { listener, root, engines: factory };
             let result = net::Net::new(poll, net_rx, stop, role)?.run();
-            let all: Vec<EngineHandle> = engines.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, h)| h).collect();
+            let all: Vec<EngineHandle> = engines.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, (h, _, _))| h).collect();
             for h in &all {
                 let _ = h.tx.send(ToEngine::Shutdown);
             }

@@ -28,12 +28,13 @@ const FIRST_CONN: usize = 2;
 
 /// Uploads add chunks only while less than this is waiting to be written.
 const OUT_LOW_WATER: usize = 512 * 1024;
-/// Stop reading a connection whose undecoded input exceeds this.
-const IN_HIGH_WATER: usize = 8 * 1024 * 1024;
+/// Stop reading a connection whose undecoded input exceeds this (room for one largest frame).
+const IN_HIGH_WATER: usize = mirror_protocol::MAX_FRAME_LEN + 64 * 1024;
 const UPLOAD_CHUNK: usize = 256 * 1024;
 
 /// Opens the engine serving a resolved directory (creating it on first use).
-pub type EngineFactory = Box<dyn FnMut(PathBuf) -> anyhow::Result<Sender<ToEngine>>>;
+/// Gets the engine of a resolved directory, starting it with the client's patterns on first use.
+pub type EngineFactory = Box<dyn FnMut(PathBuf, &Hello) -> anyhow::Result<Sender<ToEngine>>>;
 
 pub enum Role {
     Server { listener: TcpListener, root: PathBuf, engines: EngineFactory },
@@ -305,8 +306,15 @@ impl Net {
             self.read(&mut c);
             self.dispatch(id, &mut c);
         }
-        fill_uploads(&mut c);
-        flush(&mut c);
+        // Edge-triggered: keep filling while the socket takes everything, or no event would
+        // ever come back to continue an upload.
+        loop {
+            fill_uploads(&mut c);
+            flush(&mut c);
+            if c.dead || c.pending_out() > 0 || c.uploads.is_empty() {
+                break;
+            }
+        }
         if c.dead || (c.closing && c.pending_out() == 0) {
             self.close(id, c);
         } else {
@@ -418,7 +426,7 @@ impl Net {
                 return;
             }
         };
-        match engines(target.clone()) {
+        match engines(target.clone(), &h) {
             Ok(tx) => {
                 c.send(&Message::Welcome(Welcome { replica: 0, host: crate::hostname() }));
                 log::info!("{} ({}) syncs {}", h.host, c.peer, target.display());

@@ -148,7 +148,13 @@ mod tests {
 
     fn samples() -> Vec<Message> {
         vec![
-            Message::Hello(Hello { replica: 42, host: "laptop".into(), remote: b"proj".to_vec() }),
+            Message::Hello(Hello {
+                replica: 42,
+                host: "laptop".into(),
+                remote: b"proj".to_vec(),
+                includes: vec!["*.jar".into()],
+                excludes: vec![],
+            }),
             Message::Welcome(Welcome { replica: 43, host: "desk".into() }),
             Message::IndexBatch { entries: vec![sample_entry()], last: true },
             Message::Update { entries: vec![sample_entry()] },
@@ -189,8 +195,14 @@ mod tests {
             (Message::Pong, &[0, 0, 0, 1, 9]),
             (Message::Data { id: 300, bytes: b"hi".to_vec() }, &[0, 0, 0, 6, 5, 0xac, 0x02, 2, b'h', b'i']),
             (
-                Message::Hello(Hello { replica: 1, host: "h".into(), remote: b"r".to_vec() }),
-                &[0, 0, 0, 6, 0, 1, 1, b'h', 1, b'r'],
+                Message::Hello(Hello {
+                    replica: 1,
+                    host: "h".into(),
+                    remote: b"r".to_vec(),
+                    includes: vec!["i".into()],
+                    excludes: vec![],
+                }),
+                &[0, 0, 0, 10, 0, 1, 1, b'h', 1, b'r', 1, 1, b'i', 0],
             ),
             (
                 Message::Update {

@@ -58,6 +58,10 @@ pub struct Hello {
     /// The directory to sync, resolved by the server inside its root.
     #[serde(with = "serde_bytes")]
     pub remote: Vec<u8>,
+    /// The client's `-i` patterns (gitignore syntax): the server syncs these paths too.
+    pub includes: Vec<String>,
+    /// The client's `-e` patterns (gitignore syntax): the server does not sync these.
+    pub excludes: Vec<String>,
 }
 
 /// The server's answer to an acceptable [`Hello`].

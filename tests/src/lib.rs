@@ -1,0 +1,280 @@
+//! Helpers for end-to-end tests: start real `mirror-agent` processes on loopback, wait for
+//! conditions with deadlines, compare trees. Every process started here is killed by its pid
+//! when its handle drops.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The default deadline for convergence in tests: generous, since CI machines are shared.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The `mirror-agent` binary built alongside the tests.
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MIRROR_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/mirror-agent
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let p = dir.join("mirror-agent");
+    assert!(p.exists(), "{} not built; run `cargo build -p mirror-agent` or `cargo test --workspace`", p.display());
+    p
+}
+
+/// A running agent process. Killed (by pid) on drop.
+#[derive(Debug)]
+pub struct Agent {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+    pub name: String,
+}
+
+impl Agent {
+    pub fn spawn(name: &str, args: &[&str]) -> Agent {
+        Self::spawn_cmd(name, Command::new(bin()).args(args))
+    }
+
+    pub fn spawn_cmd(name: &str, cmd: &mut Command) -> Agent {
+        let mut child = cmd
+            .env("MIRROR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = log.clone();
+            let name = name.to_string();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if std::env::var_os("MIRROR_TEST_ECHO").is_some() {
+                        eprintln!("[{name}] {line}");
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        Agent { child, log, name: name.to_string() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`; returns the log.
+    pub fn wait_log(&self, needle: &str) -> String {
+        wait_until(&format!("{} to log {needle:?}", self.name), || self.log().contains(needle).then(|| self.log()))
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let end = Instant::now() + DEADLINE;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // Let the log reader catch up with the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not exit within {DEADLINE:?}; log:\n{}", self.name, self.log());
+    }
+
+    /// Peak resident memory of the process, from /proc, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        self.wait_exit()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("----- log of {} -----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// A server on an ephemeral loopback port.
+#[derive(Debug)]
+pub struct Server {
+    pub agent: Agent,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start(root: &Path, extra: &[&str]) -> Server {
+        let mut args = vec!["server", "--listen", "127.0.0.1:0", "--root", root.to_str().unwrap(), "--insecure"];
+        args.extend_from_slice(extra);
+        let agent = Agent::spawn("server", &args);
+        let log = agent.wait_log("listening on ");
+        let port = log
+            .lines()
+            .find_map(|l| l.split("listening on 127.0.0.1:").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        Server { agent, port }
+    }
+
+    /// Starts a client of this server syncing `local` with `remote`, and waits until it has
+    /// connected.
+    pub fn client(&self, name: &str, local: &Path, remote: &str, extra: &[&str]) -> Agent {
+        let port = self.port.to_string();
+        let mut args = vec!["client", "-h", "127.0.0.1", "-p", &port, "-l", local.to_str().unwrap(), "-r", remote, "--insecure"];
+        args.extend_from_slice(extra);
+        let a = Agent::spawn(name, &args);
+        a.wait_log("connected to");
+        a
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after [`DEADLINE`] naming `what`.
+pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out after {DEADLINE:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One node of a tree as the tests compare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    File { hash: [u8; 32], exec: bool },
+    Dir,
+    Link(PathBuf),
+}
+
+/// The synced view of a tree: everything but `.git`, and temp files are reported (they must not
+/// survive).
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(rd) = fs::read_dir(root.join(&rel)) else { continue };
+        for e in rd.flatten() {
+            let p = rel.join(e.file_name());
+            let Ok(m) = fs::symlink_metadata(root.join(&p)) else { continue };
+            let node = if m.file_type().is_symlink() {
+                Node::Link(fs::read_link(root.join(&p)).unwrap())
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                Node::Dir
+            } else {
+                let Ok(bytes) = fs::read(root.join(&p)) else { continue };
+                Node::File { hash: *blake3::hash(&bytes).as_bytes(), exec: m.permissions().mode() & 0o100 != 0 }
+            };
+            out.insert(p, node);
+        }
+    }
+    out
+}
+
+/// Waits until the two trees are identical; returns the common snapshot.
+pub fn wait_same(a: &Path, b: &Path) -> BTreeMap<PathBuf, Node> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (sa, sb) = (snapshot(a), snapshot(b));
+        if sa == sb {
+            return sa;
+        }
+        if Instant::now() > end {
+            let only_a: Vec<_> = sa.iter().filter(|(k, v)| sb.get(*k) != Some(v)).map(|(k, _)| k).collect();
+            let only_b: Vec<_> = sb.iter().filter(|(k, v)| sa.get(*k) != Some(v)).map(|(k, _)| k).collect();
+            panic!("trees {} and {} still differ after {DEADLINE:?}:\n  differ in a: {only_a:?}\n  differ in b: {only_b:?}", a.display(), b.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until `path` holds exactly `content`.
+pub fn wait_content(path: &Path, content: &[u8]) {
+    wait_until(&format!("{} to hold {:?}", path.display(), String::from_utf8_lossy(&content[..content.len().min(40)])), || {
+        (fs::read(path).ok().as_deref() == Some(content)).then_some(())
+    });
+}
+
+/// Waits until nothing is at `path`.
+pub fn wait_gone(path: &Path) {
+    wait_until(&format!("{} to disappear", path.display()), || fs::symlink_metadata(path).is_err().then_some(()));
+}
+
+/// Files whose name contains `.conflict-` under `root`.
+pub fn conflict_copies(root: &Path) -> Vec<PathBuf> {
+    snapshot(root).into_keys().filter(|p| p.to_string_lossy().contains(".conflict-")).collect()
+}
+
+/// A fresh temp area with `server/` (the server root) and `client/` directories.
+#[derive(Debug)]
+pub struct Area {
+    pub dir: tempfile::TempDir,
+}
+
+impl Area {
+    pub fn new() -> Area {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("server")).unwrap();
+        Area { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn server_root(&self) -> PathBuf {
+        self.path("server")
+    }
+}
+
+impl Default for Area {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Writes a file, creating parents.
+pub fn write(path: &Path, content: impl AsRef<[u8]>) {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).unwrap();
+    }
+    fs::write(path, content).unwrap();
+}
+
+pub fn inode(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().ino()
+}

@@ -1,0 +1,261 @@
+//! End-to-end sync between real agents on loopback.
+#![allow(clippy::unwrap_used)]
+
+use mirror_tests::*;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+#[test]
+fn initial_sync_copies_both_ways_and_keeps_the_older_version_as_a_conflict_copy() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/proj"));
+    write(&c.join("only-client.txt"), "c");
+    write(&c.join("dir/nested/deep.txt"), "deep");
+    fs::create_dir_all(c.join("empty-dir")).unwrap();
+    write(&s.join("only-server.txt"), "s");
+    write(&c.join("same.txt"), "same");
+    write(&s.join("same.txt"), "same");
+    write(&c.join("differs.txt"), "client version (older)");
+    write(&s.join("differs.txt"), "server version (newer)");
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options().write(true).open(c.join("differs.txt")).unwrap().set_modified(old).unwrap();
+
+    let server = Server::start(&area.server_root(), &[]);
+    let _client = server.client("client", &c, "proj", &[]);
+    let snap = wait_same(&c, &s);
+
+    assert!(snap.contains_key(Path::new("only-client.txt")));
+    assert!(snap.contains_key(Path::new("only-server.txt")));
+    assert!(snap.contains_key(Path::new("dir/nested/deep.txt")));
+    assert_eq!(snap.get(Path::new("empty-dir")), Some(&Node::Dir));
+    assert_eq!(fs::read_to_string(s.join("differs.txt")).unwrap(), "server version (newer)");
+    let copies = conflict_copies(&s);
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let name = copies[0].to_string_lossy().into_owned();
+    assert!(name.starts_with("differs.conflict-") && name.ends_with(".txt"), "{name}");
+    assert_eq!(fs::read_to_string(s.join(&copies[0])).unwrap(), "client version (older)");
+    assert!(conflict_copies(&c).len() == 1, "identical files must not conflict");
+}
+
+#[test]
+fn live_changes_flow_both_ways() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &[]);
+    let _client = server.client("client", &c, "p", &[]);
+
+    // create, both directions
+    write(&c.join("a.txt"), "from client");
+    wait_content(&s.join("a.txt"), b"from client");
+    write(&s.join("b.txt"), "from server");
+    wait_content(&c.join("b.txt"), b"from server");
+    // modify
+    write(&s.join("a.txt"), "edited on server");
+    wait_content(&c.join("a.txt"), b"edited on server");
+    // rename a file and a directory with contents
+    fs::rename(c.join("b.txt"), c.join("b-renamed.txt")).unwrap();
+    wait_content(&s.join("b-renamed.txt"), b"from server");
+    wait_gone(&s.join("b.txt"));
+    write(&c.join("d1/x/y.txt"), "y");
+    wait_content(&s.join("d1/x/y.txt"), b"y");
+    fs::rename(c.join("d1"), c.join("d2")).unwrap();
+    wait_content(&s.join("d2/x/y.txt"), b"y");
+    wait_gone(&s.join("d1"));
+    // mkdir / rmdir of empty directories
+    fs::create_dir(s.join("empty")).unwrap();
+    wait_until("empty dir on client", || c.join("empty").is_dir().then_some(()));
+    fs::remove_dir(c.join("empty")).unwrap();
+    wait_gone(&s.join("empty"));
+    // recursive delete
+    fs::remove_dir_all(s.join("d2")).unwrap();
+    wait_gone(&c.join("d2"));
+    // delete a file
+    fs::remove_file(c.join("a.txt")).unwrap();
+    wait_gone(&s.join("a.txt"));
+    wait_same(&c, &s);
+}
+
+#[test]
+fn symlinks_travel_as_links_and_mode_and_mtime_are_carried() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &[]);
+    let _client = server.client("client", &c, "p", &[]);
+
+    std::os::unix::fs::symlink("/etc/hostname", c.join("link-out")).unwrap();
+    std::os::unix::fs::symlink("dangling/target", c.join("link-dangling")).unwrap();
+    wait_until("symlinks on server", || s.join("link-dangling").symlink_metadata().is_ok().then_some(()));
+    assert_eq!(fs::read_link(s.join("link-out")).unwrap(), Path::new("/etc/hostname"));
+    assert!(fs::symlink_metadata(s.join("link-out")).unwrap().file_type().is_symlink(), "link was followed");
+
+    write(&c.join("script.sh"), "#!/bin/sh\necho hi\n");
+    wait_content(&s.join("script.sh"), b"#!/bin/sh\necho hi\n");
+    fs::set_permissions(c.join("script.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    wait_until("exec bit on server", || (fs::metadata(s.join("script.sh")).unwrap().permissions().mode() & 0o111 != 0).then_some(()));
+
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    write(&c.join("dated.txt"), "old");
+    fs::File::options().write(true).open(c.join("dated.txt")).unwrap().set_modified(t).unwrap();
+    wait_until("mtime carried", || (fs::metadata(s.join("dated.txt")).ok()?.modified().ok()? == t).then_some(()));
+    wait_same(&c, &s);
+}
+
+#[test]
+fn gitignore_and_patterns_are_honoured_and_gitignore_changes_apply_live() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    write(&c.join(".gitignore"), "*.log\nbuild/\ntarget/\n");
+    write(&c.join("sub/.gitignore"), "generated/\n");
+    write(&c.join(".git/HEAD"), "ref: refs/heads/main\n");
+    write(&c.join(".git/info/exclude"), "local-only\n");
+    write(&c.join("local-only"), "x");
+    write(&c.join("app.log"), "log");
+    write(&c.join("build/out.o"), "obj");
+    write(&c.join("sub/generated/g.rs"), "gen");
+    write(&c.join("scratch.tmp"), "excluded by -e");
+    write(&c.join("target/app-1.0-SNAPSHOT.jar"), "jar");
+    write(&c.join("target/classes/A.class"), "class");
+    write(&c.join("src/main.rs"), "fn main() {}");
+
+    let server = Server::start(&area.server_root(), &[]);
+    let _client = server.client("client", &c, "p", &["-e", "*.tmp", "-i", "*-SNAPSHOT.jar"]);
+    wait_content(&s.join("src/main.rs"), b"fn main() {}");
+    wait_content(&s.join("target/app-1.0-SNAPSHOT.jar"), b"jar");
+    // A jar the server's build writes flows back to the client too.
+    write(&s.join("target/app-2.0-SNAPSHOT.jar"), "jar2");
+    wait_content(&c.join("target/app-2.0-SNAPSHOT.jar"), b"jar2");
+    write(&c.join("late.log"), "ignored");
+    write(&c.join("sub/generated/h.rs"), "ignored");
+    write(&c.join("marker"), "m");
+    wait_content(&s.join("marker"), b"m");
+    for ignored in ["app.log", "late.log", "build", "sub/generated", ".git", "local-only", "scratch.tmp", "target/classes"] {
+        assert!(!s.join(ignored).exists(), "{ignored} was synced");
+    }
+    assert!(s.join(".gitignore").exists() && s.join("sub/.gitignore").exists(), ".gitignore files are synced");
+
+    // Stop ignoring *.log: existing logs now sync.
+    write(&c.join(".gitignore"), "build/\ntarget/\n");
+    wait_content(&s.join("app.log"), b"log");
+    wait_content(&s.join("late.log"), b"ignored");
+    assert!(!s.join("build").exists());
+}
+
+#[test]
+fn two_clients_see_each_others_changes_through_the_server() {
+    let area = Area::new();
+    let (a, b, s) = (area.path("a"), area.path("b"), area.path("server/shared"));
+    let server = Server::start(&area.server_root(), &[]);
+    let _ca = server.client("client-a", &a, "shared", &[]);
+    let _cb = server.client("client-b", &b, "shared", &[]);
+    write(&a.join("from-a.txt"), "a");
+    wait_content(&b.join("from-a.txt"), b"a");
+    write(&b.join("dir/from-b.txt"), "b");
+    wait_content(&a.join("dir/from-b.txt"), b"b");
+    fs::remove_file(b.join("from-a.txt")).unwrap();
+    wait_gone(&a.join("from-a.txt"));
+    wait_same(&a, &s);
+    wait_same(&b, &s);
+}
+
+#[test]
+fn odd_names_and_deep_trees_sync() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &[]);
+    let _client = server.client("client", &c, "p", &[]);
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    write(&c.join("with space.txt"), "1");
+    write(&c.join("new\nline"), "2");
+    write(&c.join(latin1), "3");
+    write(&c.join("üñíçødé/文件.txt"), "4");
+    let deep: std::path::PathBuf = (0..40).map(|i| format!("d{i}")).collect();
+    write(&c.join(&deep).join("leaf"), "5");
+    wait_content(&s.join(latin1), b"3");
+    wait_content(&s.join(&deep).join("leaf"), b"5");
+    wait_same(&c, &s);
+}
+
+#[test]
+fn applied_changes_are_not_echoed_back() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &[]);
+    let client = server.client("client", &c, "p", &[]);
+    for i in 0..20 {
+        write(&c.join(format!("f{i}")), format!("{i}"));
+    }
+    wait_content(&s.join("f19"), b"19");
+    write(&c.join("last"), "x");
+    wait_content(&s.join("last"), b"x");
+    let slog = server.agent.wait_log("applied last");
+    assert!(!slog.contains("changed f"), "server re-detected what it applied:\n{slog}");
+    assert!(!client.log().contains("applied f"), "client got its own change back:\n{}", client.log());
+}
+
+#[test]
+fn a_file_written_continuously_settles_to_its_final_content() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &[]);
+    let _client = server.client("client", &c, "p", &[]);
+    let mut f = fs::File::create(c.join("growing.dat")).unwrap();
+    let mut all = Vec::new();
+    let start = std::time::Instant::now();
+    let mut i = 0u32;
+    while start.elapsed() < Duration::from_millis(600) {
+        let chunk = format!("line {i} {}\n", "x".repeat(200));
+        std::io::Write::write_all(&mut f, chunk.as_bytes()).unwrap();
+        all.extend_from_slice(chunk.as_bytes());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(f);
+    wait_content(&s.join("growing.dat"), &all);
+}
+
+#[test]
+fn stale_temp_files_are_removed_at_start_and_never_synced() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    write(&c.join(".mirror-tmp-0123456789abcdef"), "half a file from a crash");
+    write(&c.join("sub/.mirror-tmp-aaaaaaaaaaaaaaaa"), "another");
+    write(&c.join("real"), "r");
+    let server = Server::start(&area.server_root(), &[]);
+    let _client = server.client("client", &c, "p", &[]);
+    wait_content(&s.join("real"), b"r");
+    assert!(!c.join(".mirror-tmp-0123456789abcdef").exists());
+    assert!(!c.join("sub/.mirror-tmp-aaaaaaaaaaaaaaaa").exists());
+    let snap = wait_same(&c, &s);
+    assert!(snap.keys().all(|k| !k.to_string_lossy().contains(".mirror-tmp-")), "{snap:?}");
+}
+
+#[test]
+fn large_file_streams_with_bounded_memory() {
+    const SIZE: usize = 200 * 1024 * 1024;
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &[]);
+    let client = server.client("client", &c, "p", &[]);
+    {
+        let mut f = std::io::BufWriter::new(fs::File::create(c.join("big.bin")).unwrap());
+        let mut block = vec![0u8; 1024 * 1024];
+        for i in 0..SIZE / block.len() {
+            for (j, b) in block.iter_mut().enumerate() {
+                *b = (i * 31 + j * 7) as u8;
+            }
+            std::io::Write::write_all(&mut f, &block).unwrap();
+        }
+    }
+    let want = *blake3::hash(&fs::read(c.join("big.bin")).unwrap()).as_bytes();
+    wait_until("200 MiB file on the server", || {
+        let bytes = fs::read(s.join("big.bin")).ok()?;
+        (*blake3::hash(&bytes).as_bytes() == want).then_some(())
+    });
+    let (srss, crss) = (server.agent.peak_rss(), client.peak_rss());
+    let limit = 64 * 1024 * 1024;
+    assert!(srss < limit, "receiver peak RSS {} MiB", srss >> 20);
+    assert!(crss < limit, "sender peak RSS {} MiB", crss >> 20);
+}
