@@ -77,6 +77,9 @@ mod tests {
         }
         let long = "n".repeat(255);
         assert!(conflict_path(&RelPath::new(long).unwrap(), "h", t).file_name().len() <= 255);
-        assert_eq!(numbered(&RelPath::new("d/a.conflict-x.txt").unwrap(), 2), RelPath::new("d/a.conflict-x-2.txt").unwrap());
+        assert_eq!(
+            numbered(&RelPath::new("d/a.conflict-x.txt").unwrap(), 2),
+            RelPath::new("d/a.conflict-x-2.txt").unwrap()
+        );
     }
 }

@@ -33,6 +33,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Requests in flight per session: enough to keep a fast link busy with small files.
 const MAX_IN_FLIGHT: usize = 64;
+/// A path reported as possibly still being written is read after this much quiet...
+const SETTLE: Duration = Duration::from_millis(4);
 /// A path changed again within this window after we processed it is "hot" (being written).
 const HOT_WINDOW: Duration = Duration::from_millis(50);
 /// A hot path waits for this much quiet before it is read again...
@@ -175,7 +177,12 @@ struct Engine {
 struct PeerError(String);
 
 impl Engine {
-    fn run(mut self, rx: Receiver<ToEngine>, mut watcher: Box<dyn Watcher>, watch_rx: Receiver<WatchEvent>) -> Result<(), String> {
+    fn run(
+        mut self,
+        rx: Receiver<ToEngine>,
+        mut watcher: Box<dyn Watcher>,
+        watch_rx: Receiver<WatchEvent>,
+    ) -> Result<(), String> {
         let started = Instant::now();
         self.full_scan(true);
         self.initial = false;
@@ -189,7 +196,8 @@ impl Engine {
         );
         let mut watch_rx = watch_rx;
         loop {
-            let timeout = self.next_deadline().map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
+            let timeout =
+                self.next_deadline().map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
             let mut stop = false;
             select! {
                 recv(rx) -> m => match m {
@@ -218,6 +226,7 @@ impl Engine {
                     Err(_) => break,
                 }
             }
+            self.net.made_room();
             if stop {
                 break;
             }
@@ -260,9 +269,11 @@ impl Engine {
     // ----- local changes -------------------------------------------------------------------
 
     fn on_watch(&mut self, ev: WatchEvent) {
+        log::trace!("watch {ev:?}");
         match ev {
-            WatchEvent::Dirty(p) => self.mark_dirty(&p, false),
-            WatchEvent::RescanSubtree(p) => self.mark_dirty(&p, true),
+            WatchEvent::Dirty(p) => self.mark(&p, false, false),
+            WatchEvent::Settled(p) => self.mark(&p, false, true),
+            WatchEvent::RescanSubtree(p) => self.mark(&p, true, true),
             WatchEvent::Overflow => {
                 log::warn!("{}: watcher queue overflowed; rescanning everything", self.root.display());
                 self.full_rescan = true;
@@ -284,7 +295,12 @@ impl Engine {
         }
     }
 
+    /// Marks a path to be read again (soon if the change looks `settled`).
     fn mark_dirty(&mut self, p: &Path, deep: bool) {
+        self.mark(p, deep, true);
+    }
+
+    fn mark(&mut self, p: &Path, deep: bool, settled: bool) {
         if p.as_os_str().is_empty() {
             if deep {
                 self.full_rescan = true;
@@ -299,9 +315,13 @@ impl Engine {
         let hot = self.last_done.get(&rel).is_some_and(|t| now.duration_since(*t) < HOT_WINDOW);
         let d = self.dirty.entry(rel).or_insert(Dirty { first: now, due: now, deep });
         d.deep |= deep;
-        if hot {
-            d.due = (now + QUIET).min(d.first + MAX_DELAY);
-        }
+        d.due = if hot {
+            (now + QUIET).min(d.first + MAX_DELAY)
+        } else if settled {
+            now
+        } else {
+            (now + SETTLE).min(d.first + MAX_DELAY)
+        };
     }
 
     fn process_dirty(&mut self) {
@@ -311,20 +331,21 @@ impl Engine {
             return;
         }
         let now = Instant::now();
-        let mut due: Vec<(RelPath, bool)> = self.dirty.iter().filter(|(_, d)| d.due <= now).map(|(p, d)| (p.clone(), d.deep)).collect();
+        let mut due: Vec<(RelPath, bool)> =
+            self.dirty.iter().filter(|(_, d)| d.due <= now).map(|(p, d)| (p.clone(), d.deep)).collect();
         if due.is_empty() {
             return;
         }
         due.sort();
         for (p, deep) in due {
             self.dirty.remove(&p);
-            self.last_done.insert(p.clone(), now);
             self.scan_path(&p, deep);
             if is_rules_file(&p) {
                 self.rules_changed_at(&p);
             }
         }
         if self.last_done.len() > 10_000 {
+            let now = Instant::now();
             self.last_done.retain(|_, t| now.duration_since(*t) < HOT_WINDOW);
         }
     }
@@ -364,8 +385,12 @@ impl Engine {
     fn full_scan(&mut self, startup: bool) {
         let mut seen = BTreeSet::new();
         self.walk(None, startup, &mut seen);
-        let gone: Vec<RelPath> =
-            self.index.iter().filter(|(p, l)| !l.entry.kind.is_deleted() && !seen.contains(*p)).map(|(p, _)| p.clone()).collect();
+        let gone: Vec<RelPath> = self
+            .index
+            .iter()
+            .filter(|(p, l)| !l.entry.kind.is_deleted() && !seen.contains(*p))
+            .map(|(p, _)| p.clone())
+            .collect();
         for p in gone {
             self.scan_one(&p);
         }
@@ -375,9 +400,13 @@ impl Engine {
     fn scan_path(&mut self, rel: &RelPath, deep: bool) {
         let was_dir = self.index.get(rel).is_some_and(|l| matches!(l.entry.kind, Kind::Directory));
         let is_dir = self.scan_one(rel);
-        if is_dir && (deep || !was_dir) {
+        // An ignored directory may still hold files an include pattern wants.
+        let ignored_dir = !is_dir
+            && self.rules.lock().unwrap_or_else(PoisonError::into_inner).has_includes()
+            && std::fs::symlink_metadata(abs(&self.root, rel)).is_ok_and(|m| m.is_dir());
+        if (is_dir && (deep || !was_dir)) || ignored_dir {
             let mut seen = BTreeSet::new();
-            self.walk(Some(rel.clone()), false, &mut seen);
+            self.walk_from(Some(rel.clone()), ignored_dir, false, &mut seen);
             let gone: Vec<RelPath> = subtree(&self.index, rel)
                 .filter(|(p, l)| *p != rel && !l.entry.kind.is_deleted() && !seen.contains(*p))
                 .map(|(p, _)| p.clone())
@@ -390,8 +419,20 @@ impl Engine {
 
     /// Lists `dir` (the root when `None`) recursively, scanning every synced path.
     fn walk(&mut self, dir: Option<RelPath>, clean_temp: bool, seen: &mut BTreeSet<RelPath>) {
+        self.walk_from(dir, false, clean_temp, seen);
+    }
+
+    /// [`walk`](Self::walk), starting inside an ignored directory when `inside_ignored` (then
+    /// only what include patterns name is scanned).
+    fn walk_from(
+        &mut self,
+        dir: Option<RelPath>,
+        inside_ignored: bool,
+        clean_temp: bool,
+        seen: &mut BTreeSet<RelPath>,
+    ) {
         let has_includes = self.rules.lock().unwrap_or_else(PoisonError::into_inner).has_includes();
-        let mut stack: Vec<(Option<RelPath>, bool)> = vec![(dir, false)];
+        let mut stack: Vec<(Option<RelPath>, bool)> = vec![(dir, inside_ignored)];
         while let Some((dir, inside_ignored)) = stack.pop() {
             let dir_abs = dir.as_ref().map_or_else(|| self.root.clone(), |d| abs(&self.root, d));
             let rd = match std::fs::read_dir(&dir_abs) {
@@ -482,6 +523,8 @@ impl Engine {
         if self.traced(rel) {
             log::info!("[trace] {rel}: local change {:?} v{:?}", seen.kind, version);
         }
+        // Being written: the next event for it waits for a quiet moment.
+        self.last_done.insert(rel.clone(), Instant::now());
         let entry = Entry { path: rel.clone(), kind: seen.kind, mtime: seen.mtime, version, origin: self.host.clone() };
         if !self.initial {
             log_change("changed", &entry, None);
@@ -505,12 +548,15 @@ impl Engine {
     }
 
     fn delete_descendants(&mut self, dir: &RelPath) {
-        let live: Vec<RelPath> =
-            subtree(&self.index, dir).filter(|(p, l)| *p != dir && !l.entry.kind.is_deleted()).map(|(p, _)| p.clone()).collect();
+        let live: Vec<RelPath> = subtree(&self.index, dir)
+            .filter(|(p, l)| *p != dir && !l.entry.kind.is_deleted())
+            .map(|(p, _)| p.clone())
+            .collect();
         for p in live.into_iter().rev() {
             if let Some(l) = self.index.get(&p) {
                 let version = l.entry.version.incremented(self.me);
-                let entry = Entry { path: p.clone(), kind: Kind::Deleted, mtime: now(), version, origin: self.host.clone() };
+                let entry =
+                    Entry { path: p.clone(), kind: Kind::Deleted, mtime: now(), version, origin: self.host.clone() };
                 self.set(entry, None, None);
             }
         }
@@ -527,8 +573,9 @@ impl Engine {
             return;
         }
         let outbox = std::mem::take(&mut self.outbox);
-        for (conn, _) in &self.sessions {
-            let mine: Vec<Entry> = outbox.iter().filter(|(_, from)| *from != Some(*conn)).map(|(e, _)| e.clone()).collect();
+        for conn in self.sessions.keys() {
+            let mine: Vec<Entry> =
+                outbox.iter().filter(|(_, from)| *from != Some(*conn)).map(|(e, _)| e.clone()).collect();
             for chunk in order_for_apply(mine).chunks(MAX_BATCH_ENTRIES) {
                 self.net.send(ToNet::Send { conn: *conn, msg: Message::Update { entries: chunk.to_vec() } });
             }
@@ -547,7 +594,8 @@ impl Engine {
                     self.net.send(ToNet::Close { conn, reason: reason.clone() });
                     return false;
                 }
-                let s = Session { peer_host, in_flight: HashMap::new(), queued: VecDeque::new(), skipped: BTreeMap::new() };
+                let s =
+                    Session { peer_host, in_flight: HashMap::new(), queued: VecDeque::new(), skipped: BTreeMap::new() };
                 self.sessions.insert(conn, s);
                 self.send_index(conn);
             }
@@ -590,6 +638,7 @@ impl Engine {
     }
 
     fn on_message(&mut self, conn: ConnId, msg: Message) -> Result<(), PeerError> {
+        log::trace!("engine <- {} from {conn}", msg.name());
         match msg {
             Message::IndexBatch { entries, .. } | Message::Update { entries } => {
                 if self.halted.is_some() {
@@ -646,7 +695,13 @@ impl Engine {
         let local = self.index.get(&e.path).map(|l| &l.entry);
         let action = reconcile(local, &e);
         if self.traced(&e.path) {
-            log::info!("[trace] {}: remote {:?} v{:?} vs local {:?} -> {action:?}", e.path, e.kind, e.version, local.map(|l| (&l.kind, &l.version)));
+            log::info!(
+                "[trace] {}: remote {:?} v{:?} vs local {:?} -> {action:?}",
+                e.path,
+                e.kind,
+                e.version,
+                local.map(|l| (&l.kind, &l.version))
+            );
         }
         match action {
             Action::Nothing => {}
@@ -671,7 +726,11 @@ impl Engine {
 
     fn pending_version(&self, path: &RelPath) -> Option<VersionVector> {
         self.sessions.values().find_map(|s| {
-            s.in_flight.values().chain(s.queued.iter().map(|(_, f)| f)).find(|f| &f.entry.path == path).map(|f| f.entry.version.clone())
+            s.in_flight
+                .values()
+                .chain(s.queued.iter().map(|(_, f)| f))
+                .find(|f| &f.entry.path == path)
+                .map(|f| f.entry.version.clone())
         })
     }
 
@@ -693,7 +752,8 @@ impl Engine {
         let local = self.index.get(&e.path).cloned();
         let expected = local.as_ref().and_then(|l| l.stat);
         if let Kind::File { hash, executable, .. } = &e.kind {
-            let same_bytes = matches!(local.as_ref().map(|l| &l.entry.kind), Some(Kind::File { hash: h, .. }) if h == hash);
+            let same_bytes =
+                matches!(local.as_ref().map(|l| &l.entry.kind), Some(Kind::File { hash: h, .. }) if h == hash);
             if same_bytes && !keep_local_copy {
                 let r = executor::set_meta(&self.root, &e.path, expected, e.mtime, *executable);
                 self.finish_local(conn, e, r);
@@ -717,7 +777,11 @@ impl Engine {
         };
         match r {
             Err(ExecError::NotEmpty) if e.kind.is_deleted() => self.deferred.push((conn, e)),
-            r => self.finish_local(conn, e, r.map(|s| s.unwrap_or(Stat { mode: 0, size: 0, mtime: Timestamp::default(), ino: 0 }))),
+            r => self.finish_local(
+                conn,
+                e,
+                r.map(|s| s.unwrap_or(Stat { mode: 0, size: 0, mtime: Timestamp::default(), ino: 0 })),
+            ),
         }
     }
 
@@ -725,7 +789,8 @@ impl Engine {
     fn finish_local(&mut self, conn: ConnId, e: Entry, r: Result<Stat, ExecError>) {
         match r {
             Ok(stat) => {
-                let version = self.index.get(&e.path).map_or_else(|| e.version.clone(), |l| l.entry.version.merged(&e.version));
+                let version =
+                    self.index.get(&e.path).map_or_else(|| e.version.clone(), |l| l.entry.version.merged(&e.version));
                 let host = self.sessions.get(&conn).map(|s| s.peer_host.clone());
                 log_change("applied", &e, host.as_deref());
                 let stat = if e.kind.is_deleted() { None } else { Some(stat) };
@@ -753,7 +818,12 @@ impl Engine {
                 }
             }
             err => {
-                log::error!("cannot apply {} ({}): {err}; retrying in {}s", e.path, describe(&e.kind), RETRY_AFTER.as_secs());
+                log::error!(
+                    "cannot apply {} ({}): {err}; retrying in {}s",
+                    e.path,
+                    describe(&e.kind),
+                    RETRY_AFTER.as_secs()
+                );
                 self.retries.push((Instant::now() + RETRY_AFTER, conn, e));
             }
         }
@@ -806,7 +876,11 @@ impl Engine {
                     Err(ExecError::NotEmpty) => self.deferred.push((conn, e)),
                     r => {
                         progress = true;
-                        self.finish_local(conn, e, r.map(|()| Stat { mode: 0, size: 0, mtime: Timestamp::default(), ino: 0 }));
+                        self.finish_local(
+                            conn,
+                            e,
+                            r.map(|()| Stat { mode: 0, size: 0, mtime: Timestamp::default(), ino: 0 }),
+                        );
                     }
                 }
             }
@@ -844,6 +918,7 @@ impl Engine {
             while s.in_flight.len() < MAX_IN_FLIGHT {
                 let Some((id, f)) = s.queued.pop_front() else { break };
                 if let Kind::File { size, hash, .. } = &f.entry.kind {
+                    log::trace!("request {id} {}", f.entry.path);
                     let msg = Message::Request { id, path: f.entry.path.clone(), size: *size, hash: *hash };
                     self.net.send(ToNet::Send { conn: *conn, msg });
                     s.in_flight.insert(id, f);
@@ -909,7 +984,10 @@ impl Engine {
             f.failed = true;
             f.tmp = None; // removes the partial file
             let hint = if e.raw_os_error() == Some(libc::ENOSPC) { " (disk full)" } else { "" };
-            log::error!("cannot write {target}{hint}: {e}; removed the partial file, retrying in {}s", RETRY_AFTER.as_secs());
+            log::error!(
+                "cannot write {target}{hint}: {e}; removed the partial file, retrying in {}s",
+                RETRY_AFTER.as_secs()
+            );
             self.retries.push((Instant::now() + RETRY_AFTER, conn, f.entry.clone()));
         }
         Ok(())

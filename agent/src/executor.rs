@@ -56,6 +56,19 @@ impl From<JailError> for ExecError {
 
 type Result<T> = std::result::Result<T, ExecError>;
 
+/// The stat of what we just created at `path`. If the user removed or replaced it in the instant
+/// since, a stat that matches nothing is returned: the entry is still recorded as applied, and
+/// the next scan sees the user's change as a change, rather than our retry undoing it.
+fn stat_after(path: &Path, kind: u32) -> io::Result<Stat> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Stat::of(&m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(Stat { mode: kind, size: u64::MAX, mtime: Timestamp { secs: i64::MIN, nanos: 0 }, ino: 0 })
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The current stat of `rel`, `None` when absent.
 pub fn current(root: &Path, rel: &RelPath) -> io::Result<Option<Stat>> {
     match fs::symlink_metadata(abs(root, rel)) {
@@ -88,7 +101,8 @@ impl TempFile {
             let mut rnd = [0u8; 8];
             getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
             let path = dir.join(format!("{TEMP_PREFIX}{:016x}", u64::from_le_bytes(rnd)));
-            match OpenOptions::new().write(true).create_new(true).mode(0o666).custom_flags(libc::O_CLOEXEC).open(&path) {
+            match OpenOptions::new().write(true).create_new(true).mode(0o666).custom_flags(libc::O_CLOEXEC).open(&path)
+            {
                 Ok(file) => return Ok(Self { path, file: Some(file) }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e.into()),
@@ -105,7 +119,14 @@ impl TempFile {
 
     /// Sets mode and mtime, then renames over `rel` after checking that `rel` still holds
     /// `expected`. Returns the stat of the installed file.
-    pub fn install(mut self, root: &Path, rel: &RelPath, expected: Option<Stat>, mtime: Timestamp, executable: bool) -> Result<Stat> {
+    pub fn install(
+        mut self,
+        root: &Path,
+        rel: &RelPath,
+        expected: Option<Stat>,
+        mtime: Timestamp,
+        executable: bool,
+    ) -> Result<Stat> {
         let file = self.file.take().ok_or_else(|| io::Error::other("temp file already closed"))?;
         // Created with 0o666, so the kernel already applied the umask: that is the base mode.
         let base = file.metadata()?.permissions().mode() & 0o666;
@@ -120,7 +141,7 @@ impl TempFile {
         }
         fs::rename(&self.path, &target)?;
         self.path = PathBuf::new();
-        Ok(Stat::of(&fs::symlink_metadata(&target)?))
+        Ok(stat_after(&target, libc::S_IFREG)?)
     }
 }
 
@@ -139,7 +160,13 @@ pub fn to_system_time(t: Timestamp) -> SystemTime {
 }
 
 /// Changes only the mode and mtime of a file whose content already matches.
-pub fn set_meta(root: &Path, rel: &RelPath, expected: Option<Stat>, mtime: Timestamp, executable: bool) -> Result<Stat> {
+pub fn set_meta(
+    root: &Path,
+    rel: &RelPath,
+    expected: Option<Stat>,
+    mtime: Timestamp,
+    executable: bool,
+) -> Result<Stat> {
     verify(root, rel, expected)?;
     let path = abs(root, rel);
     let f = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path)?;
@@ -156,7 +183,11 @@ pub fn remove(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<()> 
     verify(root, rel, expected)?;
     let Some(s) = expected else { return Ok(()) };
     let path = abs(root, rel);
-    if s.mode & libc::S_IFMT == libc::S_IFDIR { fs::remove_dir(path)? } else { fs::remove_file(path)? }
+    if s.mode & libc::S_IFMT == libc::S_IFDIR {
+        fs::remove_dir(path)?
+    } else {
+        fs::remove_file(path)?
+    }
     Ok(())
 }
 
@@ -172,7 +203,7 @@ pub fn make_dir(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<St
     paths::create_parents(root, rel)?;
     let path = abs(root, rel);
     fs::create_dir(&path)?;
-    Ok(Stat::of(&fs::symlink_metadata(&path)?))
+    Ok(stat_after(&path, libc::S_IFDIR)?)
 }
 
 /// Creates a symlink at `rel` pointing at `target` (never followed), atomically replacing what
@@ -190,7 +221,7 @@ pub fn make_symlink(root: &Path, rel: &RelPath, expected: Option<Stat>, target: 
     }
     fs::rename(&tmp_path, &path)?;
     std::mem::forget(guard);
-    Ok(Stat::of(&fs::symlink_metadata(&path)?))
+    Ok(stat_after(&path, libc::S_IFLNK)?)
 }
 
 /// Moves `from` (still `expected`) to `to`, which must not exist.
@@ -234,7 +265,10 @@ mod tests {
         let mut t = TempFile::create(root, &rp("sub/f")).unwrap();
         t.write_all(b"peer").unwrap();
         fs::write(root.join("sub/f"), "user's fresh write").unwrap();
-        assert!(matches!(t.install(root, &rp("sub/f"), Some(st), Timestamp::default(), false), Err(ExecError::Changed)));
+        assert!(matches!(
+            t.install(root, &rp("sub/f"), Some(st), Timestamp::default(), false),
+            Err(ExecError::Changed)
+        ));
         assert_eq!(fs::read(root.join("sub/f")).unwrap(), b"user's fresh write");
         let left: Vec<_> = fs::read_dir(root.join("sub")).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(left.len(), 1, "temp file left behind: {left:?}");

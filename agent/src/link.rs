@@ -9,6 +9,7 @@ use crossbeam_channel::Sender;
 use mirror_protocol::Message;
 use std::fs::File;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Identifies one connection for as long as the process runs.
 pub type ConnId = u64;
@@ -16,19 +17,40 @@ pub type ConnId = u64;
 #[derive(Debug)]
 pub enum ToEngine {
     /// A peer finished the handshake.
-    Connected { conn: ConnId, peer_host: String, peer_replica: u64 },
-    Message { conn: ConnId, msg: Message },
-    Disconnected { conn: ConnId, reason: String },
+    Connected {
+        conn: ConnId,
+        peer_host: String,
+        peer_replica: u64,
+    },
+    Message {
+        conn: ConnId,
+        msg: Message,
+    },
+    Disconnected {
+        conn: ConnId,
+        reason: String,
+    },
     Shutdown,
 }
 
 #[derive(Debug)]
 pub enum ToNet {
-    Send { conn: ConnId, msg: Message },
+    Send {
+        conn: ConnId,
+        msg: Message,
+    },
     /// Stream `file` as the answer to request `id`: at most `size` bytes, then `DataEnd`.
-    Upload { conn: ConnId, id: u64, file: File, size: u64 },
+    Upload {
+        conn: ConnId,
+        id: u64,
+        file: File,
+        size: u64,
+    },
     /// Say goodbye with `reason` and close.
-    Close { conn: ConnId, reason: String },
+    Close {
+        conn: ConnId,
+        reason: String,
+    },
 }
 
 /// How an engine reaches the network thread.
@@ -36,11 +58,21 @@ pub enum ToNet {
 pub struct NetHandle {
     pub tx: Sender<ToNet>,
     pub waker: Arc<mio::Waker>,
+    /// Set by the network thread when it holds a message an engine's full channel could not
+    /// take; the engine wakes it once it has made room.
+    pub parked: Arc<AtomicBool>,
 }
 
 impl NetHandle {
     pub fn send(&self, m: ToNet) {
         if self.tx.send(m).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Called by an engine after it took messages off its channel.
+    pub fn made_room(&self) {
+        if self.parked.swap(false, Ordering::SeqCst) {
             let _ = self.waker.wake();
         }
     }

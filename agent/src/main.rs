@@ -53,6 +53,7 @@ fn init_logging(c: &Common) {
         .filter_level(level)
         .filter_module("ignore", log::LevelFilter::Warn)
         .format_target(false)
+        .format_timestamp_micros()
         .parse_env("MIRROR_LOG")
         .init();
 }
@@ -76,7 +77,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let poll = Poll::new().context("creating the event loop")?;
     let waker = Arc::new(Waker::new(poll.registry(), net::WAKER).context("creating the waker")?);
     let (net_tx, net_rx) = bounded(1024);
-    let handle = NetHandle { tx: net_tx, waker: waker.clone() };
+    let parked = Arc::new(AtomicBool::new(false));
+    let handle = NetHandle { tx: net_tx, waker: waker.clone(), parked: parked.clone() };
     let stop = Arc::new(AtomicBool::new(false));
     {
         let (stop, waker) = (stop.clone(), waker.clone());
@@ -104,10 +106,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let engine = engine::spawn(engine_cfg(local, include.clone(), exclude.clone()), handle)?;
             let engine_tx = engine.tx.clone();
             let done = watch_engine(engine, stop.clone(), waker.clone());
-            let addr = if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-            let hello = Hello { replica: 0, host: hostname(), remote: remote.as_bytes().to_vec(), includes: include, excludes: exclude };
+            let addr = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let hello = Hello {
+                replica: 0,
+                host: hostname(),
+                remote: remote.as_bytes().to_vec(),
+                includes: include,
+                excludes: exclude,
+            };
             let role = net::Role::Client { addr, hello, engine: engine_tx.clone() };
-            let result = net::Net::new(poll, net_rx, stop, role)?.run();
+            let result = net::Net::new(poll, net_rx, parked, stop, role)?.run();
             let _ = engine_tx.send(ToEngine::Shutdown);
             let engine_result = done.join().unwrap_or_else(|_| Err("engine thread panicked".into()));
             result?;
@@ -153,8 +165,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }) as net::EngineFactory
             };
             let role = net::Role::Server { listener, root, engines: factory };
-            let result = net::Net::new(poll, net_rx, stop, role)?.run();
-            let all: Vec<EngineHandle> = engines.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, (h, _, _))| h).collect();
+            let result = net::Net::new(poll, net_rx, parked, stop, role)?.run();
+            let all: Vec<EngineHandle> =
+                engines.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, (h, _, _))| h).collect();
             for h in &all {
                 let _ = h.tx.send(ToEngine::Shutdown);
             }
@@ -176,7 +189,11 @@ fn net_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {
 
 /// Ends the process's loops when the engine ends (a halted pair, a crash), and hands back how
 /// it ended.
-fn watch_engine(engine: EngineHandle, stop: Arc<AtomicBool>, waker: Arc<Waker>) -> std::thread::JoinHandle<Result<(), String>> {
+fn watch_engine(
+    engine: EngineHandle,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+) -> std::thread::JoinHandle<Result<(), String>> {
     std::thread::spawn(move || {
         let r = engine.thread.join().unwrap_or_else(|_| Err("engine thread panicked".into()));
         stop.store(true, Ordering::SeqCst);

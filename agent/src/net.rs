@@ -131,10 +131,17 @@ pub struct Net {
     /// Set when a client's server refused it for good; the loop ends with this error.
     fatal: Option<String>,
     root_canon: Option<PathBuf>,
+    parked_flag: Arc<AtomicBool>,
 }
 
 impl Net {
-    pub fn new(poll: Poll, rx: Receiver<ToNet>, stop: Arc<AtomicBool>, mut role: Role) -> io::Result<Self> {
+    pub fn new(
+        poll: Poll,
+        rx: Receiver<ToNet>,
+        parked_flag: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+        mut role: Role,
+    ) -> io::Result<Self> {
         let mut root_canon = None;
         if let Role::Server { listener, root, .. } = &mut role {
             poll.registry().register(listener, LISTENER, Interest::READABLE)?;
@@ -153,6 +160,7 @@ impl Net {
             backoff: Duration::from_millis(200),
             fatal: None,
             root_canon,
+            parked_flag,
         })
     }
 
@@ -160,8 +168,10 @@ impl Net {
     pub fn run(mut self) -> anyhow::Result<()> {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::SeqCst) {
+            // A parked message is retried when its engine signals room (NetHandle::made_room);
+            // the timeout is only a safety net.
             let busy = !self.notices.is_empty() || self.conns.values().any(|c| c.parked.is_some());
-            let mut timeout = if busy { Some(Duration::from_millis(2)) } else { None };
+            let mut timeout = if busy { Some(Duration::from_millis(20)) } else { None };
             if let Some(at) = self.reconnect_at {
                 let d = at.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
@@ -284,9 +294,8 @@ impl Net {
     fn deliver_notices(&mut self) {
         for _ in 0..self.notices.len() {
             let Some((tx, m)) = self.notices.pop_front() else { break };
-            match tx.try_send(m) {
-                Err(TrySendError::Full(m)) => self.notices.push_back((tx, m)),
-                _ => {}
+            if let Err(Offer::Full(m)) = offer(&tx, m, &self.parked_flag) {
+                self.notices.push_back((tx, m));
             }
         }
     }
@@ -296,10 +305,10 @@ impl Net {
         let Some(mut c) = self.conns.remove(&id) else { return };
         // Deliver what was parked before reading more.
         if let (Some(m), State::Open(tx)) = (c.parked.take(), &c.state) {
-            match tx.try_send(m) {
+            match offer(tx, m, &self.parked_flag) {
                 Ok(()) => {}
-                Err(TrySendError::Full(m)) => c.parked = Some(m),
-                Err(TrySendError::Disconnected(_)) => c.fail("the sync engine stopped".into()),
+                Err(Offer::Full(m)) => c.parked = Some(m),
+                Err(Offer::Gone) => c.lost("the sync engine stopped".into()),
             }
         }
         if c.parked.is_none() && !c.closing {
@@ -351,7 +360,11 @@ impl Net {
                     Ok(None) => return,
                     Ok(Some(_)) => {
                         c.dec.take_raw(PREAMBLE_LEN);
-                        c.state = if matches!(self.role, Role::Server { .. }) { State::AwaitHello } else { State::AwaitWelcome };
+                        c.state = if matches!(self.role, Role::Server { .. }) {
+                            State::AwaitHello
+                        } else {
+                            State::AwaitWelcome
+                        };
                         continue;
                     }
                     Err(e) => {
@@ -391,13 +404,13 @@ impl Net {
                     if let Message::Goodbye { reason } = &msg {
                         log::info!("{} closed the connection: {reason}", c.peer);
                     }
-                    match tx.try_send(ToEngine::Message { conn: id, msg }) {
+                    match offer(tx, ToEngine::Message { conn: id, msg }, &self.parked_flag) {
                         Ok(()) => {}
-                        Err(TrySendError::Full(m)) => {
+                        Err(Offer::Full(m)) => {
                             c.parked = Some(m);
                             return;
                         }
-                        Err(TrySendError::Disconnected(_)) => {
+                        Err(Offer::Gone) => {
                             c.lost("the sync engine stopped".into());
                             return;
                         }
@@ -430,16 +443,13 @@ impl Net {
             Ok(tx) => {
                 c.send(&Message::Welcome(Welcome { replica: 0, host: crate::hostname() }));
                 log::info!("{} ({}) syncs {}", h.host, c.peer, target.display());
-                c.parked = Some(ToEngine::Connected { conn: id, peer_host: h.host, peer_replica: h.replica });
-                c.state = State::Open(tx);
-                // Delivered on the next turn of the loop (parked delivery keeps the order).
-                if let (Some(m), State::Open(tx)) = (c.parked.take(), &c.state) {
-                    match tx.try_send(m) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(m)) => c.parked = Some(m),
-                        Err(TrySendError::Disconnected(_)) => c.fail("the sync engine stopped".into()),
-                    }
+                let hello = ToEngine::Connected { conn: id, peer_host: h.host, peer_replica: h.replica };
+                match offer(&tx, hello, &self.parked_flag) {
+                    Ok(()) => {}
+                    Err(Offer::Full(m)) => c.parked = Some(m),
+                    Err(Offer::Gone) => c.fail("the sync engine stopped".into()),
                 }
+                c.state = State::Open(tx);
             }
             Err(e) => {
                 let reason = format!("cannot sync {}: {e:#}", target.display());
@@ -455,10 +465,14 @@ impl Net {
         log::info!("connected to {} ({})", w.host, c.peer);
         self.backoff = Duration::from_millis(200);
         c.state = State::Open(engine.clone());
-        match engine.try_send(ToEngine::Connected { conn: id, peer_host: w.host, peer_replica: w.replica }) {
+        match offer(
+            engine,
+            ToEngine::Connected { conn: id, peer_host: w.host, peer_replica: w.replica },
+            &self.parked_flag,
+        ) {
             Ok(()) => {}
-            Err(TrySendError::Full(m)) => c.parked = Some(m),
-            Err(TrySendError::Disconnected(_)) => c.fail("the sync engine stopped".into()),
+            Err(Offer::Full(m)) => c.parked = Some(m),
+            Err(Offer::Gone) => c.fail("the sync engine stopped".into()),
         }
     }
 
@@ -468,7 +482,7 @@ impl Net {
         log::debug!("connection {id} with {} closed: {reason}", c.peer);
         if let State::Open(tx) = &c.state {
             let notice = ToEngine::Disconnected { conn: id, reason };
-            if let Err(TrySendError::Full(m)) = tx.try_send(notice) {
+            if let Err(Offer::Full(m)) = offer(tx, notice, &self.parked_flag) {
                 self.notices.push_back((tx.clone(), m));
             }
         }
@@ -476,6 +490,29 @@ impl Net {
             self.schedule_reconnect();
         }
     }
+}
+
+/// Hands `m` to an engine without blocking. When the channel is full, the parked flag is raised
+/// *before* one last try, so an engine that drains in between either lets the retry through or
+/// sees the flag and wakes us: no wake-up is lost.
+fn offer(tx: &Sender<ToEngine>, m: ToEngine, parked: &AtomicBool) -> Result<(), Offer> {
+    match tx.try_send(m) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Disconnected(_)) => Err(Offer::Gone),
+        Err(TrySendError::Full(m)) => {
+            parked.store(true, Ordering::SeqCst);
+            match tx.try_send(m) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(m)) => Err(Offer::Full(m)),
+                Err(TrySendError::Disconnected(_)) => Err(Offer::Gone),
+            }
+        }
+    }
+}
+
+enum Offer {
+    Full(ToEngine),
+    Gone,
 }
 
 /// Adds upload chunks while the socket keeps up.
@@ -538,7 +575,9 @@ fn flush(c: &mut Conn) {
 
 fn resolve(addr: &str) -> io::Result<SocketAddr> {
     use std::net::ToSocketAddrs;
-    addr.to_socket_addrs()?.next().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address for {addr}")))
+    addr.to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address for {addr}")))
 }
 
 /// Resolves a client's remote directory inside the server root, refusing anything that escapes
@@ -555,7 +594,8 @@ pub fn resolve_remote(root: &Path, remote: &[u8]) -> Result<PathBuf, String> {
         p = rest;
     }
     let rel = if p.is_absolute() {
-        p.strip_prefix(root).map_err(|_| format!("remote path {shown:?} is outside the server root {}", root.display()))?
+        p.strip_prefix(root)
+            .map_err(|_| format!("remote path {shown:?} is outside the server root {}", root.display()))?
     } else {
         p
     };

@@ -192,7 +192,12 @@ mod tests {
                 file(1, 6, &[(B, 1)]),
                 Action::ConflictKeepLocalCopy,
             ),
-            ("both deleted", Some(deleted(&[(A, 2)])), deleted(&[(A, 1), (B, 1)]), Action::Adopt(vv(&[(A, 2), (B, 1)]))),
+            (
+                "both deleted",
+                Some(deleted(&[(A, 2)])),
+                deleted(&[(A, 1), (B, 1)]),
+                Action::Adopt(vv(&[(A, 2), (B, 1)])),
+            ),
         ];
         for (name, local, remote, want) in rows {
             assert_eq!(reconcile(local.as_ref(), &remote), want, "{name}");

@@ -80,7 +80,7 @@ impl Batch {
 impl std::hash::Hash for WatchEvent {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         std::mem::discriminant(self).hash(state);
-        if let WatchEvent::Dirty(p) | WatchEvent::RescanSubtree(p) = self {
+        if let WatchEvent::Dirty(p) | WatchEvent::Settled(p) | WatchEvent::RescanSubtree(p) = self {
             p.hash(state);
         }
     }
@@ -91,9 +91,7 @@ impl InotifyWatcher {
         let io = |source| WatchError::Io { path: config.root.clone(), source };
         let inotify = Inotify::init().map_err(io)?;
         let poll = Poll::new().map_err(io)?;
-        poll.registry()
-            .register(&mut SourceFd(&inotify.as_raw_fd()), INOTIFY, Interest::READABLE)
-            .map_err(io)?;
+        poll.registry().register(&mut SourceFd(&inotify.as_raw_fd()), INOTIFY, Interest::READABLE).map_err(io)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(io)?);
         let mut state = State {
             inotify,
@@ -190,7 +188,7 @@ fn run(mut state: State, mut poll: Poll, sink: Sender<WatchEvent>, refresh: Rece
                 state.remove_tree(&from);
                 batch.push(WatchEvent::RescanSubtree(from));
             } else {
-                batch.push(WatchEvent::Dirty(from));
+                batch.push(WatchEvent::Settled(from));
             }
         }
         let out = if batch.root_gone {
@@ -264,11 +262,11 @@ impl State {
                     batch.push(WatchEvent::RescanSubtree(path));
                 }
                 Some((from, false)) => {
-                    batch.push(WatchEvent::Dirty(from));
-                    batch.push(WatchEvent::Dirty(path));
+                    batch.push(WatchEvent::Settled(from));
+                    batch.push(WatchEvent::Settled(path));
                 }
                 None if is_dir => self.new_dir(batch, path),
-                None => batch.push(WatchEvent::Dirty(path)),
+                None => batch.push(WatchEvent::Settled(path)),
             }
             return;
         }
@@ -276,7 +274,13 @@ impl State {
             self.new_dir(batch, path);
             return;
         }
-        batch.push(WatchEvent::Dirty(path));
+        // Creation and writes may be followed by more writes; a close after writing, a delete
+        // or a chmod is complete in itself.
+        if mask.intersects(EventMask::CLOSE_WRITE | EventMask::DELETE | EventMask::ATTRIB) {
+            batch.push(WatchEvent::Settled(path));
+        } else {
+            batch.push(WatchEvent::Dirty(path));
+        }
     }
 
     /// A directory appeared: watch it, then have it listed whole.

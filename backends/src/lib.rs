@@ -25,8 +25,13 @@ mod walk;
 /// A hint from a watcher. Paths are relative to the watched root; the empty path is the root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
-    /// Something at this path may have changed (created, written, deleted, renamed, chmod).
+    /// Something at this path may have changed, and may still be changing (a file being
+    /// written). The consumer waits for a short quiet moment before reading it.
     Dirty(PathBuf),
+    /// Something at this path changed and the change looks complete: a writer closed the file,
+    /// or it was deleted, renamed or chmod'ed. The consumer may read it at once. Only backends
+    /// that can tell (inotify) send it; it is an optimization, never required for correctness.
+    Settled(PathBuf),
     /// Anything at or beneath this path may have changed: scan it whole.
     RescanSubtree(PathBuf),
     /// Events were lost: rescan the whole root.
@@ -95,11 +100,11 @@ impl Backend {
 
     /// Every backend that runs on this platform.
     pub fn available() -> Vec<Backend> {
-        let mut v = Vec::new();
-        #[cfg(target_os = "linux")]
-        v.push(Backend::Inotify);
-        v.push(Backend::Poll);
-        v
+        vec![
+            #[cfg(target_os = "linux")]
+            Backend::Inotify,
+            Backend::Poll,
+        ]
     }
 
     /// Whether this backend reports kernel-queue overflows (the poll backend has no queue).

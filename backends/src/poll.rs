@@ -35,10 +35,8 @@ enum Control {
 
 impl PollWatcher {
     pub(crate) fn start(config: WatchConfig, sink: Sender<WatchEvent>) -> Result<Self, WatchError> {
-        let first = snapshot(&config.root, &config.descend).map_err(|source| WatchError::Io {
-            path: config.root.clone(),
-            source,
-        })?;
+        let first = snapshot(&config.root, &config.descend)
+            .map_err(|source| WatchError::Io { path: config.root.clone(), source })?;
         let (control, rx) = crossbeam_channel::bounded(4);
         let thread = std::thread::Builder::new()
             .name("watch-poll".into())

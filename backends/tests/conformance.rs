@@ -33,7 +33,7 @@ fn fixture(backend: Backend, setup: impl FnOnce(&Path), cap: usize) -> Fixture {
 
 fn covers(ev: &WatchEvent, p: &Path) -> bool {
     match ev {
-        WatchEvent::Dirty(d) => d == p,
+        WatchEvent::Dirty(d) | WatchEvent::Settled(d) => d == p,
         WatchEvent::RescanSubtree(d) => p.starts_with(d),
         WatchEvent::Overflow => true,
         WatchEvent::RootGone => false,
@@ -161,7 +161,7 @@ fn moves_into_and_out_of_the_tree() {
         let end = Instant::now() + Duration::from_millis(300);
         while let Ok(ev) = f.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
             assert!(
-                !matches!(&ev, WatchEvent::Dirty(p) if p.ends_with("z")),
+                !matches!(&ev, WatchEvent::Dirty(p) | WatchEvent::Settled(p) if p.ends_with("z")),
                 "{b:?}: write outside the root reported as {ev:?}"
             );
         }
@@ -214,6 +214,25 @@ fn root_removal_is_reported() {
             }
         }
         assert!(got, "{b:?}: no RootGone");
+    });
+}
+
+#[test]
+fn a_finished_write_is_eventually_reported_settled_where_supported() {
+    each_backend(|b| {
+        if b != Backend::Inotify {
+            return;
+        }
+        let f = fixture(b, |_| {}, 1024);
+        fs::write(f.root.join("done.txt"), "complete").unwrap();
+        let end = Instant::now() + DEADLINE;
+        loop {
+            match f.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok(WatchEvent::Settled(p)) if p == Path::new("done.txt") => break,
+                Ok(_) => {}
+                Err(_) => panic!("{b:?}: no Settled after close"),
+            }
+        }
     });
 }
 

@@ -18,9 +18,16 @@ pub struct Timestamp {
 /// What a path holds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Kind {
-    File { size: u64, hash: Hash, executable: bool },
+    File {
+        size: u64,
+        hash: Hash,
+        executable: bool,
+    },
     Directory,
-    Symlink { #[serde(with = "serde_bytes")] target: Vec<u8> },
+    Symlink {
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
     /// A tombstone: the path was deleted at this version.
     Deleted,
 }
@@ -77,21 +84,44 @@ pub enum Message {
     Hello(Hello),
     Welcome(Welcome),
     /// A batch of the sender's full index, sent once after the handshake; `last` ends it.
-    IndexBatch { entries: Vec<Entry>, last: bool },
+    IndexBatch {
+        entries: Vec<Entry>,
+        last: bool,
+    },
     /// Entries that changed on the sender since it last said.
-    Update { entries: Vec<Entry> },
+    Update {
+        entries: Vec<Entry>,
+    },
     /// Asks for the contents of a file at the given size and hash.
-    Request { id: u64, path: RelPath, size: u64, hash: Hash },
+    Request {
+        id: u64,
+        path: RelPath,
+        size: u64,
+        hash: Hash,
+    },
     /// A chunk of a requested file, at most [`crate::MAX_CHUNK_LEN`] bytes, in order.
-    Data { id: u64, #[serde(with = "serde_bytes")] bytes: Vec<u8> },
+    Data {
+        id: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// All of a requested file was sent; `hash` and `size` are what was read.
-    DataEnd { id: u64, size: u64, hash: Hash },
+    DataEnd {
+        id: u64,
+        size: u64,
+        hash: Hash,
+    },
     /// The requested file could not be sent as asked (changed, deleted, unreadable).
-    DataAbort { id: u64, reason: String },
+    DataAbort {
+        id: u64,
+        reason: String,
+    },
     Ping,
     Pong,
     /// The sender is closing the connection, and why.
-    Goodbye { reason: String },
+    Goodbye {
+        reason: String,
+    },
 }
 
 impl Message {

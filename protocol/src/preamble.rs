@@ -32,10 +32,9 @@ pub enum PreambleError {
 impl fmt::Display for PreambleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::LooksLikeTls => write!(
-                f,
-                "peer opened a TLS handshake but this side speaks plaintext (--insecure on one side only?)"
-            ),
+            Self::LooksLikeTls => {
+                write!(f, "peer opened a TLS handshake but this side speaks plaintext (--insecure on one side only?)")
+            }
             Self::BadMagic => write!(f, "peer does not speak the mirror-agent protocol (bad magic bytes)"),
             Self::VersionMismatch { ours, theirs } => write!(
                 f,

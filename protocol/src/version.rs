@@ -172,7 +172,8 @@ mod tests {
 
     #[test]
     fn compare_table() {
-        let rows: &[(&[(u64, u64)], &[(u64, u64)], Ordering)] = &[
+        type Pairs = &'static [(u64, u64)];
+        let rows: &[(Pairs, Pairs, Ordering)] = &[
             (&[], &[], Ordering::Equal),
             (&[(1, 1)], &[(1, 1)], Ordering::Equal),
             (&[], &[(1, 1)], Ordering::Before),

@@ -21,12 +21,16 @@ pub fn bin() -> PathBuf {
     if let Some(p) = std::env::var_os("MIRROR_AGENT_BIN") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test-binary> -> target/<profile>/mirror-agent
+    // Tests run from target/<profile>/deps/, benchmark binaries from target/<profile>/.
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let p = dir.join("mirror-agent");
-    assert!(p.exists(), "{} not built; run `cargo build -p mirror-agent` or `cargo test --workspace`", p.display());
-    p
+    let dir = exe.parent().unwrap();
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let p = d.join("mirror-agent");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("mirror-agent is not built next to {}; run `cargo build -p mirror-agent` first", exe.display());
 }
 
 /// A running agent process. Killed (by pid) on drop.
@@ -152,7 +156,8 @@ impl Server {
     /// connected.
     pub fn client(&self, name: &str, local: &Path, remote: &str, extra: &[&str]) -> Agent {
         let port = self.port.to_string();
-        let mut args = vec!["client", "-h", "127.0.0.1", "-p", &port, "-l", local.to_str().unwrap(), "-r", remote, "--insecure"];
+        let mut args =
+            vec!["client", "-h", "127.0.0.1", "-p", &port, "-l", local.to_str().unwrap(), "-r", remote, "--insecure"];
         args.extend_from_slice(extra);
         let a = Agent::spawn(name, &args);
         a.wait_log("connected to");
@@ -216,7 +221,11 @@ pub fn wait_same(a: &Path, b: &Path) -> BTreeMap<PathBuf, Node> {
         if Instant::now() > end {
             let only_a: Vec<_> = sa.iter().filter(|(k, v)| sb.get(*k) != Some(v)).map(|(k, _)| k).collect();
             let only_b: Vec<_> = sb.iter().filter(|(k, v)| sa.get(*k) != Some(v)).map(|(k, _)| k).collect();
-            panic!("trees {} and {} still differ after {DEADLINE:?}:\n  differ in a: {only_a:?}\n  differ in b: {only_b:?}", a.display(), b.display());
+            panic!(
+                "trees {} and {} still differ after {DEADLINE:?}:\n  differ in a: {only_a:?}\n  differ in b: {only_b:?}",
+                a.display(),
+                b.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -224,9 +233,10 @@ pub fn wait_same(a: &Path, b: &Path) -> BTreeMap<PathBuf, Node> {
 
 /// Waits until `path` holds exactly `content`.
 pub fn wait_content(path: &Path, content: &[u8]) {
-    wait_until(&format!("{} to hold {:?}", path.display(), String::from_utf8_lossy(&content[..content.len().min(40)])), || {
-        (fs::read(path).ok().as_deref() == Some(content)).then_some(())
-    });
+    wait_until(
+        &format!("{} to hold {:?}", path.display(), String::from_utf8_lossy(&content[..content.len().min(40)])),
+        || (fs::read(path).ok().as_deref() == Some(content)).then_some(()),
+    );
 }
 
 /// Waits until nothing is at `path`.

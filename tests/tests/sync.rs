@@ -87,14 +87,19 @@ fn symlinks_travel_as_links_and_mode_and_mtime_are_carried() {
 
     std::os::unix::fs::symlink("/etc/hostname", c.join("link-out")).unwrap();
     std::os::unix::fs::symlink("dangling/target", c.join("link-dangling")).unwrap();
-    wait_until("symlinks on server", || s.join("link-dangling").symlink_metadata().is_ok().then_some(()));
+    wait_until("symlinks on server", || {
+        (s.join("link-dangling").symlink_metadata().is_ok() && s.join("link-out").symlink_metadata().is_ok())
+            .then_some(())
+    });
     assert_eq!(fs::read_link(s.join("link-out")).unwrap(), Path::new("/etc/hostname"));
     assert!(fs::symlink_metadata(s.join("link-out")).unwrap().file_type().is_symlink(), "link was followed");
 
     write(&c.join("script.sh"), "#!/bin/sh\necho hi\n");
     wait_content(&s.join("script.sh"), b"#!/bin/sh\necho hi\n");
     fs::set_permissions(c.join("script.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-    wait_until("exec bit on server", || (fs::metadata(s.join("script.sh")).unwrap().permissions().mode() & 0o111 != 0).then_some(()));
+    wait_until("exec bit on server", || {
+        (fs::metadata(s.join("script.sh")).unwrap().permissions().mode() & 0o111 != 0).then_some(())
+    });
 
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
     write(&c.join("dated.txt"), "old");
@@ -131,13 +136,17 @@ fn gitignore_and_patterns_are_honoured_and_gitignore_changes_apply_live() {
     write(&c.join("sub/generated/h.rs"), "ignored");
     write(&c.join("marker"), "m");
     wait_content(&s.join("marker"), b"m");
-    for ignored in ["app.log", "late.log", "build", "sub/generated", ".git", "local-only", "scratch.tmp", "target/classes"] {
+    for ignored in
+        ["app.log", "late.log", "build", "sub/generated", ".git", "local-only", "scratch.tmp", "target/classes"]
+    {
         assert!(!s.join(ignored).exists(), "{ignored} was synced");
     }
     assert!(s.join(".gitignore").exists() && s.join("sub/.gitignore").exists(), ".gitignore files are synced");
 
-    // Stop ignoring *.log: existing logs now sync.
-    write(&c.join(".gitignore"), "build/\ntarget/\n");
+    // Stop ignoring *.log: existing logs now sync. Saved atomically, as editors do: a truncated
+    // .gitignore seen mid-write would rightly un-ignore everything for a moment.
+    write(&c.join(".gitignore.new"), "build/\ntarget/\n");
+    fs::rename(c.join(".gitignore.new"), c.join(".gitignore")).unwrap();
     wait_content(&s.join("app.log"), b"log");
     wait_content(&s.join("late.log"), b"ignored");
     assert!(!s.join("build").exists());

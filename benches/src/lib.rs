@@ -1,0 +1,121 @@
+//! Benchmarks of mirror-agent against real processes on loopback. Figures go to
+//! `BENCHMARKS.md` with the command that produced them; nothing here is a pass/fail test of
+//! speed (the smoke test only checks that each benchmark runs and converges).
+#![allow(clippy::unwrap_used)] // a benchmark that cannot set up its files has nothing to report
+
+use mirror_tests::{Area, Server, wait_same, write};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Percentiles of a set of durations.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    pub n: usize,
+}
+
+pub fn summarize(mut v: Vec<Duration>) -> Summary {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Summary { p50: at(0.5), p99: at(0.99), max: at(1.0), n: v.len() }
+}
+
+/// Waits, polling tightly, until `path` holds `content`; returns when it did.
+fn arrival(path: &Path, content: &[u8], deadline: Duration) -> Option<Instant> {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if fs::read(path).is_ok_and(|b| b == content) {
+            return Some(Instant::now());
+        }
+        // Short, but long enough not to starve the agents of CPU on a small machine.
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    None
+}
+
+/// Save-to-visible latency of small files, client to server and server to client.
+pub fn latency(samples: usize) -> (Summary, Summary) {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/lat"));
+    let server = Server::start(&area.server_root(), &["-q"]);
+    let _client = server.client("client", &c, "lat", &[]);
+    fs::create_dir_all(s.join("warm")).unwrap();
+    let mut up = Vec::new();
+    let mut down = Vec::new();
+    for i in 0..samples {
+        for (from, to, out, dir) in [(&c, &s, &mut up, "up"), (&s, &c, &mut down, "down")] {
+            // A new name and content each time, so nothing already there can pass for arrival.
+            let content = format!("{dir} sample {i} {}", "x".repeat(1000));
+            let name = format!("{dir}-{i}.txt");
+            let t0 = Instant::now();
+            fs::write(from.join(&name), &content).unwrap();
+            let t1 = arrival(&to.join(&name), content.as_bytes(), Duration::from_secs(10)).expect("file never arrived");
+            out.push(t1 - t0);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    (summarize(up), summarize(down))
+}
+
+/// Makes a source-code-like tree: `files` files of 1 to 8 KiB in directories of 100.
+pub fn make_tree(root: &Path, files: usize) {
+    for i in 0..files {
+        let size = 1024 + (i * 7919) % (7 * 1024);
+        let body: Vec<u8> = (0..size).map(|j| b"abcdefghijklmnopqrstuvwxyz\n"[(i + j) % 27]).collect();
+        write(&root.join(format!("pkg{:03}/mod{:02}/file{i}.rs", i / 100, (i / 10) % 10)), body);
+    }
+}
+
+/// Initial sync of a fresh tree to an empty server directory, and `rsync -a` of the same tree.
+pub fn initial_sync(files: usize) -> (Duration, Option<Duration>) {
+    let area = Area::new();
+    let src = area.path("client");
+    make_tree(&src, files);
+    let rsync = Command::new("rsync").arg("--version").output().is_ok().then(|| {
+        let t = Instant::now();
+        let st = Command::new("rsync")
+            .arg("-a")
+            .arg(format!("{}/", src.display()))
+            .arg(area.path("rsync-copy"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        t.elapsed()
+    });
+    let server = Server::start(&area.server_root(), &["-q"]);
+    let t = Instant::now();
+    let _client = server.client("client", &src, "tree", &["-q"]);
+    let dst = area.path("server/tree");
+    let want = files;
+    loop {
+        let n = count_files(&dst);
+        if n >= want {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "initial sync stalled at {n}/{want}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let took = t.elapsed();
+    wait_same(&src, &dst);
+    (took, rsync)
+}
+
+fn count_files(root: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() && !e.file_name().to_string_lossy().starts_with(".mirror-tmp-") => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
+}

@@ -1,0 +1,29 @@
+//! `mirror-bench`: prints the benchmark table for BENCHMARKS.md.
+//!
+//! ```sh
+//! cargo build --release -p mirror-agent -p mirror-benches && target/release/mirror-bench [SAMPLES] [FILES]
+//! ```
+
+fn ms(d: std::time::Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let samples = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
+    let files = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let (up, down) = mirror_benches::latency(samples);
+    println!("| save-to-visible, 1 KiB file | p50 | p99 | max | samples |");
+    println!("| --- | --- | --- | --- | --- |");
+    println!("| client -> server | {} | {} | {} | {} |", ms(up.p50), ms(up.p99), ms(up.max), up.n);
+    println!("| server -> client | {} | {} | {} | {} |", ms(down.p50), ms(down.p99), ms(down.max), down.n);
+    let (ours, rsync) = mirror_benches::initial_sync(files);
+    println!();
+    println!("| initial sync, {files} files (1-8 KiB) | time |");
+    println!("| --- | --- |");
+    println!("| mirror-agent (client start to last file on the server) | {} |", ms(ours));
+    match rsync {
+        Some(r) => println!("| rsync -a over a pipe transport (same tree, same run) | {} |", ms(r)),
+        None => println!("| rsync -a | not installed |"),
+    }
+}

@@ -1,0 +1,13 @@
+//! The benchmarks run and converge (a tiny run; the figures are not checked).
+
+#[test]
+fn latency_benchmark_runs_both_ways() {
+    let (up, down) = mirror_benches::latency(3);
+    assert_eq!((up.n, down.n), (3, 3));
+}
+
+#[test]
+fn initial_sync_benchmark_converges() {
+    let (took, _) = mirror_benches::initial_sync(120);
+    assert!(took.as_nanos() > 0);
+}
