@@ -508,9 +508,12 @@ impl Engine {
     }
 
     fn local_seen(&mut self, rel: &RelPath, seen: Seen) {
+        // For files the mtime is part of what is synced (build tools compare them); directory
+        // mtimes move with their children and are not.
+        let is_file = matches!(seen.kind, Kind::File { .. });
         let (version, was_dir) = match self.index.get_mut(rel) {
             Some(l) if !l.entry.kind.is_deleted() && l.stat == Some(seen.stat) => return,
-            Some(l) if l.entry.kind == seen.kind => {
+            Some(l) if l.entry.kind == seen.kind && (!is_file || l.entry.mtime == seen.mtime) => {
                 l.stat = Some(seen.stat);
                 return;
             }

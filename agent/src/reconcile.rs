@@ -32,7 +32,9 @@ pub fn reconcile(local: Option<&Entry>, remote: &Entry) -> Action {
     };
     match local.version.compare(&remote.version) {
         VersionOrdering::Equal | VersionOrdering::After => Action::Nothing,
-        VersionOrdering::Before if local.same_content(remote) => Action::Adopt(remote.version.clone()),
+        VersionOrdering::Before if local.same_content(remote) && !touched(local, remote) => {
+            Action::Adopt(remote.version.clone())
+        }
         VersionOrdering::Before => Action::Apply,
         VersionOrdering::Concurrent => {
             let merged = local.version.merged(&remote.version);
@@ -48,6 +50,11 @@ pub fn reconcile(local: Option<&Entry>, remote: &Entry) -> Action {
             }
         }
     }
+}
+
+/// Whether only a file's mtime differs (a `touch`): applied without moving any data.
+fn touched(local: &Entry, remote: &Entry) -> bool {
+    matches!(remote.kind, Kind::File { .. }) && local.mtime != remote.mtime
 }
 
 /// The deterministic winner between two concurrent live versions: a directory beats anything
@@ -138,6 +145,7 @@ mod tests {
                 Action::Apply,
             ),
             ("peer deleted", Some(file(1, 0, &[(A, 1)])), deleted(&[(A, 1), (B, 1)]), Action::Apply),
+            ("peer touched the file", Some(file(1, 0, &[(A, 1)])), file(1, 9, &[(A, 1), (B, 1)]), Action::Apply),
             (
                 "metadata-only history change",
                 Some(file(1, 0, &[(A, 1)])),
