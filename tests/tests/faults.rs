@@ -1,0 +1,105 @@
+//! Faults on the receiving and sending disks: full disks and unreadable files.
+//!
+//! These need root (to mount a small tmpfs, and to run an agent as another user, since root
+//! reads any file). Where the machine refuses, the test says so and skips.
+#![allow(clippy::unwrap_used)]
+
+use mirror_tests::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tmpfs mounted for the length of a test.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).status();
+        if ok.is_ok_and(|s| s.success()) {
+            Some(Tmpfs(at.to_path_buf()))
+        } else {
+            eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+            None
+        }
+    }
+
+    fn resize(&self, size: &str) {
+        let st = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status().unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn temp_files(root: &Path) -> Vec<PathBuf> {
+    snapshot(root).into_keys().filter(|p| p.to_string_lossy().contains(".mirror-tmp-")).collect()
+}
+
+#[test]
+fn a_full_disk_leaves_no_partial_file_and_the_transfer_is_retried() {
+    let area = Area::new();
+    let Some(disk) = Tmpfs::mount(&area.server_root(), "3m") else { return };
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &[]);
+    let client = server.client("client", &c, "p", &[]);
+    write(&c.join("small.txt"), "fits");
+    wait_content(&s.join("small.txt"), b"fits");
+    let big: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    write(&c.join("big.bin"), &big);
+    server.agent.wait_log("(disk full)");
+    wait_until("no temp file left on the full disk", || temp_files(&s).is_empty().then_some(()));
+    // An earlier, partly written version may have fit and synced; the full one cannot have.
+    assert_ne!(fs::read(s.join("big.bin")).ok().map(|b| b.len()), Some(big.len()));
+    // Other changes still flow while the big one waits.
+    write(&c.join("after.txt"), "still syncing");
+    wait_content(&s.join("after.txt"), b"still syncing");
+    // Room again: the retry lands the file.
+    disk.resize("16m");
+    wait_content(&s.join("big.bin"), &big);
+    assert!(temp_files(&s).is_empty());
+    drop(client);
+    drop(server);
+}
+
+#[test]
+fn an_unreadable_file_is_logged_and_skipped_while_the_rest_syncs() {
+    let area = Area::new();
+    fs::set_permissions(area.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let c = area.path("client");
+    fs::create_dir(&c).unwrap();
+    write(&c.join("readable.txt"), "ok");
+    write(&c.join("secret.txt"), "no");
+    fs::set_permissions(c.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    // The client runs as nobody, owning its tree except the secret.
+    let chown = Command::new("chown").args(["65534:65534"]).arg(&c).arg(c.join("readable.txt")).status();
+    let setpriv = Command::new("setpriv").arg("--version").output();
+    if !chown.is_ok_and(|s| s.success()) || setpriv.is_err() {
+        eprintln!("SKIP: needs root and setpriv to run an agent as another user");
+        return;
+    }
+    let s = area.path("server/p");
+    let server = Server::start(&area.server_root(), &[]);
+    let port = server.port.to_string();
+    let state = area.path("state");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .args(["client", "-h", "127.0.0.1", "-p", &port, "-l"])
+        .arg(&c)
+        .args(["-r", "p", "--insecure", "--state-dir"])
+        .arg(&state)
+        .env("HOME", area.dir.path());
+    let client = Agent::spawn_cmd("client", &mut cmd);
+    client.wait_log("cannot read secret.txt");
+    wait_content(&s.join("readable.txt"), b"ok");
+    write(&c.join("later.txt"), "later");
+    let _ = Command::new("chown").args(["65534:65534"]).arg(c.join("later.txt")).status();
+    wait_content(&s.join("later.txt"), b"later");
+    assert!(!s.join("secret.txt").exists());
+}

@@ -1,0 +1,189 @@
+//! Bad input from the network: each case closes that connection with a clear error, writes
+//! nothing outside the root, and the server keeps serving everyone else.
+#![allow(clippy::unwrap_used)]
+
+use mirror_protocol::{Entry, Hello, Kind, Message, Preamble, RelPath, Timestamp, VersionVector, encode};
+use mirror_tests::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn raw(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn hello(remote: &str) -> Vec<u8> {
+    let mut v = Preamble::ours().encode().to_vec();
+    v.extend(encode(&Message::Hello(Hello {
+        replica: 7,
+        host: "hostile".into(),
+        remote: remote.as_bytes().to_vec(),
+        includes: vec![],
+        excludes: vec![],
+    })));
+    v
+}
+
+/// Reads until the server closes the connection; returns everything it sent.
+fn read_to_close(mut s: TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+fn file_entry(path: &[u8], content: &[u8]) -> Vec<u8> {
+    // Built by hand: RelPath refuses hostile paths, so they must be encoded without it.
+    let good = Entry {
+        path: RelPath::new("placeholder").unwrap(),
+        kind: Kind::File { size: content.len() as u64, hash: *blake3::hash(content).as_bytes(), executable: false },
+        mtime: Timestamp { secs: 1, nanos: 0 },
+        version: VersionVector::new().incremented(7),
+        origin: "hostile".into(),
+    };
+    let frame = encode(&Message::Update { entries: vec![good] });
+    let payload = &frame[4..];
+    let needle = b"\x0bplaceholder";
+    let at = payload.windows(needle.len()).position(|w| w == needle).unwrap();
+    let mut p = payload[..at].to_vec();
+    p.push(path.len() as u8);
+    p.extend_from_slice(path);
+    p.extend_from_slice(&payload[at + needle.len()..]);
+    let mut out = (p.len() as u32).to_be_bytes().to_vec();
+    out.extend(p);
+    out
+}
+
+/// A well-behaved client that must keep syncing while the hostile ones are thrown out.
+fn assert_still_serving(server: &Server, area: &Area, tag: &str) {
+    let c = area.path(&format!("good-{tag}"));
+    let client = server.client(&format!("good-{tag}"), &c, &format!("good-{tag}"), &[]);
+    write(&c.join("ok.txt"), tag);
+    wait_content(&area.path(&format!("server/good-{tag}/ok.txt")), tag.as_bytes());
+    drop(client);
+}
+
+#[test]
+fn garbage_oversized_and_truncated_input_close_only_that_connection() {
+    let area = Area::new();
+    let server = Server::start(&area.server_root(), &[]);
+
+    let mut s = raw(server.port);
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    read_to_close(s);
+    server.agent.wait_log("does not speak the mirror-agent protocol");
+
+    let mut s = raw(server.port);
+    s.write_all(&Preamble { version: 99 }.encode()).unwrap();
+    read_to_close(s);
+    server.agent.wait_log("we speak version 1, the peer speaks version 99");
+
+    let mut s = raw(server.port);
+    let mut bytes = hello("x");
+    bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]);
+    s.write_all(&bytes).unwrap();
+    read_to_close(s);
+    server.agent.wait_log("exceeds the");
+
+    let mut s = raw(server.port);
+    let mut bytes = hello("x");
+    bytes.extend_from_slice(&[0, 0, 0, 3, 0xee, 0xee, 0xee]);
+    s.write_all(&bytes).unwrap();
+    read_to_close(s);
+    server.agent.wait_log("malformed message");
+
+    // A truncated frame followed by a hang-up.
+    let mut s = raw(server.port);
+    let mut bytes = hello("x");
+    bytes.extend_from_slice(&[0, 0, 1, 0, 3]);
+    s.write_all(&bytes).unwrap();
+    drop(s);
+
+    assert_still_serving(&server, &area, "a");
+}
+
+#[test]
+fn hostile_paths_write_nothing_outside_the_root() {
+    let area = Area::new();
+    let outside = area.path("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::create_dir_all(area.path("server/proj")).unwrap();
+    std::os::unix::fs::symlink(&outside, area.path("server/proj/link")).unwrap();
+    let server = Server::start(&area.server_root(), &[]);
+
+    for (path, expect) in [
+        (&b"../escape.txt"[..], "malformed message"),
+        (b"/etc/evil", "malformed message"),
+        (b"a\0b", "malformed message"),
+        (b"link/pwned.txt", "passes through the symlink link"),
+    ] {
+        let mut s = raw(server.port);
+        let mut bytes = hello("proj");
+        bytes.extend(file_entry(path, b"evil"));
+        s.write_all(&bytes).unwrap();
+        read_to_close(s);
+        server.agent.wait_log(expect);
+    }
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "something was written through the symlink");
+    assert!(!area.path("escape.txt").exists() && !area.dir.path().join("escape.txt").exists());
+    assert_still_serving(&server, &area, "b");
+}
+
+#[test]
+fn a_remote_path_outside_the_root_is_refused() {
+    let area = Area::new();
+    std::os::unix::fs::symlink("/", area.path("server/to-root")).unwrap();
+    let server = Server::start(&area.server_root(), &[]);
+    for remote in ["../../etc", "/etc", "to-root/etc"] {
+        let mut s = raw(server.port);
+        s.write_all(&hello(remote)).unwrap();
+        let reply = read_to_close(s);
+        let text = String::from_utf8_lossy(&reply);
+        assert!(
+            text.contains("outside the server root") || text.contains("escapes the server root"),
+            "{remote}: {text}"
+        );
+    }
+    // The real client reports the refusal and exits with an error.
+    let port = server.port.to_string();
+    let local = area.path("c");
+    let mut client = Agent::spawn(
+        "client",
+        &["client", "-h", "127.0.0.1", "-p", &port, "-l", local.to_str().unwrap(), "-r", "../x", "--insecure"],
+    );
+    assert_eq!(client.wait_exit(), Some(1));
+    assert!(client.log().contains("escapes the server root"), "{}", client.log());
+}
+
+#[test]
+fn a_client_meeting_another_protocol_version_exits_with_a_clear_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(&Preamble { version: 42 }.encode()).unwrap();
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf);
+    });
+    let area = Area::new();
+    let local = area.path("c");
+    let mut client = Agent::spawn(
+        "client",
+        &["client", "-h", "127.0.0.1", "-p", &port, "-l", local.to_str().unwrap(), "-r", "x", "--insecure"],
+    );
+    assert_eq!(client.wait_exit(), Some(1));
+    let log = client.log();
+    assert!(log.contains("we speak version 1, the peer speaks version 42"), "{log}");
+    fake.join().unwrap();
+}
+
+#[test]
+fn plaintext_needs_an_explicit_insecure_flag() {
+    let area = Area::new();
+    let mut a =
+        Agent::spawn("server", &["server", "--listen", "127.0.0.1:0", "--root", area.server_root().to_str().unwrap()]);
+    assert_eq!(a.wait_exit(), Some(1));
+    assert!(a.log().contains("--insecure"), "{}", a.log());
+}
