@@ -99,6 +99,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         deferred: Vec::new(),
         outbox: Vec::new(),
         next_id: 1,
+        fetching: HashMap::new(),
         halted: None,
         initial: true,
         rules_changed: false,
@@ -164,6 +165,8 @@ struct Engine {
     /// Changed entries to broadcast, each with the session it came from (not sent back there).
     outbox: Vec<(Entry, Option<ConnId>)>,
     next_id: u64,
+    /// The transfer under way or queued for each path: which session, which request.
+    fetching: HashMap<RelPath, (ConnId, u64, VersionVector)>,
     halted: Option<String>,
     /// During the initial scan every path is "new": log them at debug level only.
     initial: bool,
@@ -608,6 +611,7 @@ impl Engine {
                 }
                 self.retries.retain(|r| r.1 != conn);
                 self.deferred.retain(|d| d.0 != conn);
+                self.fetching.retain(|_, (c, _, _)| *c != conn);
             }
             ToEngine::Message { conn, msg } => {
                 if !self.sessions.contains_key(&conn) {
@@ -625,6 +629,7 @@ impl Engine {
         let host = self.sessions.get(&conn).map(|s| s.peer_host.clone()).unwrap_or_default();
         log::error!("closing connection to {host}: {reason}");
         self.sessions.remove(&conn);
+        self.fetching.retain(|_, (c, _, _)| *c != conn);
         self.net.send(ToNet::Close { conn, reason });
     }
 
@@ -660,6 +665,7 @@ impl Engine {
                     && let Some(f) = s.in_flight.remove(&id)
                 {
                     log::debug!("{}: peer could not send it ({reason}); waiting for its update", f.entry.path);
+                    self.fetch_done(&f.entry.path, conn, id);
                 }
             }
             Message::Ping | Message::Pong => {}
@@ -728,24 +734,23 @@ impl Engine {
     }
 
     fn pending_version(&self, path: &RelPath) -> Option<VersionVector> {
-        self.sessions.values().find_map(|s| {
-            s.in_flight
-                .values()
-                .chain(s.queued.iter().map(|(_, f)| f))
-                .find(|f| &f.entry.path == path)
-                .map(|f| f.entry.version.clone())
-        })
+        self.fetching.get(path).map(|(_, _, v)| v.clone())
     }
 
     fn cancel_fetches(&mut self, path: &RelPath) {
-        for s in self.sessions.values_mut() {
-            s.queued.retain(|(_, f)| &f.entry.path != path);
-            for f in s.in_flight.values_mut() {
-                if &f.entry.path == path {
-                    f.failed = true; // ignore the rest of its data
-                    f.tmp = None;
-                }
-            }
+        let Some((conn, id, _)) = self.fetching.remove(path) else { return };
+        let Some(s) = self.sessions.get_mut(&conn) else { return };
+        s.queued.retain(|(qid, _)| *qid != id);
+        if let Some(f) = s.in_flight.get_mut(&id) {
+            f.failed = true; // ignore the rest of its data
+            f.tmp = None;
+        }
+    }
+
+    /// Forgets the transfer `id` of `conn` for `path` (finished, aborted or failed).
+    fn fetch_done(&mut self, path: &RelPath, conn: ConnId, id: u64) {
+        if self.fetching.get(path).is_some_and(|(c, i, _)| *c == conn && *i == id) {
+            self.fetching.remove(path);
         }
     }
 
@@ -911,6 +916,7 @@ impl Engine {
         let id = self.next_id;
         self.next_id += 1;
         if let Some(s) = self.sessions.get_mut(&conn) {
+            self.fetching.insert(entry.path.clone(), (conn, id, entry.version.clone()));
             let f = Fetch { entry, purpose, tmp: None, hasher: blake3::Hasher::new(), received: 0, failed: false };
             s.queued.push_back((id, f));
         }
@@ -1002,6 +1008,7 @@ impl Engine {
         let Some(mut f) = s.in_flight.remove(&id) else {
             return Err(PeerError(format!("end of unknown request {id}")));
         };
+        self.fetch_done(&f.entry.path, conn, id);
         if size != f.received {
             return Err(PeerError(format!("peer claimed {size} bytes for {} but sent {}", f.entry.path, f.received)));
         }
