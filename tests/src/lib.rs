@@ -30,7 +30,19 @@ pub fn bin() -> PathBuf {
             return p;
         }
     }
-    panic!("mirror-agent is not built next to {}; run `cargo build -p mirror-agent` first", exe.display());
+    // Not built yet (a test run of this package alone): build it with the cargo running us.
+    let profile_dir = dir.parent().filter(|_| dir.ends_with("deps")).unwrap_or(dir);
+    let release = profile_dir.ends_with("release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "mirror-agent"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let st = cmd.status().unwrap();
+    let p = profile_dir.join("mirror-agent");
+    assert!(st.success() && p.exists(), "could not build mirror-agent next to {}", exe.display());
+    p
 }
 
 /// A running agent process. Killed (by pid) on drop.
