@@ -684,12 +684,6 @@ impl Engine {
             }
             return Ok(());
         }
-        if let Err(err) = paths::check_parents(&self.root, &e.path) {
-            // A symlink where the peer has a directory: never write through it.
-            if !e.kind.is_deleted() {
-                return Err(PeerError(err.to_string()));
-            }
-        }
         // A transfer already under way for this path: keep it unless this entry supersedes it.
         if let Some(pending) = self.pending_version(&e.path) {
             match pending.compare(&e.version) {
@@ -711,6 +705,15 @@ impl Engine {
                 e.version,
                 local.map(|l| (&l.kind, &l.version))
             );
+        }
+        // Only now, about to write, does a symlink (or file) on the way matter: a stale entry
+        // beneath a directory we replaced by a symlink is ignored above, not an attack.
+        let writes = matches!(action, Action::Apply | Action::ConflictKeepLocalCopy | Action::ConflictKeepRemoteCopy);
+        if writes
+            && !e.kind.is_deleted()
+            && let Err(err) = paths::check_parents(&self.root, &e.path)
+        {
+            return Err(PeerError(err.to_string()));
         }
         match action {
             Action::Nothing => {}

@@ -311,9 +311,15 @@ impl Net {
                 Err(Offer::Gone) => c.lost("the sync engine stopped".into()),
             }
         }
-        if c.parked.is_none() && !c.closing {
-            self.read(&mut c);
+        // Edge-triggered: read until the kernel buffer is empty, or no readable event would ever
+        // come back for what is left in it. Only engine back-pressure (a parked message) stops
+        // this early, and the engine's wake-up resumes it.
+        while c.parked.is_none() && !c.closing {
+            let drained = self.read(&mut c);
             self.dispatch(id, &mut c);
+            if drained {
+                break;
+            }
         }
         // Edge-triggered: keep filling while the socket takes everything, or no event would
         // ever come back to continue an upload.
@@ -331,23 +337,26 @@ impl Net {
         }
     }
 
-    fn read(&mut self, c: &mut Conn) {
+    /// Reads into the decoder up to its high-water mark. Returns whether the socket has nothing
+    /// more to give for now (drained, closed or failed), as opposed to stopping at the mark.
+    fn read(&mut self, c: &mut Conn) -> bool {
         let mut buf = [0u8; 64 * 1024];
         while c.dec.buffered() < IN_HIGH_WATER {
             match c.stream.read(&mut buf) {
                 Ok(0) => {
                     c.lost("peer closed the connection".into());
-                    return;
+                    return true;
                 }
                 Ok(n) => c.dec.extend(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     c.lost(e.to_string());
-                    return;
+                    return true;
                 }
             }
         }
+        false
     }
 
     fn dispatch(&mut self, id: ConnId, c: &mut Conn) {

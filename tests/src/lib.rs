@@ -60,7 +60,7 @@ impl Agent {
 
     pub fn spawn_cmd(name: &str, cmd: &mut Command) -> Agent {
         let mut child = cmd
-            .env("MIRROR_LOG", "info")
+            .env("MIRROR_LOG", std::env::var("MIRROR_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

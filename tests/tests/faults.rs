@@ -103,3 +103,30 @@ fn an_unreadable_file_is_logged_and_skipped_while_the_rest_syncs() {
     wait_content(&s.join("later.txt"), b"later");
     assert!(!s.join("secret.txt").exists());
 }
+
+#[test]
+fn running_out_of_inotify_watches_is_a_clear_error() {
+    // A private user namespace has its own inotify limits: lower them there, not system-wide.
+    let probe =
+        Command::new("unshare").args(["-U", "-r", "sh", "-c", "echo 8 > /proc/sys/user/max_inotify_watches"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIP: cannot set inotify limits in a user namespace here");
+        return;
+    }
+    let area = Area::new();
+    fs::set_permissions(area.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let c = area.path("client");
+    for i in 0..20 {
+        fs::create_dir_all(c.join(format!("d{i}"))).unwrap();
+    }
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-U", "-r", "sh", "-c", "echo 8 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\""])
+        .arg(bin())
+        .args(["client", "-h", "127.0.0.1", "-p", "9", "-l"])
+        .arg(&c)
+        .args(["-r", "p", "--insecure"]);
+    let mut client = Agent::spawn_cmd("client", &mut cmd);
+    assert_eq!(client.wait_exit(), Some(1));
+    let log = client.log();
+    assert!(log.contains("fs.inotify.max_user_watches") && log.contains("--watcher poll"), "{log}");
+}

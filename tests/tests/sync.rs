@@ -268,3 +268,17 @@ fn large_file_streams_with_bounded_memory() {
     assert!(srss < limit, "receiver peak RSS {} MiB", srss >> 20);
     assert!(crss < limit, "sender peak RSS {} MiB", crss >> 20);
 }
+
+#[test]
+fn debug_prefix_traces_only_the_chosen_paths() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &[]);
+    let client = server.client("client", &c, "p", &["--debug-prefix", "src/"]);
+    write(&c.join("src/lib.rs"), "traced");
+    write(&c.join("docs/readme.md"), "not traced");
+    wait_content(&s.join("docs/readme.md"), b"not traced");
+    wait_content(&s.join("src/lib.rs"), b"traced");
+    let log = client.wait_log("[trace] src/lib.rs");
+    assert!(!log.contains("[trace] docs"), "{log}");
+}
