@@ -130,8 +130,7 @@ impl TempFile {
         let file = self.file.take().ok_or_else(|| io::Error::other("temp file already closed"))?;
         // Created with 0o666, so the kernel already applied the umask: that is the base mode.
         let base = file.metadata()?.permissions().mode() & 0o666;
-        let mode = if executable { base | ((base & 0o444) >> 2) } else { base };
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.set_permissions(fs::Permissions::from_mode(with_exec(base, executable)))?;
         file.set_modified(to_system_time(mtime))?;
         drop(file);
         verify(root, rel, expected)?;
@@ -153,6 +152,12 @@ impl Drop for TempFile {
     }
 }
 
+/// `mode` with the executable bits set where it is readable (as `chmod +x` under the usual
+/// umasks), or cleared.
+fn with_exec(mode: u32, executable: bool) -> u32 {
+    if executable { mode | ((mode & 0o444) >> 2) } else { mode & !0o111 }
+}
+
 pub fn to_system_time(t: Timestamp) -> SystemTime {
     let secs = Duration::from_secs(t.secs.unsigned_abs());
     let nanos = Duration::from_nanos(u64::from(t.nanos.min(999_999_999)));
@@ -171,8 +176,7 @@ pub fn set_meta(
     let path = abs(root, rel);
     let f = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path)?;
     let mode = f.metadata()?.permissions().mode() & 0o7777;
-    let new_mode = if executable { mode | ((mode & 0o444) >> 2) } else { mode & !0o111 };
-    f.set_permissions(fs::Permissions::from_mode(new_mode))?;
+    f.set_permissions(fs::Permissions::from_mode(with_exec(mode, executable)))?;
     f.set_modified(to_system_time(mtime))?;
     drop(f);
     Ok(Stat::of(&fs::symlink_metadata(&path)?))

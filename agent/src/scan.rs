@@ -107,4 +107,33 @@ mod tests {
         assert_eq!(observe(&d.path().join("missing"), None).unwrap().map(|s| s.kind), None);
         assert_eq!(observe(d.path(), None).unwrap().map(|s| s.kind), Some(Kind::Directory));
     }
+
+    #[test]
+    fn an_unchanged_stat_skips_hashing_and_a_changed_one_does_not() {
+        use crate::index::LocalEntry;
+        use mirror_protocol::{Entry, RelPath, VersionVector};
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, "aaaa").unwrap();
+        let seen = observe(&f, None).unwrap().unwrap();
+        // Pretend we had recorded another hash for the same stat: it must be reused as is.
+        let recorded = LocalEntry {
+            entry: Entry {
+                path: RelPath::new("f").unwrap(),
+                kind: Kind::File { size: 4, hash: [9; 32], executable: false },
+                mtime: seen.mtime,
+                version: VersionVector::new(),
+                origin: "h".into(),
+            },
+            stat: Some(seen.stat),
+        };
+        let again = observe(&f, Some(&recorded)).unwrap().unwrap();
+        assert!(matches!(again.kind, Kind::File { hash: [9, ..], .. }), "re-hashed an unchanged file");
+        // Same size, different mtime: hashed again.
+        std::fs::write(&f, "bbbb").unwrap();
+        let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(t).unwrap();
+        let changed = observe(&f, Some(&recorded)).unwrap().unwrap();
+        assert_eq!(changed.kind, Kind::File { size: 4, hash: *blake3::hash(b"bbbb").as_bytes(), executable: false });
+    }
 }

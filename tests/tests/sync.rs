@@ -282,3 +282,40 @@ fn debug_prefix_traces_only_the_chosen_paths() {
     let log = client.wait_log("[trace] src/lib.rs");
     assert!(!log.contains("[trace] docs"), "{log}");
 }
+
+#[test]
+fn the_poll_watcher_syncs_both_ways_too() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let poll = ["--watcher", "poll", "--poll-interval-ms", "50"];
+    let server = Server::start(&area.server_root(), &poll);
+    let _client = server.client("client", &c, "p", &poll);
+    write(&c.join("a/b.txt"), "from client");
+    wait_content(&s.join("a/b.txt"), b"from client");
+    write(&s.join("c.txt"), "from server");
+    wait_content(&c.join("c.txt"), b"from server");
+    fs::remove_dir_all(c.join("a")).unwrap();
+    wait_gone(&s.join("a"));
+    wait_same(&c, &s);
+}
+
+#[test]
+fn sigterm_stops_both_agents_cleanly_mid_transfer() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let mut server = Server::start(&area.server_root(), &[]);
+    let mut client = server.client("client", &c, "p", &[]);
+    write(&c.join("big.bin"), vec![7u8; 64 * 1024 * 1024]);
+    // Stop while the server is receiving (or, on a fast machine, just after).
+    wait_until("the transfer to start", || {
+        let receiving = snapshot(&s).keys().any(|p| p.to_string_lossy().contains(".mirror-tmp-"));
+        (receiving || s.join("big.bin").exists()).then_some(())
+    });
+    assert_eq!(client.terminate(), Some(0), "client exit code");
+    assert_eq!(server.agent.terminate(), Some(0), "server exit code");
+    let left: Vec<_> = snapshot(&s).into_keys().filter(|p| p.to_string_lossy().contains(".mirror-tmp-")).collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+    if let Ok(b) = fs::read(s.join("big.bin")) {
+        assert!(b.iter().all(|x| *x == 7), "a torn file was installed");
+    }
+}
