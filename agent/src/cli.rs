@@ -35,6 +35,10 @@ pub struct Common {
     /// Where identity and sync state live (default: $XDG_STATE_HOME/mirror-agent).
     #[arg(long = "state-dir", value_name = "DIR", global = true)]
     pub state_dir: Option<PathBuf>,
+    /// Resume pairs that halted for safety (root vanished, replaced or emptied), accepting
+    /// their directories as they are now.
+    #[arg(long = "resume", global = true)]
+    pub resume: bool,
     /// Use plaintext TCP. Required until TLS is available; only for trusted networks.
     #[arg(long = "insecure", global = true)]
     pub insecure: bool,

@@ -21,6 +21,7 @@ use crate::paths::{self, abs, rel_path, to_rel};
 use crate::reconcile::{Action, reconcile};
 use crate::rules::{Rules, is_temp};
 use crate::scan::{self, Seen};
+use crate::store::{CLOCK_BLOCK, Store};
 use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use mirror_backends::{Backend, WatchConfig, WatchEvent, Watcher};
 use mirror_protocol::{Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, VersionVector};
@@ -53,6 +54,10 @@ pub struct EngineConfig {
     pub backend: Backend,
     pub poll_interval: Duration,
     pub debug_prefix: Option<Vec<u8>>,
+    /// Where the pair's persistent base lives.
+    pub state_dir: PathBuf,
+    /// Resume a pair that halted for safety, accepting the root as it is now.
+    pub resume: bool,
 }
 
 /// A running engine.
@@ -66,6 +71,35 @@ pub struct EngineHandle {
 /// runs on the engine thread before it serves any peer.
 pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> {
     let rules = Rules::new(&cfg.root, &cfg.includes, &cfg.excludes)?;
+    let (mut store, loaded) = Store::open(&cfg.state_dir, &cfg.root)?;
+    let resume_hint = format!(
+        "the pair {} is halted for safety. Check the directory; to accept it as it is now (and let \
+         its state propagate), restart with --resume",
+        cfg.root.display()
+    );
+    if let Some(reason) = &loaded.halted {
+        if !cfg.resume {
+            anyhow::bail!("{reason}\n{resume_hint}");
+        }
+        log::warn!("resuming {} (halted earlier: {reason})", cfg.root.display());
+        store.set_halted(None)?;
+    }
+    let root_id = root_identity(&cfg.root)?;
+    if loaded.existed && loaded.root_id.is_some_and(|id| id != root_id) && !cfg.resume {
+        let reason = format!(
+            "sync root {} is not the directory that was synced before (another file system or a \
+             re-created directory)",
+            cfg.root.display()
+        );
+        store.set_halted(Some(&reason))?;
+        anyhow::bail!("{reason}\n{resume_hint}");
+    }
+    store.set_root_id(root_id)?;
+    let me = loaded.replica;
+    let mine = loaded.index.values().map(|l| l.entry.version.get(me)).max().unwrap_or(0);
+    let clock_next = loaded.clock_start.max(mine) + 1;
+    let clock_reserved = clock_next + CLOCK_BLOCK;
+    store.reserve_clock(clock_reserved)?;
     let rules = Arc::new(Mutex::new(rules));
     let (watch_tx, watch_rx) = bounded(4096);
     let filter_rules = rules.clone();
@@ -81,14 +115,18 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
     // Small on purpose: a data chunk is up to 256 KiB, so this bounds what a fast sender can
     // queue in front of a slow disk to a few MiB.
     let (tx, rx) = bounded(16);
-    let mut rnd = [0u8; 8];
-    getrandom::fill(&mut rnd).map_err(|e| anyhow::anyhow!("random replica id: {e}"))?;
     let engine = Engine {
-        me: u64::from_le_bytes(rnd) | 1,
+        me,
         root: cfg.root.clone(),
         host: cfg.host.clone(),
         debug_prefix: cfg.debug_prefix.clone(),
-        index: Index::new(),
+        index: loaded.index,
+        store,
+        unsaved: BTreeSet::new(),
+        clock_next,
+        clock_reserved,
+        root_id,
+        root_checked: Instant::now(),
         rules,
         net,
         sessions: BTreeMap::new(),
@@ -101,7 +139,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         next_id: 1,
         fetching: HashMap::new(),
         halted: None,
-        initial: true,
+        initial: !loaded.existed,
         rules_changed: false,
         refresh: Vec::new(),
     };
@@ -153,6 +191,16 @@ struct Engine {
     host: String,
     debug_prefix: Option<Vec<u8>>,
     index: Index,
+    store: Store,
+    /// Paths whose index entry changed since the last journal write.
+    unsaved: BTreeSet<RelPath>,
+    /// The next counter of this replica's clock, and the end of its persisted reservation.
+    clock_next: u64,
+    clock_reserved: u64,
+    /// Device and inode of the root, checked now and then: a different one means the root was
+    /// replaced (unmounted, re-created), and the pair halts.
+    root_id: (u64, u64),
+    root_checked: Instant,
     rules: Arc<Mutex<Rules>>,
     net: NetHandle,
     sessions: BTreeMap<ConnId, Session>,
@@ -243,8 +291,12 @@ impl Engine {
             }
             self.flush_outbox();
             self.pump_all();
+            // After the network send, so a save is on the wire before we wait for the disk.
+            self.persist();
+            self.check_root();
         }
         watcher.stop();
+        self.persist();
         self.sessions.clear(); // drops temp files of unfinished transfers
         match self.halted.take() {
             Some(reason) => Err(reason),
@@ -291,6 +343,9 @@ impl Engine {
     fn halt(&mut self, reason: String) {
         if self.halted.is_none() {
             log::error!("{reason}");
+            if let Err(e) = self.store.set_halted(Some(&reason)) {
+                log::error!("cannot record the halt in {}: {e}", self.store.dir().display());
+            }
             for conn in self.sessions.keys() {
                 self.net.send(ToNet::Close { conn: *conn, reason: reason.clone() });
             }
@@ -384,10 +439,76 @@ impl Engine {
         }
     }
 
+    /// Writes what changed in the index to the journal (one fsync), and now and then a snapshot.
+    /// A failure to persist halts the pair: syncing on without a base risks what the base is for.
+    fn persist(&mut self) {
+        if self.unsaved.is_empty() {
+            return;
+        }
+        let paths = std::mem::take(&mut self.unsaved);
+        let mut r = self.store.append(paths.iter().filter_map(|p| self.index.get(p)));
+        if r.is_ok() && self.store.wants_snapshot() {
+            r = self.store.snapshot(&self.index);
+        }
+        if let Err(e) = r {
+            self.halt(format!("cannot write the sync state in {}: {e}", self.store.dir().display()));
+        }
+    }
+
+    /// This replica's next clock value, reserved durably before it is handed out.
+    fn tick(&mut self) -> u64 {
+        let c = self.clock_next;
+        self.clock_next += 1;
+        if self.clock_next >= self.clock_reserved {
+            self.clock_reserved = self.clock_next + CLOCK_BLOCK;
+            if let Err(e) = self.store.reserve_clock(self.clock_reserved) {
+                self.halt(format!("cannot persist the replica clock: {e}"));
+            }
+        }
+        c
+    }
+
+    /// `v` with a new change by this replica.
+    fn next_version(&mut self, v: &VersionVector) -> VersionVector {
+        let c = self.tick();
+        v.with(self.me, c)
+    }
+
+    /// Halts if the root vanished or was replaced since the last check (at most once a second).
+    fn check_root(&mut self) {
+        if self.halted.is_some() || self.root_checked.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.root_checked = Instant::now();
+        match root_identity(&self.root) {
+            Ok(id) if id == self.root_id => {}
+            Ok(_) => self.halt(format!(
+                "sync root {} was replaced (another file system mounted, or the directory re-created); \
+                 halting instead of syncing it",
+                self.root.display()
+            )),
+            Err(e) => self.halt(format!(
+                "sync root {} is gone ({e}); halting this pair instead of propagating deletions",
+                self.root.display()
+            )),
+        }
+    }
+
     /// Walks the whole root. At start-up it also removes temp files a crash left behind.
+    /// A root that is empty where the base knew files halts the pair instead (an unmounted disk
+    /// looks exactly like a user who deleted everything).
     fn full_scan(&mut self, startup: bool) {
         let mut seen = BTreeSet::new();
         self.walk(None, startup, &mut seen);
+        let live = self.index.values().filter(|l| !l.entry.kind.is_deleted()).count();
+        if seen.is_empty() && live > 0 {
+            self.halt(format!(
+                "sync root {} is empty, but {live} paths were synced from it; halting instead of \
+                 deleting them everywhere",
+                self.root.display()
+            ));
+            return;
+        }
         let gone: Vec<RelPath> = self
             .index
             .iter()
@@ -520,9 +641,10 @@ impl Engine {
                 l.stat = Some(seen.stat);
                 return;
             }
-            Some(l) => (l.entry.version.incremented(self.me), matches!(l.entry.kind, Kind::Directory)),
-            None => (VersionVector::new().incremented(self.me), false),
+            Some(l) => (l.entry.version.clone(), matches!(l.entry.kind, Kind::Directory)),
+            None => (VersionVector::new(), false),
         };
+        let version = self.next_version(&version);
         if was_dir && !matches!(seen.kind, Kind::Directory) {
             self.delete_descendants(rel);
         }
@@ -544,7 +666,8 @@ impl Engine {
             return;
         }
         let was_dir = matches!(l.entry.kind, Kind::Directory);
-        let version = l.entry.version.incremented(self.me);
+        let old = l.entry.version.clone();
+        let version = self.next_version(&old);
         if was_dir {
             self.delete_descendants(rel);
         }
@@ -559,8 +682,8 @@ impl Engine {
             .map(|(p, _)| p.clone())
             .collect();
         for p in live.into_iter().rev() {
-            if let Some(l) = self.index.get(&p) {
-                let version = l.entry.version.incremented(self.me);
+            if let Some(old) = self.index.get(&p).map(|l| l.entry.version.clone()) {
+                let version = self.next_version(&old);
                 let entry =
                     Entry { path: p.clone(), kind: Kind::Deleted, mtime: now(), version, origin: self.host.clone() };
                 self.set(entry, None, None);
@@ -570,6 +693,7 @@ impl Engine {
 
     /// Records `entry` with its disk stat and queues it for every session but `from`.
     fn set(&mut self, entry: Entry, stat: Option<Stat>, from: Option<ConnId>) {
+        self.unsaved.insert(entry.path.clone());
         self.outbox.push((entry.clone(), from));
         self.index.insert(entry.path.clone(), LocalEntry { entry, stat });
     }
@@ -1093,6 +1217,16 @@ pub fn order_for_apply(mut entries: Vec<Entry>) -> Vec<Entry> {
         (false, false) => a.path.cmp(&b.path),
     });
     entries
+}
+
+/// Device and inode of the root directory.
+fn root_identity(root: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(root)?;
+    if !m.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
+    }
+    Ok((m.dev(), m.ino()))
 }
 
 /// Whether a change to this path changes the ignore rules.

@@ -15,6 +15,7 @@ mod paths;
 mod reconcile;
 mod rules;
 mod scan;
+mod store;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -89,6 +90,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("installing the signal handler")?;
     }
     let poll_interval = Duration::from_millis(c.poll_interval_ms);
+    let state_dir = match &c.state_dir {
+        Some(d) => d.clone(),
+        None => default_state_dir()?,
+    };
+    let resume = c.resume;
     let debug_prefix = c.debug_prefix.as_ref().map(|p| p.trim_end_matches('/').as_bytes().to_vec());
     let engine_cfg = move |root: PathBuf, includes: Vec<String>, excludes: Vec<String>| EngineConfig {
         root,
@@ -98,6 +104,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         backend,
         poll_interval,
         debug_prefix: debug_prefix.clone(),
+        state_dir: state_dir.clone(),
+        resume,
     };
     match cli.command {
         Command::Client { host, port, local, remote, include, exclude } => {
@@ -177,6 +185,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+/// `$XDG_STATE_HOME/mirror-agent`, or `~/.local/state/mirror-agent`.
+fn default_state_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("mirror-agent"));
+    }
+    let home = std::env::var_os("HOME").context("neither --state-dir, $XDG_STATE_HOME nor $HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/state/mirror-agent"))
 }
 
 fn net_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {

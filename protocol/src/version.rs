@@ -57,6 +57,18 @@ impl VersionVector {
         v
     }
 
+    /// `self` with `replica`'s counter raised to `counter` (a replica clock's next value, which
+    /// is always above anything it used before). Keeps the counter if it is already higher.
+    pub fn with(&self, replica: ReplicaId, counter: u64) -> Self {
+        let mut v = self.clone();
+        match v.0.binary_search_by_key(&replica, |(r, _)| *r) {
+            Ok(i) => v.0[i].1 = v.0[i].1.max(counter),
+            Err(i) if counter > 0 => v.0.insert(i, (replica, counter)),
+            Err(_) => {}
+        }
+        v
+    }
+
     /// The least version that supersedes or equals both.
     pub fn merged(&self, other: &Self) -> Self {
         let mut out = Vec::with_capacity(self.0.len().max(other.0.len()));

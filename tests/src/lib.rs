@@ -51,6 +51,8 @@ pub struct Agent {
     pub child: Child,
     log: Arc<Mutex<String>>,
     pub name: String,
+    /// The default state dir (`XDG_STATE_HOME`) of an agent not given `--state-dir`.
+    _state: tempfile::TempDir,
 }
 
 impl Agent {
@@ -59,7 +61,9 @@ impl Agent {
     }
 
     pub fn spawn_cmd(name: &str, cmd: &mut Command) -> Agent {
+        let state = tempfile::tempdir().unwrap();
         let mut child = cmd
+            .env("XDG_STATE_HOME", state.path())
             .env("MIRROR_LOG", std::env::var("MIRROR_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -82,7 +86,7 @@ impl Agent {
                 }
             });
         }
-        Agent { child, log, name: name.to_string() }
+        Agent { child, log, name: name.to_string(), _state: state }
     }
 
     pub fn pid(&self) -> u32 {
@@ -150,8 +154,25 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts a server for `root`, keeping its state beside it (`../state-server`), so that a
+    /// restarted server finds its base again.
     pub fn start(root: &Path, extra: &[&str]) -> Server {
-        let mut args = vec!["server", "--listen", "127.0.0.1:0", "--root", root.to_str().unwrap(), "--insecure"];
+        Self::start_at(root, "127.0.0.1:0", extra)
+    }
+
+    /// [`Server::start`] on a given address (a restart on the same port).
+    pub fn start_at(root: &Path, listen: &str, extra: &[&str]) -> Server {
+        let state = root.parent().unwrap().join("state-server");
+        let mut args = vec![
+            "server",
+            "--listen",
+            listen,
+            "--root",
+            root.to_str().unwrap(),
+            "--insecure",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         let agent = Agent::spawn("server", &args);
         let log = agent.wait_log("listening on ");

@@ -87,6 +87,8 @@ fn an_unreadable_file_is_logged_and_skipped_while_the_rest_syncs() {
     let server = Server::start(&area.server_root(), &[]);
     let port = server.port.to_string();
     let state = area.path("state");
+    fs::create_dir(&state).unwrap();
+    let _ = Command::new("chown").args(["65534:65534"]).arg(&state).status();
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(bin())

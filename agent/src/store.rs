@@ -1,0 +1,464 @@
+//! The persistent base of one sync pair: what was last synced for every path, the replica's
+//! identity and clock, and whether the pair is halted.
+//!
+//! # Why a snapshot and a journal of our own
+//! The engine keeps the whole index in memory anyway (reconciliation consults it for every
+//! event), so the store needs durability, not queries. An append-only journal of changed entries
+//! costs one sequential write and one `fdatasync` per batch of changes, and recovery is "the last
+//! valid record for a path wins". An embedded B-tree store (redb, sled) would keep a second copy
+//! of the index in pages and pay copy-on-write for every batch, for look-ups we never make.
+//!
+//! # Crash safety
+//! - Journal records are `[len: u32 BE][check: 4 bytes of blake3][postcard payload]`. Loading
+//!   stops at the first short or mismatching record: a torn tail from `kill -9` or a power cut is
+//!   dropped. Losing the tail is safe: those paths' disk state no longer matches the stored stat,
+//!   so the start-up scan reports them again as local changes with fresh versions.
+//! - A snapshot is written to a temp file, fsynced and renamed over the old one, then a new,
+//!   empty journal is renamed in. Both carry a generation number, and a journal is replayed only
+//!   onto the snapshot of its own generation, so a crash between the two renames replays nothing
+//!   twice and loses nothing.
+//! - The replica clock is reserved in blocks ([`CLOCK_BLOCK`]) that are persisted *before* any
+//!   counter of the block is used, so a version once sent is never reused after a crash, even if
+//!   the journal lost the entry that carried it.
+//! - A lock file (`flock`) keeps a second agent off the same pair.
+
+use crate::index::{Index, LocalEntry, Stat};
+use mirror_protocol::{Entry, ReplicaId};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+const SNAP_MAGIC: &[u8; 8] = b"MIRBASE1";
+const LOG_MAGIC: &[u8; 8] = b"MIRJRNL1";
+/// Counters reserved per clock write.
+pub const CLOCK_BLOCK: u64 = 10_000;
+/// Records that fit in memory at once while loading; bounds a corrupt length prefix.
+const MAX_RECORD: usize = 1 << 20;
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    replica: ReplicaId,
+    generation: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    entry: Entry,
+    stat: Option<Stat>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+struct Meta {
+    /// Counters below this may have been used; the next run starts here.
+    clock_reserved: u64,
+    /// Device and inode of the root when the pair last ran.
+    root_id: Option<(u64, u64)>,
+}
+
+/// An error with the path it happened at.
+#[derive(Debug)]
+pub struct StoreError {
+    pub path: PathBuf,
+    pub what: String,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sync state {}: {}", self.path.display(), self.what)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+fn err(path: &Path, what: impl std::fmt::Display) -> StoreError {
+    StoreError { path: path.to_path_buf(), what: what.to_string() }
+}
+
+/// What a pair's state dir held.
+#[derive(Debug)]
+pub struct Loaded {
+    pub replica: ReplicaId,
+    pub index: Index,
+    /// Whether any base existed (false on the first run of a pair).
+    pub existed: bool,
+    pub clock_start: u64,
+    pub root_id: Option<(u64, u64)>,
+    pub halted: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    log: BufWriter<File>,
+    generation: u64,
+    replica: ReplicaId,
+    records_since_snapshot: usize,
+    live_at_snapshot: usize,
+    meta: Meta,
+    _lock: File,
+}
+
+/// The state directory of the pair syncing `root`.
+pub fn pair_dir(state_dir: &Path, root: &Path) -> PathBuf {
+    let key = blake3::hash(root.as_os_str().as_encoded_bytes());
+    state_dir.join("pairs").join(&key.to_hex()[..16])
+}
+
+impl Store {
+    /// Opens (creating if needed) the state of the pair syncing `root`.
+    pub fn open(state_dir: &Path, root: &Path) -> Result<(Store, Loaded), StoreError> {
+        let dir = pair_dir(state_dir, root);
+        fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| err(&lock_path, e))?;
+        if lock.try_lock().is_err() {
+            return Err(err(
+                &dir,
+                format!("another mirror-agent is already syncing {} with this state", root.display()),
+            ));
+        }
+        let root_file = dir.join("root");
+        if !root_file.exists() {
+            write_atomic(&root_file, root.as_os_str().as_encoded_bytes()).map_err(|e| err(&root_file, e))?;
+        }
+        let meta_path = dir.join("meta");
+        let meta: Meta = match fs::read(&meta_path) {
+            Ok(b) => postcard::from_bytes(&b).map_err(|e| err(&meta_path, e))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Meta::default(),
+            Err(e) => return Err(err(&meta_path, e)),
+        };
+        let halted = match fs::read_to_string(dir.join("halted")) {
+            Ok(s) => Some(s),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(err(&dir.join("halted"), e)),
+        };
+
+        let snap_path = dir.join("base.snap");
+        let (header, mut index, existed) = match File::open(&snap_path) {
+            Ok(f) => {
+                let (h, recs) = read_file(f, SNAP_MAGIC, true).map_err(|e| err(&snap_path, e))?;
+                let mut index = Index::new();
+                for r in recs {
+                    index.insert(r.entry.path.clone(), LocalEntry { entry: r.entry, stat: r.stat });
+                }
+                (h, index, true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut rnd = [0u8; 8];
+                getrandom::fill(&mut rnd).map_err(|e| err(&dir, e))?;
+                (Header { replica: u64::from_le_bytes(rnd) | 1, generation: 0 }, Index::new(), false)
+            }
+            Err(e) => return Err(err(&snap_path, e)),
+        };
+        let log_path = dir.join("base.log");
+        let mut existed = existed;
+        if let Ok(f) = File::open(&log_path) {
+            match read_file(f, LOG_MAGIC, false) {
+                Ok((h, recs)) if h.generation == header.generation && h.replica == header.replica => {
+                    existed = true;
+                    for r in recs {
+                        index.insert(r.entry.path.clone(), LocalEntry { entry: r.entry, stat: r.stat });
+                    }
+                }
+                Ok(_) => {} // a journal of an older generation: already in the snapshot
+                Err(e) => log::warn!("{}: {e}; ignoring the journal", log_path.display()),
+            }
+        }
+        let loaded = Loaded {
+            replica: header.replica,
+            existed,
+            clock_start: meta.clock_reserved,
+            root_id: meta.root_id,
+            halted,
+            index,
+        };
+        // Start a fresh generation: the loaded state as a snapshot, an empty journal.
+        let generation = header.generation + 1;
+        let log = write_snapshot(&dir, header.replica, generation, &loaded.index).map_err(|e| err(&dir, e))?;
+        let store = Store {
+            log: BufWriter::new(log),
+            dir,
+            generation,
+            replica: header.replica,
+            records_since_snapshot: 0,
+            live_at_snapshot: loaded.index.values().filter(|l| !l.entry.kind.is_deleted()).count(),
+            meta,
+            _lock: lock,
+        };
+        Ok((store, loaded))
+    }
+
+    /// Appends the current entries of `paths` and makes them durable.
+    pub fn append<'a>(&mut self, entries: impl Iterator<Item = &'a LocalEntry>) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for l in entries {
+            encode_record(&mut buf, &Record { entry: l.entry.clone(), stat: l.stat });
+            self.records_since_snapshot += 1;
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.log.write_all(&buf)?;
+        self.log.flush()?;
+        self.log.get_ref().sync_data()
+    }
+
+    /// Whether the journal has grown enough that a snapshot is worth writing.
+    pub fn wants_snapshot(&self) -> bool {
+        self.records_since_snapshot > 10_000.max(2 * self.live_at_snapshot)
+    }
+
+    /// Writes `index` as the new snapshot and starts an empty journal.
+    pub fn snapshot(&mut self, index: &Index) -> io::Result<()> {
+        let generation = self.generation + 1;
+        self.log = BufWriter::new(write_snapshot(&self.dir, self.replica, generation, index)?);
+        self.generation = generation;
+        self.records_since_snapshot = 0;
+        self.live_at_snapshot = index.values().filter(|l| !l.entry.kind.is_deleted()).count();
+        Ok(())
+    }
+
+    /// Reserves counters up to `upto` (persisted before use).
+    pub fn reserve_clock(&mut self, upto: u64) -> io::Result<()> {
+        self.meta.clock_reserved = upto;
+        self.write_meta()
+    }
+
+    pub fn set_root_id(&mut self, id: (u64, u64)) -> io::Result<()> {
+        if self.meta.root_id != Some(id) {
+            self.meta.root_id = Some(id);
+            self.write_meta()?;
+        }
+        Ok(())
+    }
+
+    fn write_meta(&self) -> io::Result<()> {
+        write_atomic(&self.dir.join("meta"), &postcard::to_stdvec(&self.meta).map_err(io::Error::other)?)
+    }
+
+    /// Records that the pair is halted, and why; survives restarts until resumed.
+    pub fn set_halted(&self, reason: Option<&str>) -> io::Result<()> {
+        let p = self.dir.join("halted");
+        match reason {
+            Some(r) => write_atomic(&p, r.as_bytes()),
+            None => match fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Writes the snapshot of `generation`, then an empty journal of the same generation (in that
+/// order: see the module docs), and returns the journal open for appending.
+fn write_snapshot(dir: &Path, replica: ReplicaId, generation: u64, index: &Index) -> io::Result<File> {
+    let header = postcard::to_stdvec(&Header { replica, generation }).map_err(io::Error::other)?;
+    let mut buf = Vec::with_capacity(64 + index.len() * 96);
+    buf.extend_from_slice(SNAP_MAGIC);
+    encode_record_raw(&mut buf, &header);
+    for l in index.values() {
+        encode_record(&mut buf, &Record { entry: l.entry.clone(), stat: l.stat });
+    }
+    write_atomic(&dir.join("base.snap"), &buf)?;
+    let mut log = LOG_MAGIC.to_vec();
+    encode_record_raw(&mut log, &header);
+    write_atomic(&dir.join("base.log"), &log)?;
+    OpenOptions::new().append(true).open(dir.join("base.log"))
+}
+
+fn check(payload: &[u8]) -> [u8; 4] {
+    let h = blake3::hash(payload);
+    let mut c = [0u8; 4];
+    c.copy_from_slice(&h.as_bytes()[..4]);
+    c
+}
+
+fn encode_record_raw(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&check(payload));
+    out.extend_from_slice(payload);
+}
+
+fn encode_record(out: &mut Vec<u8>, r: &Record) {
+    // Serializing our own types into a Vec cannot fail.
+    if let Ok(p) = postcard::to_stdvec(r) {
+        encode_record_raw(out, &p);
+    }
+}
+
+/// Reads a snapshot or journal: magic, header record, then records up to the first invalid one.
+/// A snapshot must be whole (`strict`); a journal may end in a torn record.
+fn read_file(mut f: File, magic: &[u8; 8], strict: bool) -> io::Result<(Header, Vec<Record>)> {
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    if bytes.len() < 8 || &bytes[..8] != magic {
+        return Err(bad("not a mirror-agent state file"));
+    }
+    let mut pos = 8;
+    let next = |pos: &mut usize| -> Option<&[u8]> {
+        let rest = &bytes[*pos..];
+        if rest.len() < 8 {
+            return None;
+        }
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len > MAX_RECORD || rest.len() < 8 + len {
+            return None;
+        }
+        let payload = &rest[8..8 + len];
+        if check(payload) != rest[4..8] {
+            return None;
+        }
+        *pos += 8 + len;
+        Some(payload)
+    };
+    let header: Header = next(&mut pos).and_then(|p| postcard::from_bytes(p).ok()).ok_or_else(|| bad("bad header"))?;
+    let mut recs = Vec::new();
+    while let Some(p) = next(&mut pos) {
+        match postcard::from_bytes(p) {
+            Ok(r) => recs.push(r),
+            Err(_) => break,
+        }
+    }
+    if strict && pos != bytes.len() {
+        return Err(bad("snapshot is damaged"));
+    }
+    if pos != bytes.len() {
+        log::info!("dropped a torn journal tail of {} bytes (an interrupted write)", bytes.len() - pos);
+    }
+    Ok((header, recs))
+}
+
+/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirror_protocol::{Kind, RelPath, Timestamp, VersionVector};
+
+    fn entry(p: &str, n: u64) -> LocalEntry {
+        LocalEntry {
+            entry: Entry {
+                path: RelPath::new(p).unwrap(),
+                kind: Kind::File { size: n, hash: [n as u8; 32], executable: false },
+                mtime: Timestamp { secs: n as i64, nanos: 0 },
+                version: VersionVector::new().incremented(1),
+                origin: "h".into(),
+            },
+            stat: Some(Stat { mode: 0o100644, size: n, mtime: Timestamp { secs: n as i64, nanos: 0 }, ino: n }),
+        }
+    }
+
+    #[test]
+    fn journal_survives_reopen_and_keeps_the_replica() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Path::new("/some/root");
+        let replica;
+        {
+            let (mut s, l) = Store::open(d.path(), root).unwrap();
+            assert!(!l.existed);
+            replica = l.replica;
+            s.append([entry("a", 1), entry("b", 2)].iter()).unwrap();
+            s.append([entry("a", 3)].iter()).unwrap();
+        }
+        let (_s, l) = Store::open(d.path(), root).unwrap();
+        assert!(l.existed);
+        assert_eq!(l.replica, replica);
+        assert_eq!(l.index.len(), 2);
+        assert_eq!(l.index[&RelPath::new("a").unwrap()].entry.mtime.secs, 3);
+    }
+
+    #[test]
+    fn a_torn_journal_tail_is_dropped_and_the_rest_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Path::new("/r");
+        let dir;
+        {
+            let (mut s, _) = Store::open(d.path(), root).unwrap();
+            s.append([entry("a", 1)].iter()).unwrap();
+            s.append([entry("b", 2)].iter()).unwrap();
+            dir = s.dir().to_path_buf();
+        }
+        // Cut the journal at every length: each must load, keeping the whole records before the cut.
+        let full = fs::read(dir.join("base.log")).unwrap();
+        let snap = fs::read(dir.join("base.snap")).unwrap();
+        for cut in 0..=full.len() {
+            fs::write(dir.join("base.log"), &full[..cut]).unwrap();
+            fs::write(dir.join("base.snap"), &snap).unwrap();
+            let (_s, l) = Store::open(d.path(), root).unwrap();
+            let n = l.index.len();
+            assert!(n <= 2, "cut {cut}");
+            if cut == full.len() {
+                assert_eq!(n, 2);
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_ends_the_journal_there() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Path::new("/r");
+        let dir;
+        {
+            let (mut s, _) = Store::open(d.path(), root).unwrap();
+            s.append([entry("a", 1)].iter()).unwrap();
+            s.append([entry("b", 2)].iter()).unwrap();
+            dir = s.dir().to_path_buf();
+        }
+        let mut log = fs::read(dir.join("base.log")).unwrap();
+        let last = log.len() - 3;
+        log[last] ^= 0x40;
+        fs::write(dir.join("base.log"), &log).unwrap();
+        let (_s, l) = Store::open(d.path(), root).unwrap();
+        assert!(l.index.contains_key(&RelPath::new("a").unwrap()));
+        assert!(!l.index.contains_key(&RelPath::new("b").unwrap()));
+    }
+
+    #[test]
+    fn a_second_agent_cannot_open_the_same_pair() {
+        let d = tempfile::tempdir().unwrap();
+        let (_s, _) = Store::open(d.path(), Path::new("/r")).unwrap();
+        let e = Store::open(d.path(), Path::new("/r")).unwrap_err();
+        assert!(e.to_string().contains("already syncing"), "{e}");
+    }
+
+    #[test]
+    fn halt_and_clock_persist() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = Store::open(d.path(), Path::new("/r")).unwrap();
+            s.reserve_clock(20_000).unwrap();
+            s.set_root_id((1, 2)).unwrap();
+            s.set_halted(Some("root vanished")).unwrap();
+        }
+        let (s, l) = Store::open(d.path(), Path::new("/r")).unwrap();
+        assert_eq!(l.clock_start, 20_000);
+        assert_eq!(l.root_id, Some((1, 2)));
+        assert_eq!(l.halted.as_deref(), Some("root vanished"));
+        s.set_halted(None).unwrap();
+        drop(s);
+        let (_s, l) = Store::open(d.path(), Path::new("/r")).unwrap();
+        assert_eq!(l.halted, None);
+    }
+}
