@@ -897,11 +897,12 @@ impl Engine {
             }
             return;
         }
-        if keep_local_copy && let Some(l) = &local {
-            if let Err(err) = self.move_local_aside(l) {
-                self.exec_failed(conn, e, err);
-                return;
-            }
+        if keep_local_copy
+            && let Some(l) = &local
+            && let Err(err) = self.move_local_aside(l)
+        {
+            self.exec_failed(conn, e, err);
+            return;
         }
         let expected = if keep_local_copy { None } else { expected };
         let r = match &e.kind {
@@ -965,11 +966,20 @@ impl Engine {
     }
 
     fn move_local_aside(&mut self, l: &LocalEntry) -> Result<(), ExecError> {
-        let mut to = conflict_path(&l.entry.path, &l.entry.origin, l.entry.mtime);
+        let base = conflict_path(&l.entry.path, &l.entry.origin, l.entry.mtime);
+        let mut to = base.clone();
         let mut n = 1;
-        while executor::current(&self.root, &to)?.is_some() {
+        while let Some(there) = executor::current(&self.root, &to)? {
+            // The copy may exist already: a peer that saw the same conflict kept our version
+            // under the same name. Then ours is safe, and moving it would make a duplicate.
+            let same = self.index.get(&to).is_some_and(|c| c.entry.kind == l.entry.kind && c.stat == Some(there));
+            if same {
+                executor::remove(&self.root, &l.entry.path, l.stat)?;
+                log::warn!("conflict on {}: our version lost; it is already kept as {to}", l.entry.path);
+                return Ok(());
+            }
             n += 1;
-            to = numbered(&conflict_path(&l.entry.path, &l.entry.origin, l.entry.mtime), n);
+            to = numbered(&base, n);
         }
         executor::move_aside(&self.root, &l.entry.path, l.stat, &to)?;
         log::warn!("conflict on {}: our version lost and is kept as {to}", l.entry.path);
@@ -982,11 +992,24 @@ impl Engine {
         match &e.kind {
             Kind::File { .. } => self.enqueue(conn, e, Purpose::KeepRemoteCopy { at }),
             Kind::Symlink { target } => {
-                if executor::current(&self.root, &at).ok().flatten().is_none() {
-                    let _ = executor::make_symlink(&self.root, &at, None, target);
-                    self.scan_one(&at);
+                let mut dest = at.clone();
+                let mut n = 1;
+                loop {
+                    if self.index.get(&dest).is_some_and(|c| c.entry.kind == e.kind) {
+                        break; // already kept under this name
+                    }
+                    if executor::current(&self.root, &dest).ok().flatten().is_none() {
+                        if let Err(err) = executor::make_symlink(&self.root, &dest, None, target) {
+                            self.exec_failed(conn, e, err);
+                            return;
+                        }
+                        self.scan_one(&dest);
+                        break;
+                    }
+                    n += 1;
+                    dest = numbered(&at, n);
                 }
-                self.won_conflict(conn, &e, &at);
+                self.won_conflict(conn, &e, &dest);
             }
             Kind::Directory | Kind::Deleted => self.won_conflict(conn, &e, &at),
         }

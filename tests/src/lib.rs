@@ -188,13 +188,32 @@ impl Server {
     /// Starts a client of this server syncing `local` with `remote`, and waits until it has
     /// connected.
     pub fn client(&self, name: &str, local: &Path, remote: &str, extra: &[&str]) -> Agent {
-        let port = self.port.to_string();
-        let mut args =
-            vec!["client", "-h", "127.0.0.1", "-p", &port, "-l", local.to_str().unwrap(), "-r", remote, "--insecure"];
-        args.extend_from_slice(extra);
-        let a = Agent::spawn(name, &args);
+        let a = self.spawn_client(name, local, remote, extra);
         a.wait_log("connected to");
         a
+    }
+
+    /// Starts a client without waiting for it to connect. Its state is kept beside `local`
+    /// (`../state-NAME`), so that a restarted client finds its base again.
+    pub fn spawn_client(&self, name: &str, local: &Path, remote: &str, extra: &[&str]) -> Agent {
+        let port = self.port.to_string();
+        let state = local.parent().unwrap().join(format!("state-{name}"));
+        let mut args = vec![
+            "client",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-l",
+            local.to_str().unwrap(),
+            "-r",
+            remote,
+            "--insecure",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Agent::spawn(name, &args)
     }
 }
 

@@ -1,0 +1,175 @@
+//! Changes made while an agent was stopped, crashed or disconnected: found at start against the
+//! persistent base, propagated by causality, never by clocks, and never losing a write.
+#![allow(clippy::unwrap_used)]
+
+use mirror_tests::*;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn set_mtime(p: &Path, t: SystemTime) {
+    fs::File::options().write(true).open(p).unwrap().set_modified(t).unwrap();
+}
+
+/// A server and one client with a synced tree, ready to be stopped and restarted.
+struct Pair {
+    area: Area,
+    server: Server,
+    client: Option<Agent>,
+}
+
+impl Pair {
+    fn new(files: &[(&str, &str)]) -> Pair {
+        let area = Area::new();
+        for (p, content) in files {
+            write(&area.path("client").join(p), content);
+        }
+        let server = Server::start(&area.server_root(), &[]);
+        let client = server.client("client", &area.path("client"), "p", &[]);
+        wait_same(&area.path("client"), &area.path("server/p"));
+        Pair { area, server, client: Some(client) }
+    }
+
+    fn c(&self) -> std::path::PathBuf {
+        self.area.path("client")
+    }
+
+    fn s(&self) -> std::path::PathBuf {
+        self.area.path("server/p")
+    }
+
+    fn stop_client(&mut self) {
+        let mut c = self.client.take().unwrap();
+        assert_eq!(c.terminate(), Some(0));
+    }
+
+    fn start_client(&mut self) {
+        self.client = Some(self.server.client("client", &self.c(), "p", &[]));
+    }
+}
+
+#[test]
+fn offline_delete_is_not_resurrected() {
+    let mut p = Pair::new(&[("keep.txt", "k"), ("gone.txt", "g"), ("dir/gone-too.txt", "x")]);
+    p.stop_client();
+    fs::remove_file(p.c().join("gone.txt")).unwrap();
+    fs::remove_dir_all(p.c().join("dir")).unwrap();
+    p.start_client();
+    wait_gone(&p.s().join("gone.txt"));
+    wait_gone(&p.s().join("dir"));
+    assert!(!p.c().join("gone.txt").exists(), "resurrected on the client");
+    let snap = wait_same(&p.c(), &p.s());
+    assert!(snap.contains_key(Path::new("keep.txt")));
+}
+
+#[test]
+fn a_delete_on_the_other_side_while_offline_reaches_the_returning_client() {
+    let mut p = Pair::new(&[("a.txt", "a"), ("b.txt", "b")]);
+    p.stop_client();
+    fs::remove_file(p.s().join("a.txt")).unwrap();
+    write(&p.s().join("new.txt"), "made while the client was away");
+    p.start_client();
+    wait_gone(&p.c().join("a.txt"));
+    wait_content(&p.c().join("new.txt"), b"made while the client was away");
+    wait_same(&p.c(), &p.s());
+    assert!(conflict_copies(&p.c()).is_empty());
+}
+
+#[test]
+fn an_offline_edit_on_one_side_propagates_without_conflict_whatever_the_mtimes() {
+    let mut p = Pair::new(&[("edited.txt", "original"), ("future.txt", "original")]);
+    // The untouched side's file carries a future mtime; it must still lose to a real edit.
+    set_mtime(&p.s().join("future.txt"), SystemTime::now() + HOUR);
+    wait_until("future mtime synced", || {
+        (fs::metadata(p.c().join("future.txt")).ok()?.modified().ok()? > SystemTime::now() + HOUR / 2).then_some(())
+    });
+    p.stop_client();
+    write(&p.c().join("edited.txt"), "edited offline, clock an hour slow");
+    set_mtime(&p.c().join("edited.txt"), SystemTime::now() - HOUR);
+    write(&p.c().join("future.txt"), "edited offline, older mtime than the server's copy");
+    set_mtime(&p.c().join("future.txt"), SystemTime::now() - HOUR);
+    p.start_client();
+    wait_content(&p.s().join("edited.txt"), b"edited offline, clock an hour slow");
+    wait_content(&p.s().join("future.txt"), b"edited offline, older mtime than the server's copy");
+    wait_same(&p.c(), &p.s());
+    assert!(conflict_copies(&p.s()).is_empty(), "{:?}", conflict_copies(&p.s()));
+}
+
+#[test]
+fn true_conflicts_keep_both_versions_and_pick_the_same_winner_everywhere() {
+    let mut p = Pair::new(&[
+        ("both.txt", "base"),
+        ("same.txt", "base"),
+        ("mod-del.txt", "base"),
+        ("del-mod.txt", "base"),
+        ("file-dir", "base"),
+        ("link-file", "base"),
+    ]);
+    p.stop_client();
+    let (c, s) = (p.c(), p.s());
+    // modify / modify (the client's is newer)
+    write(&s.join("both.txt"), "server edit");
+    set_mtime(&s.join("both.txt"), SystemTime::now() - HOUR);
+    write(&c.join("both.txt"), "client edit");
+    // identical edits: no conflict
+    write(&c.join("same.txt"), "identical");
+    write(&s.join("same.txt"), "identical");
+    // modify / delete, both ways: the modification survives
+    write(&c.join("mod-del.txt"), "modified on the client");
+    fs::remove_file(s.join("mod-del.txt")).unwrap();
+    fs::remove_file(c.join("del-mod.txt")).unwrap();
+    write(&s.join("del-mod.txt"), "modified on the server");
+    // file / directory: the directory wins, the file is kept as a copy
+    fs::remove_file(c.join("file-dir")).unwrap();
+    write(&c.join("file-dir/inside.txt"), "in the directory");
+    write(&s.join("file-dir"), "server's file edit");
+    // symlink / file
+    fs::remove_file(c.join("link-file")).unwrap();
+    std::os::unix::fs::symlink("both.txt", c.join("link-file")).unwrap();
+    write(&s.join("link-file"), "server's file edit");
+    set_mtime(&s.join("link-file"), SystemTime::now() + HOUR);
+    p.start_client();
+
+    let snap = wait_same(&c, &s);
+    assert_eq!(fs::read_to_string(s.join("both.txt")).unwrap(), "client edit");
+    assert_eq!(fs::read_to_string(s.join("same.txt")).unwrap(), "identical");
+    assert_eq!(fs::read_to_string(s.join("mod-del.txt")).unwrap(), "modified on the client");
+    assert_eq!(fs::read_to_string(s.join("del-mod.txt")).unwrap(), "modified on the server");
+    assert_eq!(fs::read_to_string(s.join("file-dir/inside.txt")).unwrap(), "in the directory");
+    assert_eq!(fs::read_to_string(s.join("link-file")).unwrap(), "server's file edit");
+    let contents: Vec<String> = conflict_copies(&s)
+        .iter()
+        .map(|p| match snap.get(p) {
+            Some(Node::Link(t)) => format!("link:{}", t.display()),
+            _ => fs::read_to_string(s.join(p)).unwrap(),
+        })
+        .collect();
+    let mut sorted = contents.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["link:both.txt", "server edit", "server's file edit"],
+        "conflict copies: {:?}",
+        conflict_copies(&s)
+    );
+    for copy in conflict_copies(&s) {
+        assert!(copy.to_string_lossy().contains(".conflict-"), "{copy:?}");
+    }
+}
+
+#[test]
+fn a_killed_server_restarts_from_its_base() {
+    let mut p = Pair::new(&[("a.txt", "a"), ("b.txt", "b")]);
+    let port = p.server.port;
+    p.server.agent.kill(); // kill -9
+    fs::remove_file(p.s().join("a.txt")).unwrap();
+    write(&p.s().join("b.txt"), "edited while the server was down");
+    p.server = Server::start_at(&p.area.server_root(), &format!("127.0.0.1:{port}"), &[]);
+    // The client reconnects by itself and learns what changed.
+    wait_gone(&p.c().join("a.txt"));
+    wait_content(&p.c().join("b.txt"), b"edited while the server was down");
+    wait_same(&p.c(), &p.s());
+    assert!(conflict_copies(&p.c()).is_empty());
+}
