@@ -140,6 +140,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         fetching: HashMap::new(),
         halted: None,
         initial: !loaded.existed,
+        accept_empty: cfg.resume,
         rules_changed: false,
         refresh: Vec::new(),
     };
@@ -218,6 +219,8 @@ struct Engine {
     halted: Option<String>,
     /// During the initial scan every path is "new": log them at debug level only.
     initial: bool,
+    /// `--resume`: the start-up scan accepts an emptied root (the user said so).
+    accept_empty: bool,
     /// Ignore rules changed: skipped peer entries are to be offered again.
     rules_changed: bool,
     /// Directories the watcher should (re)watch after ignore rules changed.
@@ -278,7 +281,9 @@ impl Engine {
                 }
             }
             self.net.made_room();
-            if stop {
+            // A halted pair stops here: its sessions were told why, and the halt is on disk so
+            // that a restart refuses too, until --resume.
+            if stop || self.halted.is_some() {
                 break;
             }
             if self.halted.is_none() {
@@ -501,7 +506,8 @@ impl Engine {
         let mut seen = BTreeSet::new();
         self.walk(None, startup, &mut seen);
         let live = self.index.values().filter(|l| !l.entry.kind.is_deleted()).count();
-        if seen.is_empty() && live > 0 {
+        let accept = std::mem::take(&mut self.accept_empty);
+        if seen.is_empty() && live > 0 && !accept {
             self.halt(format!(
                 "sync root {} is empty, but {live} paths were synced from it; halting instead of \
                  deleting them everywhere",

@@ -1,0 +1,72 @@
+//! Safety halts: a root that vanishes, is emptied or is replaced halts its pair with a clear
+//! message and propagates nothing, until the user resumes it deliberately with `--resume`.
+#![allow(clippy::unwrap_used)]
+
+use mirror_tests::*;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+fn synced(area: &Area) -> (Server, Agent) {
+    for i in 0..5 {
+        write(&area.path(&format!("client/f{i}.txt")), format!("{i}"));
+    }
+    let server = Server::start(&area.server_root(), &[]);
+    let client = server.client("client", &area.path("client"), "p", &[]);
+    wait_same(&area.path("client"), &area.path("server/p"));
+    (server, client)
+}
+
+fn server_files(area: &Area) -> usize {
+    snapshot(&area.path("server/p")).len()
+}
+
+#[test]
+fn a_vanished_root_halts_and_deletes_nothing_on_the_peer() {
+    let area = Area::new();
+    let (_server, mut client) = synced(&area);
+    fs::remove_dir_all(area.path("client")).unwrap();
+    assert_eq!(client.wait_exit(), Some(1));
+    assert!(client.log().contains("halting"), "{}", client.log());
+    assert_eq!(server_files(&area), 5, "deletions propagated from a vanished root");
+}
+
+#[test]
+fn a_root_emptied_while_stopped_halts_until_resumed() {
+    let area = Area::new();
+    let (server, mut client) = synced(&area);
+    assert_eq!(client.terminate(), Some(0));
+    for i in 0..5 {
+        fs::remove_file(area.path(&format!("client/f{i}.txt"))).unwrap();
+    }
+    // An empty root looks like an unmounted disk: halt.
+    let mut again = server.spawn_client("client", &area.path("client"), "p", &[]);
+    assert_eq!(again.wait_exit(), Some(1));
+    assert!(again.log().contains("is empty, but 5 paths were synced"), "{}", again.log());
+    assert_eq!(server_files(&area), 5);
+    // The halt is remembered: a plain restart refuses too, and says how to resume.
+    let mut again = server.spawn_client("client", &area.path("client"), "p", &[]);
+    assert_eq!(again.wait_exit(), Some(1));
+    assert!(again.log().contains("--resume"), "{}", again.log());
+    // Resuming is deliberate: now the deletions are the user's and propagate.
+    let _resumed = server.client("client", &area.path("client"), "p", &["--resume"]);
+    wait_until("deletions to reach the server", || (server_files(&area) == 0).then_some(()));
+}
+
+#[test]
+fn a_root_replaced_by_another_file_system_halts() {
+    let area = Area::new();
+    let (_server, mut client) = synced(&area);
+    let root = area.path("client");
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&root).status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let exit = client.wait_exit();
+    let _ = Command::new("umount").arg("-l").arg(&root).status();
+    assert_eq!(exit, Some(1));
+    assert!(client.log().contains("was replaced"), "{}", client.log());
+    assert_eq!(server_files(&area), 5);
+    assert!(Path::new(&area.path("client/f0.txt")).exists());
+}
