@@ -42,6 +42,9 @@ const HOT_WINDOW: Duration = Duration::from_millis(50);
 const QUIET: Duration = Duration::from_millis(20);
 /// ...but never longer than this after its first event, so a file written forever still syncs.
 const MAX_DELAY: Duration = Duration::from_secs(1);
+/// How long a deleted file waits in the stash for a create of the same content. The other half
+/// of a rename comes in the same batch, or a few messages later for a large directory.
+const STASH_FOR: Duration = Duration::from_secs(2);
 /// How long to wait before retrying a failed write (full disk, permission).
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -138,6 +141,9 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         outbox: Vec::new(),
         next_id: 1,
         fetching: HashMap::new(),
+        stash: HashMap::new(),
+        by_ino: HashMap::new(),
+        gone_inodes: HashMap::new(),
         halted: None,
         initial: !loaded.existed,
         accept_empty: cfg.resume,
@@ -214,6 +220,13 @@ struct Engine {
     /// Changed entries to broadcast, each with the session it came from (not sent back there).
     outbox: Vec<(Entry, Option<ConnId>)>,
     next_id: u64,
+    /// Files deleted for a peer, kept for a while under temp names by content, so that a rename
+    /// (a delete and a create of the same content) moves the file instead of transferring it.
+    stash: HashMap<Hash, Vec<(PathBuf, Instant)>>,
+    /// Which path holds each inode, so a file renamed here is recognised without hashing it.
+    by_ino: HashMap<u64, RelPath>,
+    /// Files deleted here a moment ago, by inode: the other half of a rename may come next.
+    gone_inodes: HashMap<u64, (Stat, Hash, Instant)>,
     /// The transfer under way or queued for each path: which session, which request.
     fetching: HashMap<RelPath, (ConnId, u64, VersionVector)>,
     halted: Option<String>,
@@ -238,6 +251,12 @@ impl Engine {
         watch_rx: Receiver<WatchEvent>,
     ) -> Result<(), String> {
         let started = Instant::now();
+        self.by_ino = self
+            .index
+            .iter()
+            .filter(|(_, l)| matches!(l.entry.kind, Kind::File { .. }))
+            .filter_map(|(p, l)| l.stat.map(|s| (s.ino, p.clone())))
+            .collect();
         self.full_scan(true);
         self.initial = false;
         self.outbox.clear(); // nobody is connected yet; each session gets the full index
@@ -299,9 +318,11 @@ impl Engine {
             // After the network send, so a save is on the wire before we wait for the disk.
             self.persist();
             self.check_root();
+            self.purge_stash(STASH_FOR);
         }
         watcher.stop();
         self.persist();
+        self.purge_stash(Duration::ZERO);
         self.sessions.clear(); // drops temp files of unfinished transfers
         match self.halted.take() {
             Some(reason) => Err(reason),
@@ -613,8 +634,25 @@ impl Engine {
     /// Compares one path on disk with the index and records a local change if there is one.
     /// Returns whether the path is now a directory.
     fn scan_one(&mut self, rel: &RelPath) -> bool {
-        let prev = self.index.get(rel);
-        let seen = match scan::observe(&abs(&self.root, rel), prev) {
+        let path = abs(&self.root, rel);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => Some(m),
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => None,
+            Err(e) => {
+                log::warn!("cannot read {rel}: {e}; skipping it until it changes");
+                return false;
+            }
+        };
+        let observed = meta.map(|m| {
+            // A file moved here keeps its inode: reuse the hash recorded under its old name.
+            let ino = Stat::of(&m).ino;
+            let own = self.index.get(rel).and_then(scan::known_hash).filter(|(s, _)| s.ino == ino);
+            let known = own
+                .or_else(|| self.by_ino.get(&ino).and_then(|p| self.index.get(p)).and_then(scan::known_hash))
+                .or_else(|| self.gone_inodes.get(&ino).map(|(s, h, _)| (*s, *h)));
+            scan::observe_meta(&path, &m, known)
+        });
+        let seen = match observed.unwrap_or(Ok(None)) {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 self.mark_dirty(rel_path(rel), false);
@@ -701,7 +739,48 @@ impl Engine {
     fn set(&mut self, entry: Entry, stat: Option<Stat>, from: Option<ConnId>) {
         self.unsaved.insert(entry.path.clone());
         self.outbox.push((entry.clone(), from));
-        self.index.insert(entry.path.clone(), LocalEntry { entry, stat });
+        let path = entry.path.clone();
+        let is_file = matches!(entry.kind, Kind::File { .. });
+        if let Some((old, hash)) =
+            self.index.insert(path.clone(), LocalEntry { entry, stat }).as_ref().and_then(scan::known_hash)
+            && self.by_ino.get(&old.ino) == Some(&path)
+        {
+            self.by_ino.remove(&old.ino);
+            if stat.is_none() {
+                self.gone_inodes.insert(old.ino, (old, hash, Instant::now()));
+            }
+        }
+        if let (true, Some(s)) = (is_file, stat) {
+            self.by_ino.insert(s.ino, path);
+        }
+    }
+
+    /// Deletes stashed files older than `age`, and forgets deleted inodes as old.
+    fn purge_stash(&mut self, age: Duration) {
+        let now = Instant::now();
+        self.gone_inodes.retain(|_, (_, _, t)| now.duration_since(*t) < age);
+        if self.stash.is_empty() {
+            return;
+        }
+        for v in self.stash.values_mut() {
+            v.retain(|(p, t)| {
+                let keep = now.duration_since(*t) < age;
+                if !keep {
+                    let _ = std::fs::remove_file(p);
+                }
+                keep
+            });
+        }
+        self.stash.retain(|_, v| !v.is_empty());
+    }
+
+    fn take_stash(&mut self, hash: &Hash) -> Option<PathBuf> {
+        let v = self.stash.get_mut(hash)?;
+        let (p, _) = v.pop()?;
+        if v.is_empty() {
+            self.stash.remove(hash);
+        }
+        Some(p)
     }
 
     fn flush_outbox(&mut self) {
@@ -898,10 +977,29 @@ impl Engine {
             if same_bytes && !keep_local_copy {
                 let r = executor::set_meta(&self.root, &e.path, expected, e.mtime, *executable);
                 self.finish_local(conn, e, r);
+            } else if let Some(from) = self.take_stash(hash) {
+                self.apply_from_stash(conn, e, from, local.as_ref(), keep_local_copy);
             } else {
                 self.enqueue(conn, e, Purpose::Apply { keep_local_copy });
             }
             return;
+        }
+        if let (Kind::Deleted, Some(LocalEntry { entry: Entry { kind: Kind::File { hash, .. }, .. }, stat: Some(_) })) =
+            (&e.kind, &local)
+        {
+            match executor::stash(&self.root, &e.path, expected) {
+                Ok(p) => {
+                    self.stash.entry(*hash).or_default().push((p, Instant::now()));
+                    let gone = Stat { mode: 0, size: 0, mtime: Timestamp::default(), ino: 0 };
+                    self.finish_local(conn, e, Ok(gone));
+                    return;
+                }
+                Err(ExecError::Io(err)) if err.raw_os_error() == Some(libc::EXDEV) => {} // delete it below
+                Err(err) => {
+                    self.exec_failed(conn, e, err);
+                    return;
+                }
+            }
         }
         if keep_local_copy
             && let Some(l) = &local
@@ -924,6 +1022,38 @@ impl Engine {
                 e,
                 r.map(|s| s.unwrap_or(Stat { mode: 0, size: 0, mtime: Timestamp::default(), ino: 0 })),
             ),
+        }
+    }
+
+    /// Puts a stashed file (same content, deleted a moment ago) at the peer's new path: a
+    /// rename, with no data sent.
+    fn apply_from_stash(
+        &mut self,
+        conn: ConnId,
+        e: Entry,
+        from: PathBuf,
+        local: Option<&LocalEntry>,
+        keep_local_copy: bool,
+    ) {
+        let Kind::File { hash, executable, .. } = e.kind else { return };
+        let mut expected = local.and_then(|l| l.stat);
+        if keep_local_copy && let Some(l) = local {
+            if let Err(err) = self.move_local_aside(l) {
+                self.stash.entry(hash).or_default().push((from, Instant::now()));
+                self.exec_failed(conn, e, err);
+                return;
+            }
+            expected = None;
+        }
+        match executor::unstash(&self.root, &from, &e.path, expected, e.mtime, executable) {
+            Ok(stat) => {
+                log::debug!("{}: content found locally (a rename), nothing transferred", e.path);
+                self.finish_local(conn, e, Ok(stat));
+            }
+            Err(err) => {
+                self.stash.entry(hash).or_default().push((from, Instant::now()));
+                self.exec_failed(conn, e, err);
+            }
         }
     }
 

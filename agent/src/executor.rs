@@ -239,6 +239,49 @@ pub fn move_aside(root: &Path, from: &RelPath, expected: Option<Stat>, to: &RelP
     Ok(())
 }
 
+/// A fresh temp name at the root, for a file being deleted that a rename may still want.
+fn stash_name(root: &Path) -> io::Result<PathBuf> {
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(root.join(format!("{TEMP_PREFIX}{:016x}", u64::from_le_bytes(rnd))))
+}
+
+/// Instead of deleting the file at `rel` (still `expected`), moves it to a temp name at the root
+/// and returns that: a create of the same content in the same batch (a rename on the peer) then
+/// takes it from there instead of transferring it. Fails with `EXDEV` when `rel` is on another
+/// file system than the root; the caller then deletes it.
+pub fn stash(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<PathBuf> {
+    verify(root, rel, expected)?;
+    let to = stash_name(root)?;
+    fs::rename(abs(root, rel), &to)?;
+    Ok(to)
+}
+
+/// Puts a stashed file in place at `rel` (which must still hold `expected`), with its mode and
+/// mtime set first.
+pub fn unstash(
+    root: &Path,
+    from: &Path,
+    rel: &RelPath,
+    expected: Option<Stat>,
+    mtime: Timestamp,
+    executable: bool,
+) -> Result<Stat> {
+    paths::create_parents(root, rel)?;
+    let f = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(from)?;
+    let mode = f.metadata()?.permissions().mode() & 0o7777;
+    f.set_permissions(fs::Permissions::from_mode(with_exec(mode, executable)))?;
+    f.set_modified(to_system_time(mtime))?;
+    drop(f);
+    verify(root, rel, expected)?;
+    let target = abs(root, rel);
+    if expected.is_some_and(|s| s.mode & libc::S_IFMT == libc::S_IFDIR) {
+        fs::remove_dir(&target)?;
+    }
+    fs::rename(from, &target)?;
+    Ok(stat_after(&target, libc::S_IFREG)?)
+}
+
 /// Removes `dir/name` if it is a temp file a crash left behind. Returns whether it did.
 pub fn remove_stale_temp(dir: &Path, name: &std::ffi::OsStr) -> bool {
     if name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {

@@ -41,32 +41,28 @@ pub fn hash_file(path: &Path) -> io::Result<(Hash, u64)> {
     Ok((*h.finalize().as_bytes(), n))
 }
 
+/// The stat and hash a file entry was recorded with, if it is a file seen on disk.
+pub fn known_hash(l: &LocalEntry) -> Option<(Stat, Hash)> {
+    match (&l.entry.kind, l.stat) {
+        (Kind::File { hash, .. }, Some(s)) => Some((s, *hash)),
+        _ => None,
+    }
+}
+
 pub fn is_executable(m: &Metadata) -> bool {
     m.mode() & 0o111 != 0
 }
 
-/// Observes `abs`. `Ok(None)` when nothing is there or it is a type we do not sync (socket,
-/// FIFO, device). `prev` lets an unchanged file skip hashing.
-pub fn observe(abs: &Path, prev: Option<&LocalEntry>) -> io::Result<Option<Seen>> {
-    let m = match std::fs::symlink_metadata(abs) {
-        Ok(m) => m,
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    observe_meta(abs, &m, prev)
-}
-
-pub fn observe_meta(abs: &Path, m: &Metadata, prev: Option<&LocalEntry>) -> io::Result<Option<Seen>> {
+/// Observes what `m` (the `lstat` of `abs`) describes. `Ok(None)` for a type we do not sync
+/// (socket, FIFO, device). `known` is a stat and the hash it was seen with: a file whose size,
+/// mtime and inode still match is not hashed again.
+pub fn observe_meta(abs: &Path, m: &Metadata, known: Option<(Stat, Hash)>) -> io::Result<Option<Seen>> {
     let stat = Stat::of(m);
     let ft = m.file_type();
     let kind = if ft.is_file() {
         let executable = is_executable(m);
-        let reuse = prev.and_then(|p| match (&p.entry.kind, p.stat) {
-            (Kind::File { hash, .. }, Some(s)) if s.size == stat.size && s.mtime == stat.mtime && s.ino == stat.ino => {
-                Some(*hash)
-            }
-            _ => None,
-        });
+        let reuse =
+            known.filter(|(s, _)| s.size == stat.size && s.mtime == stat.mtime && s.ino == stat.ino).map(|(_, h)| h);
         let hash = match reuse {
             Some(h) => h,
             None => {
@@ -92,6 +88,14 @@ pub fn observe_meta(abs: &Path, m: &Metadata, prev: Option<&LocalEntry>) -> io::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn observe(abs: &Path, prev: Option<&LocalEntry>) -> io::Result<Option<Seen>> {
+        match std::fs::symlink_metadata(abs) {
+            Ok(m) => observe_meta(abs, &m, prev.and_then(known_hash)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 
     #[test]
     fn observes_kinds_and_reuses_hash_when_stat_is_unchanged() {
