@@ -9,6 +9,7 @@
 //! - **offline**: the client is stopped (SIGTERM or `kill -9`), both sides change overlapping
 //!   paths, then it comes back. Every content a side wrote in the round and still held at the
 //!   end must survive, at its path or in a conflict copy.
+//!
 //! After every round: the trees are identical and hold no temp files.
 //!
 //! CI runs a few seeds. More: `MIRROR_MODEL_SEEDS=1-200 cargo test --release -p mirror-tests
