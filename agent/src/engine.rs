@@ -147,6 +147,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         halted: None,
         initial: !loaded.existed,
         accept_empty: cfg.resume,
+        conflicts: 0,
         rules_changed: false,
         refresh: Vec::new(),
     };
@@ -234,6 +235,8 @@ struct Engine {
     initial: bool,
     /// `--resume`: the start-up scan accepts an emptied root (the user said so).
     accept_empty: bool,
+    /// True conflicts resolved since start (for the log now, for `status` later).
+    conflicts: u64,
     /// Ignore rules changed: skipped peer entries are to be offered again.
     rules_changed: bool,
     /// Directories the watcher should (re)watch after ignore rules changed.
@@ -1111,14 +1114,24 @@ impl Engine {
             let same = self.index.get(&to).is_some_and(|c| c.entry.kind == l.entry.kind && c.stat == Some(there));
             if same {
                 executor::remove(&self.root, &l.entry.path, l.stat)?;
-                log::warn!("conflict on {}: our version lost; it is already kept as {to}", l.entry.path);
+                self.conflicts += 1;
+                log::warn!(
+                    "conflict on {}: our version lost; it is already kept as {to} ({} conflicts so far)",
+                    l.entry.path,
+                    self.conflicts
+                );
                 return Ok(());
             }
             n += 1;
             to = numbered(&base, n);
         }
         executor::move_aside(&self.root, &l.entry.path, l.stat, &to)?;
-        log::warn!("conflict on {}: our version lost and is kept as {to}", l.entry.path);
+        self.conflicts += 1;
+        log::warn!(
+            "conflict on {}: our version lost and is kept as {to} ({} conflicts so far)",
+            l.entry.path,
+            self.conflicts
+        );
         self.scan_one(&to);
         Ok(())
     }
@@ -1154,7 +1167,12 @@ impl Engine {
     /// Our version won a conflict and the peer's is secured: supersede theirs.
     fn won_conflict(&mut self, conn: ConnId, e: &Entry, copy: &RelPath) {
         if let Some(l) = self.index.get(&e.path).cloned() {
-            log::warn!("conflict on {}: our version won; the peer's is kept as {copy}", e.path);
+            self.conflicts += 1;
+            log::warn!(
+                "conflict on {}: our version won; the peer's is kept as {copy} ({} conflicts so far)",
+                e.path,
+                self.conflicts
+            );
             let version = l.entry.version.merged(&e.version);
             self.set(Entry { version, ..l.entry }, l.stat, Some(conn));
         }

@@ -132,3 +132,32 @@ fn running_out_of_inotify_watches_is_a_clear_error() {
     let log = client.log();
     assert!(log.contains("fs.inotify.max_user_watches") && log.contains("--watcher poll"), "{log}");
 }
+
+#[test]
+fn a_watcher_queue_overflow_is_followed_by_a_rescan_that_converges() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &[]);
+    let client = server.client("client", &c, "p", &[]);
+    let limit: usize = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(16384);
+    // Freeze the client so its inotify queue fills, then write more events than it holds:
+    // each file below makes four (create, modify, close, chmod).
+    // The directory must be watched before the freeze, or its events are never queued at all.
+    fs::create_dir(c.join("flood")).unwrap();
+    wait_until("flood/ on the server", || s.join("flood").is_dir().then_some(()));
+    let pid = client.pid().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let files = limit / 4 + 500;
+    for i in 0..files {
+        let p = c.join(format!("flood/{i}"));
+        fs::write(&p, i.to_string()).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    client.wait_log("overflowed; rescanning everything");
+    wait_content(&s.join(format!("flood/{}", files - 1)), (files - 1).to_string().as_bytes());
+    wait_same(&c, &s);
+}

@@ -157,6 +157,9 @@ fn true_conflicts_keep_both_versions_and_pick_the_same_winner_everywhere() {
     for copy in conflict_copies(&s) {
         assert!(copy.to_string_lossy().contains(".conflict-"), "{copy:?}");
     }
+    // Each side logs the conflicts it resolved, with a running count.
+    let logs = format!("{}{}", p.server.agent.log(), p.client.as_ref().unwrap().log());
+    assert!(logs.contains("conflicts so far)"), "{logs}");
 }
 
 #[test]
