@@ -148,7 +148,9 @@ impl Drop for InotifyWatcher {
 fn run(mut state: State, mut poll: Poll, sink: Sender<WatchEvent>, refresh: Receiver<PathBuf>, stop: Arc<AtomicBool>) {
     let mut events = Events::with_capacity(16);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut pending_from: HashMap<u32, (PathBuf, bool)> = HashMap::new();
+    // The kernel queues the two halves of a rename back to back, so at most one FROM half waits
+    // for its TO: the very next event either is that TO, or proves it will never come.
+    let mut pending_from: Option<(u32, PathBuf, bool)> = None;
     while !stop.load(Ordering::SeqCst) {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() == ErrorKind::Interrupted {
@@ -181,15 +183,9 @@ fn run(mut state: State, mut poll: Poll, sink: Sender<WatchEvent>, refresh: Rece
                 }
             }
         }
-        // A FROM half whose TO never came: the entry left the tree (or the pair straddled reads,
-        // in which case the TO side is treated as a creation; both are safe).
-        for (_, (from, is_dir)) in pending_from.drain() {
-            if is_dir {
-                state.remove_tree(&from);
-                batch.push(WatchEvent::RescanSubtree(from));
-            } else {
-                batch.push(WatchEvent::Settled(from));
-            }
+        // The queue is empty and no TO followed: the entry left the tree.
+        if let Some(from) = pending_from.take() {
+            state.moved_away(&mut batch, from);
         }
         let out = if batch.root_gone {
             vec![WatchEvent::RootGone]
@@ -213,12 +209,18 @@ impl State {
     fn handle(
         &mut self,
         batch: &mut Batch,
-        pending_from: &mut HashMap<u32, (PathBuf, bool)>,
+        pending_from: &mut Option<(u32, PathBuf, bool)>,
         wd: WatchDescriptor,
         mask: EventMask,
         cookie: u32,
         name: Option<std::ffi::OsString>,
     ) {
+        // A FROM half not followed by its TO: the entry left the tree (or went into a directory
+        // we do not watch yet, whose own scan will find it). Settle it now, while its name still
+        // means the directory that moved, before a later event reuses the name.
+        if let Some(p) = pending_from.take_if(|(c, _, _)| !(mask.contains(EventMask::MOVED_TO) && *c == cookie)) {
+            self.moved_away(batch, p);
+        }
         if mask.contains(EventMask::Q_OVERFLOW) {
             batch.overflow = true;
             return;
@@ -247,14 +249,19 @@ impl State {
         };
         let is_dir = mask.contains(EventMask::ISDIR);
         if mask.contains(EventMask::MOVED_FROM) {
-            pending_from.insert(cookie, (path, is_dir));
+            *pending_from = Some((cookie, path, is_dir));
             return;
         }
         if mask.contains(EventMask::MOVED_TO) {
-            match pending_from.remove(&cookie) {
+            match pending_from.take().map(|(_, from, from_dir)| (from, from_dir)) {
                 Some((from, true)) => {
                     if (self.descend)(&path) {
                         self.rename_tree(&from, &path);
+                        // Our map may not have known the whole subtree under its old name (it
+                        // moved in and out before we looked): make sure all of it is watched.
+                        if let Err(e) = self.add_tree(&path) {
+                            log::error!("{e}");
+                        }
                     } else {
                         self.remove_tree(&from);
                     }
@@ -283,6 +290,16 @@ impl State {
         }
     }
 
+    /// The FROM half of a rename whose TO will not come.
+    fn moved_away(&mut self, batch: &mut Batch, (_, from, is_dir): (u32, PathBuf, bool)) {
+        if is_dir {
+            self.remove_tree(&from);
+            batch.push(WatchEvent::RescanSubtree(from));
+        } else {
+            batch.push(WatchEvent::Settled(from));
+        }
+    }
+
     /// A directory appeared: watch it, then have it listed whole.
     fn new_dir(&mut self, batch: &mut Batch, path: PathBuf) {
         if (self.descend)(&path)
@@ -302,7 +319,16 @@ impl State {
                 {
                     self.by_wd.remove(&old);
                 }
-                self.by_wd.insert(wd, rel.to_path_buf());
+                // The kernel hands back the existing descriptor for a directory it already
+                // watches: one that moved here before we saw the move. Its old name is stale, and
+                // must not keep a claim on the descriptor (a late "moved away" for the old name
+                // would otherwise remove the watch from under the directory's new name).
+                if let Some(stale) = self.by_wd.insert(wd.clone(), rel.to_path_buf())
+                    && stale != rel
+                    && self.by_path.get(&stale) == Some(&wd)
+                {
+                    self.by_path.remove(&stale);
+                }
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc_enospc()) => {
@@ -333,7 +359,9 @@ impl State {
     fn remove_tree(&mut self, rel: &Path) {
         let gone: Vec<PathBuf> = self.by_path.keys().filter(|p| p.starts_with(rel)).cloned().collect();
         for p in gone {
-            if let Some(wd) = self.by_path.remove(&p) {
+            if let Some(wd) = self.by_path.remove(&p)
+                && self.by_wd.get(&wd) == Some(&p)
+            {
                 self.by_wd.remove(&wd);
                 let _ = self.inotify.watches().remove(wd);
             }

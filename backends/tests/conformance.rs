@@ -245,3 +245,76 @@ fn stop_joins_promptly() {
         assert!(t.elapsed() < Duration::from_secs(5), "{b:?}: stop took {:?}", t.elapsed());
     });
 }
+
+/// Random directory churn (mkdir, rename, rm -r, recreate) as fast as it goes; afterwards a write
+/// in every directory that exists must still be reported: no watch may be lost or misnamed.
+#[test]
+fn directory_churn_leaves_every_directory_watched() {
+    let seeds: u64 = std::env::var("MIRROR_CHURN_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    each_backend(|b| {
+        for seed in 0..seeds {
+            let f = fixture(b, |_| {}, 65536);
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut rnd = |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let mut dirs: Vec<PathBuf> = Vec::new();
+            let mut log = Vec::new();
+            for _ in 0..60 {
+                let parent = if dirs.is_empty() || rnd(4) == 0 {
+                    PathBuf::new()
+                } else {
+                    dirs[rnd(dirs.len() as u64) as usize].clone()
+                };
+                let name = parent.join(format!("d{}", rnd(4)));
+                match rnd(3) {
+                    0 => {
+                        if fs::create_dir(f.root.join(&name)).is_ok() {
+                            log.push(format!("mkdir {}", name.display()));
+                        }
+                    }
+                    1 if !dirs.is_empty() => {
+                        let from = dirs[rnd(dirs.len() as u64) as usize].clone();
+                        if !name.starts_with(&from) && fs::rename(f.root.join(&from), f.root.join(&name)).is_ok() {
+                            log.push(format!("mv {} {}", from.display(), name.display()));
+                        }
+                    }
+                    _ if !dirs.is_empty() => {
+                        let d = dirs[rnd(dirs.len() as u64) as usize].clone();
+                        if fs::remove_dir_all(f.root.join(&d)).is_ok() {
+                            log.push(format!("rm -r {}", d.display()));
+                        }
+                    }
+                    _ => {}
+                }
+                dirs = subdirs(&f.root);
+            }
+            drain(&f);
+            for d in &dirs {
+                fs::write(f.root.join(d).join("probe"), "x").unwrap();
+            }
+            let want: Vec<String> = dirs.iter().map(|d| d.join("probe").to_string_lossy().into_owned()).collect();
+            let want: Vec<&str> = want.iter().map(String::as_str).collect();
+            let missing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| expect_covered(&f, b, &want)));
+            assert!(missing.is_ok(), "{b:?} seed {seed}: a directory lost its watch after:\n{}", log.join("\n"));
+        }
+    });
+}
+
+fn subdirs(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(root.join(&d)).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                let p = d.join(e.file_name());
+                out.push(p.clone());
+                stack.push(p);
+            }
+        }
+    }
+    out
+}

@@ -298,7 +298,7 @@ fn run_seed(seed: u64, rounds: usize, ops: usize) {
                 }
             }
         }
-        wait_same(&w.c(), &w.s());
+        converge(&w, seed, round, &log);
         let temps = temp_files(&w.s());
         assert!(temps.is_empty(), "temp files survive: {temps:?}");
         let fin = load_model(&w.c());
@@ -349,6 +349,27 @@ fn run_seed(seed: u64, rounds: usize, ops: usize) {
                 }
             }
         }
+    }
+}
+
+/// Waits until both trees are the same; on time-out fails with the operations that led there.
+fn converge(w: &World, seed: u64, round: usize, log: &[String]) {
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let (a, b) = (snapshot(&w.c()), snapshot(&w.s()));
+        if a == b {
+            return;
+        }
+        if std::time::Instant::now() > end {
+            let diff: Vec<_> = a
+                .keys()
+                .chain(b.keys())
+                .filter(|k| a.get(*k) != b.get(*k))
+                .map(|k| format!("{} (client {:?}, server {:?})", k.display(), a.get(k).is_some(), b.get(k).is_some()))
+                .collect();
+            panic!("seed {seed} round {round}: no convergence; differing: {diff:#?}\n{}", log.join("\n"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
