@@ -3,6 +3,7 @@
 //! Each test runs against every backend in `Backend::available()`. A path counts as reported when
 //! a hint covers it: `Dirty` of the path itself, `RescanSubtree` of it or an ancestor, or
 //! `Overflow`. The suite uses only portable file operations so it runs unchanged on macOS/BSD.
+#![allow(clippy::unwrap_used)]
 
 use crossbeam_channel::{Receiver, bounded};
 use mirror_backends::{Backend, WatchConfig, WatchEvent, Watcher, start};
@@ -271,11 +272,7 @@ fn directory_churn_leaves_every_directory_watched() {
                 };
                 let name = parent.join(format!("d{}", rnd(4)));
                 match rnd(3) {
-                    0 => {
-                        if fs::create_dir(f.root.join(&name)).is_ok() {
-                            log.push(format!("mkdir {}", name.display()));
-                        }
-                    }
+                    0 if fs::create_dir(f.root.join(&name)).is_ok() => log.push(format!("mkdir {}", name.display())),
                     1 if !dirs.is_empty() => {
                         let from = dirs[rnd(dirs.len() as u64) as usize].clone();
                         if !name.starts_with(&from) && fs::rename(f.root.join(&from), f.root.join(&name)).is_ok() {
