@@ -365,7 +365,7 @@ fn converge(w: &World, seed: u64, round: usize, log: &[String]) {
                 .keys()
                 .chain(b.keys())
                 .filter(|k| a.get(*k) != b.get(*k))
-                .map(|k| format!("{} (client {:?}, server {:?})", k.display(), a.get(k).is_some(), b.get(k).is_some()))
+                .map(|k| format!("{} (client {:?}, server {:?})", k.display(), a.get(k), b.get(k)))
                 .collect();
             panic!("seed {seed} round {round}: no convergence; differing: {diff:#?}\n{}", log.join("\n"));
         }
