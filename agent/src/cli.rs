@@ -39,7 +39,7 @@ pub struct Common {
     /// their directories as they are now.
     #[arg(long = "resume", global = true)]
     pub resume: bool,
-    /// Use plaintext TCP. Required until TLS is available; only for trusted networks.
+    /// Use plaintext TCP without authentication instead of TLS (loopback demos, SSH tunnels).
     #[arg(long = "insecure", global = true)]
     pub insecure: bool,
     /// Print help.
@@ -49,6 +49,16 @@ pub struct Common {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print this agent's device ID (generating its identity on first use).
+    Id,
+    /// Trust a peer's device ID: a server then serves it, a client then talks to it.
+    Trust {
+        /// The peer's device ID, as `mirror-agent id` prints it on the peer.
+        id: String,
+        /// A note kept beside the ID (for example the peer's host name).
+        #[arg(long = "name")]
+        name: Option<String>,
+    },
     /// Serve directories under --root to any number of clients.
     Server {
         /// Address and port to listen on.

@@ -8,6 +8,7 @@ mod cli;
 mod conflict;
 mod engine;
 mod executor;
+mod identity;
 mod index;
 mod link;
 mod net;
@@ -16,8 +17,9 @@ mod reconcile;
 mod rules;
 mod scan;
 mod store;
+mod tls;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command, Common};
 use crossbeam_channel::bounded;
@@ -65,12 +67,44 @@ pub fn hostname() -> String {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let c = &cli.common;
-    if !c.insecure {
-        bail!(
-            "this build speaks plaintext TCP only; pass --insecure on both sides to confirm \
-             (use it on trusted networks or through an SSH tunnel)"
-        );
+    let state_dir = match &c.state_dir {
+        Some(d) => d.clone(),
+        None => default_state_dir()?,
+    };
+    // The identity commands need neither a network nor a watcher.
+    match &cli.command {
+        Command::Id => {
+            let identity = identity::Identity::load_or_create(&state_dir)
+                .with_context(|| format!("identity in {}", state_dir.display()))?;
+            println!("{}", identity.id);
+            return Ok(());
+        }
+        Command::Trust { id, name } => {
+            let id = identity::DeviceId::parse(id).with_context(|| format!("{id:?} is not a device ID"))?;
+            let trust = identity::Trust::new(&state_dir);
+            let comment = name.clone().unwrap_or_else(|| "added by `mirror-agent trust`".into());
+            if trust.add(&id, &comment).with_context(|| format!("writing {}", trust.path().display()))? {
+                eprintln!("trusted {id} (in {}); a running agent accepts it at once", trust.path().display());
+            } else {
+                eprintln!("{id} was already trusted");
+            }
+            return Ok(());
+        }
+        _ => {}
     }
+    let tls = if c.insecure {
+        log::warn!(
+            "--insecure: plaintext TCP without authentication; anyone on the network path can read \
+             and change what is synced. Use it on loopback or through an SSH tunnel only"
+        );
+        None
+    } else {
+        let identity = identity::Identity::load_or_create(&state_dir)
+            .with_context(|| format!("identity in {}", state_dir.display()))?;
+        let trust = identity::Trust::new(&state_dir);
+        log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", identity.id, identity.id);
+        Some(tls::Tls::new(&identity, trust).context("setting up TLS")?)
+    };
     let backend = match &c.watcher {
         Some(name) => Backend::from_name(name)?,
         None => Backend::native(),
@@ -90,10 +124,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("installing the signal handler")?;
     }
     let poll_interval = Duration::from_millis(c.poll_interval_ms);
-    let state_dir = match &c.state_dir {
-        Some(d) => d.clone(),
-        None => default_state_dir()?,
-    };
     let resume = c.resume;
     let debug_prefix = c.debug_prefix.as_ref().map(|p| p.trim_end_matches('/').as_bytes().to_vec());
     let engine_cfg = move |root: PathBuf, includes: Vec<String>, excludes: Vec<String>| EngineConfig {
@@ -127,12 +157,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 excludes: exclude,
             };
             let role = net::Role::Client { addr, hello, engine: engine_tx.clone() };
-            let result = net::Net::new(poll, net_rx, parked, stop, role)?.run();
+            let result = net::Net::new(poll, net_rx, parked, stop, role, tls)?.run();
             let _ = engine_tx.send(ToEngine::Shutdown);
             let engine_result = done.join().unwrap_or_else(|_| Err("engine thread panicked".into()));
             result?;
             engine_result.map_err(anyhow::Error::msg)
         }
+        Command::Id | Command::Trust { .. } => Ok(()),
         Command::Server { listen, root } => {
             let root = match root {
                 Some(r) => r,
@@ -173,7 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }) as net::EngineFactory
             };
             let role = net::Role::Server { listener, root, engines: factory };
-            let result = net::Net::new(poll, net_rx, parked, stop, role)?.run();
+            let result = net::Net::new(poll, net_rx, parked, stop, role, tls)?.run();
             let all: Vec<EngineHandle> =
                 engines.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, (h, _, _))| h).collect();
             for h in &all {

@@ -58,6 +58,8 @@ struct Upload {
 
 struct Conn {
     stream: TcpStream,
+    /// The TLS session on top of `stream`, unless the agent runs `--insecure`.
+    tls: Option<Box<rustls::Connection>>,
     peer: String,
     state: State,
     dec: Decoder,
@@ -74,9 +76,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, peer: String, first_out: Vec<u8>) -> Self {
+    fn new(stream: TcpStream, tls: Option<Box<rustls::Connection>>, peer: String, first_out: Vec<u8>) -> Self {
         Self {
             stream,
+            tls,
             peer,
             state: State::Preamble,
             dec: Decoder::new(),
@@ -98,8 +101,14 @@ impl Conn {
         encode_into(msg, &mut self.out);
     }
 
+    /// Bytes still to go out: our plaintext, plus (as 1) whatever TLS records wait in rustls.
     fn pending_out(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len() - self.out_pos + usize::from(self.tls.as_ref().is_some_and(|t| t.wants_write()))
+    }
+
+    /// The identity the peer proved, once the TLS handshake is done.
+    fn peer_id(&self) -> String {
+        self.tls.as_deref().and_then(crate::tls::peer_id).map(|id| format!(", ID {id}")).unwrap_or_default()
     }
 
     /// Closes after flushing what is queued (a goodbye, usually).
@@ -132,6 +141,8 @@ pub struct Net {
     fatal: Option<String>,
     root_canon: Option<PathBuf>,
     parked_flag: Arc<AtomicBool>,
+    /// TLS configuration; `None` for `--insecure`.
+    tls: Option<crate::tls::Tls>,
 }
 
 impl Net {
@@ -141,6 +152,7 @@ impl Net {
         parked_flag: Arc<AtomicBool>,
         stop: Arc<AtomicBool>,
         mut role: Role,
+        tls: Option<crate::tls::Tls>,
     ) -> io::Result<Self> {
         let mut root_canon = None;
         if let Role::Server { listener, root, .. } = &mut role {
@@ -161,6 +173,7 @@ impl Net {
             fatal: None,
             root_canon,
             parked_flag,
+            tls,
         })
     }
 
@@ -203,8 +216,11 @@ impl Net {
         }
         for (_, mut c) in std::mem::take(&mut self.conns) {
             c.send(&Message::Goodbye { reason: "agent shutting down".into() });
+            if let Some(t) = &mut c.tls {
+                t.send_close_notify();
+            }
             // Best effort: the socket is non-blocking and the peer may be gone.
-            let _ = c.stream.write(&c.out[c.out_pos..]);
+            flush(&mut c);
         }
         Ok(())
     }
@@ -215,7 +231,14 @@ impl Net {
             match listener.accept() {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    self.add_conn(stream, addr.to_string(), Preamble::ours().encode().to_vec());
+                    let tls = match self.tls.as_ref().map(crate::tls::Tls::accept).transpose() {
+                        Ok(t) => t.map(Box::new),
+                        Err(e) => {
+                            log::error!("cannot start TLS with {addr}: {e}");
+                            continue;
+                        }
+                    };
+                    self.add_conn(stream, tls, addr.to_string(), Preamble::ours().encode().to_vec());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -226,7 +249,13 @@ impl Net {
         }
     }
 
-    fn add_conn(&mut self, mut stream: TcpStream, peer: String, first_out: Vec<u8>) -> Option<ConnId> {
+    fn add_conn(
+        &mut self,
+        mut stream: TcpStream,
+        tls: Option<Box<rustls::Connection>>,
+        peer: String,
+        first_out: Vec<u8>,
+    ) -> Option<ConnId> {
         let id = self.next_conn;
         self.next_conn += 1;
         if let Err(e) = self.poll.registry().register(&mut stream, Token(id), Interest::READABLE | Interest::WRITABLE) {
@@ -234,7 +263,7 @@ impl Net {
             return None;
         }
         log::debug!("connection {id} with {peer}");
-        self.conns.insert(id as ConnId, Conn::new(stream, peer, first_out));
+        self.conns.insert(id as ConnId, Conn::new(stream, tls, peer, first_out));
         Some(id as ConnId)
     }
 
@@ -252,7 +281,15 @@ impl Net {
                 }
                 let mut first = Preamble::ours().encode().to_vec();
                 encode_into(&Message::Hello(hello), &mut first);
-                if self.add_conn(TcpStream::from_std(s), addr.clone(), first).is_none() {
+                let tls = match self.tls.as_ref().map(crate::tls::Tls::connect).transpose() {
+                    Ok(t) => t.map(Box::new),
+                    Err(e) => {
+                        log::error!("cannot start TLS: {e}");
+                        self.schedule_reconnect();
+                        return;
+                    }
+                };
+                if self.add_conn(TcpStream::from_std(s), tls, addr.clone(), first).is_none() {
                     self.schedule_reconnect();
                 }
             }
@@ -340,6 +377,9 @@ impl Net {
     /// Reads into the decoder up to its high-water mark. Returns whether the socket has nothing
     /// more to give for now (drained, closed or failed), as opposed to stopping at the mark.
     fn read(&mut self, c: &mut Conn) -> bool {
+        if c.tls.is_some() {
+            return self.read_tls(c);
+        }
         let mut buf = [0u8; 64 * 1024];
         while c.dec.buffered() < IN_HIGH_WATER {
             match c.stream.read(&mut buf) {
@@ -357,6 +397,55 @@ impl Net {
             }
         }
         false
+    }
+
+    /// [`read`](Self::read) through TLS: records in, plaintext out into the decoder.
+    fn read_tls(&mut self, c: &mut Conn) -> bool {
+        let mut buf = [0u8; 64 * 1024];
+        let Some(tls) = c.tls.as_deref_mut() else { return true };
+        loop {
+            if c.dec.buffered() >= IN_HIGH_WATER {
+                return false;
+            }
+            match tls.reader().read(&mut buf) {
+                Ok(0) => {
+                    c.lost("peer closed the TLS session".into());
+                    return true;
+                }
+                Ok(n) => {
+                    c.dec.extend(&buf[..n]);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    c.lost(format!("TLS: {e}"));
+                    return true;
+                }
+            }
+            match tls.read_tls(&mut c.stream) {
+                Ok(0) => {
+                    c.lost("peer closed the connection".into());
+                    return true;
+                }
+                Ok(_) => {
+                    if let Err(e) = tls.process_new_packets() {
+                        let me = self.tls.as_ref().map(|t| t.me.clone());
+                        let msg = me.map_or_else(|| e.to_string(), |me| crate::tls::explain(&e, &me));
+                        log::error!("{}: {msg}", c.peer);
+                        // Send rustls's alert, so the peer learns why.
+                        let _ = tls.write_tls(&mut c.stream);
+                        c.lost(msg);
+                        return true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    c.lost(e.to_string());
+                    return true;
+                }
+            }
+        }
     }
 
     fn dispatch(&mut self, id: ConnId, c: &mut Conn) {
@@ -451,7 +540,7 @@ impl Net {
         match engines(target.clone(), &h) {
             Ok(tx) => {
                 c.send(&Message::Welcome(Welcome { replica: 0, host: crate::hostname() }));
-                log::info!("{} ({}) syncs {}", h.host, c.peer, target.display());
+                log::info!("{} ({}{}) syncs {}", h.host, c.peer, c.peer_id(), target.display());
                 let hello = ToEngine::Connected { conn: id, peer_host: h.host, peer_replica: h.replica };
                 match offer(&tx, hello, &self.parked_flag) {
                     Ok(()) => {}
@@ -471,7 +560,7 @@ impl Net {
 
     fn on_welcome(&mut self, id: ConnId, c: &mut Conn, w: Welcome) {
         let Role::Client { engine, .. } = &self.role else { return };
-        log::info!("connected to {} ({})", w.host, c.peer);
+        log::info!("connected to {} ({}{})", w.host, c.peer, c.peer_id());
         self.backoff = Duration::from_millis(200);
         c.state = State::Open(engine.clone());
         match offer(
@@ -563,6 +652,9 @@ fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 fn flush(c: &mut Conn) {
+    if c.tls.is_some() {
+        return flush_tls(c);
+    }
     while c.pending_out() > 0 {
         match c.stream.write(&c.out[c.out_pos..]) {
             Ok(0) => {
@@ -580,6 +672,47 @@ fn flush(c: &mut Conn) {
     }
     c.out.clear();
     c.out_pos = 0;
+}
+
+/// [`flush`] through TLS: plaintext into rustls (as much as its bounded buffer takes), records
+/// out to the socket, until the socket pushes back or all is sent.
+fn flush_tls(c: &mut Conn) {
+    let Some(tls) = c.tls.as_deref_mut() else { return };
+    loop {
+        let mut progress = false;
+        while c.out_pos < c.out.len() {
+            match tls.writer().write(&c.out[c.out_pos..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    c.out_pos += n;
+                    progress = true;
+                }
+            }
+        }
+        while tls.wants_write() {
+            match tls.write_tls(&mut c.stream) {
+                Ok(0) => {
+                    c.lost("write returned 0".into());
+                    return;
+                }
+                Ok(_) => progress = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    c.lost(e.to_string());
+                    return;
+                }
+            }
+        }
+        if c.out_pos == c.out.len() {
+            c.out.clear();
+            c.out_pos = 0;
+            return;
+        }
+        if !progress {
+            return;
+        }
+    }
 }
 
 fn resolve(addr: &str) -> io::Result<SocketAddr> {

@@ -217,6 +217,73 @@ impl Server {
     }
 }
 
+/// Runs a `mirror-agent` command to completion; returns its stdout.
+pub fn run_agent(args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(out.status.success(), "mirror-agent {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The device ID of the agent whose state is in `state`.
+pub fn device_id(state: &Path) -> String {
+    run_agent(&["id", "--state-dir", state.to_str().unwrap()]).trim().to_string()
+}
+
+/// Makes the agents with state in `a` and `b` trust each other.
+pub fn pair(a: &Path, b: &Path) {
+    let (ida, idb) = (device_id(a), device_id(b));
+    run_agent(&["trust", &idb, "--state-dir", a.to_str().unwrap()]);
+    run_agent(&["trust", &ida, "--state-dir", b.to_str().unwrap()]);
+}
+
+/// A TLS server (no `--insecure`) and the state dir of a client `name` it is paired with.
+pub fn secure_server(area: &Area, clients: &[&str]) -> Server {
+    let server_state = area.path("state-server");
+    for name in clients {
+        pair(&server_state, &area.path(&format!("state-{name}")));
+    }
+    let root = area.server_root();
+    let listen = "127.0.0.1:0";
+    let args = vec![
+        "server",
+        "--listen",
+        listen,
+        "--root",
+        root.to_str().unwrap(),
+        "--state-dir",
+        server_state.to_str().unwrap(),
+    ];
+    let agent = Agent::spawn("server", &args);
+    let log = agent.wait_log("listening on ");
+    let port = log
+        .lines()
+        .find_map(|l| l.split("listening on 127.0.0.1:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    Server { agent, port }
+}
+
+/// Starts a TLS client `name` (state in `area/state-NAME`) of `port`, without waiting.
+pub fn secure_client(area: &Area, name: &str, port: u16, local: &Path, remote: &str) -> Agent {
+    let port = port.to_string();
+    let state = area.path(&format!("state-{name}"));
+    let args = [
+        "client",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-l",
+        local.to_str().unwrap(),
+        "-r",
+        remote,
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    Agent::spawn(name, &args)
+}
+
 /// Polls `f` until it returns `Some`, or panics after [`DEADLINE`] naming `what`.
 pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + DEADLINE;

@@ -178,12 +178,3 @@ fn a_client_meeting_another_protocol_version_exits_with_a_clear_error() {
     assert!(log.contains("we speak version 1, the peer speaks version 42"), "{log}");
     fake.join().unwrap();
 }
-
-#[test]
-fn plaintext_needs_an_explicit_insecure_flag() {
-    let area = Area::new();
-    let mut a =
-        Agent::spawn("server", &["server", "--listen", "127.0.0.1:0", "--root", area.server_root().to_str().unwrap()]);
-    assert_eq!(a.wait_exit(), Some(1));
-    assert!(a.log().contains("--insecure"), "{}", a.log());
-}
