@@ -177,9 +177,9 @@ fn random_op(rng: &mut Rng, root: &Path, model: &mut Model, tops: &[&str], log: 
                 let exec_now = mode & 0o100 == 0;
                 let new = if exec_now { mode | 0o111 } else { mode & !0o111 };
                 fs::set_permissions(&path, fs::Permissions::from_mode(new)).unwrap();
-                if let Some(M::File { exec, written, .. }) = model.get_mut(&p) {
+                // A mode change, not a write: the content's fate is decided by the writes alone.
+                if let Some(M::File { exec, .. }) = model.get_mut(&p) {
                     *exec = exec_now;
-                    *written = true;
                 }
                 log.push(format!("chmod {} {}", if exec_now { "+x" } else { "-x" }, p.display()));
             }
@@ -259,8 +259,10 @@ fn run_seed(seed: u64, rounds: usize, ops: usize) {
             log.push(format!("stop client ({})", if hard { "kill -9" } else { "SIGTERM" }));
             for _ in 0..ops {
                 if rng.chance(50) {
+                    log.push("client:".into());
                     random_op(&mut rng, &w.c(), &mut mc, &TOPS, &mut log);
                 } else {
+                    log.push("server:".into());
                     random_op(&mut rng, &w.s(), &mut ms, &TOPS, &mut log);
                 }
             }
