@@ -26,6 +26,12 @@ pub const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
+/// A connection that received nothing for this long is sent a `Ping`...
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// ...and one that received nothing for this long is considered dead.
+const DEAD_AFTER: Duration = Duration::from_secs(6);
+/// The longest wait between reconnection attempts (before jitter).
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Uploads add chunks only while less than this is waiting to be written.
 const OUT_LOW_WATER: usize = 512 * 1024;
 /// Stop reading a connection whose undecoded input exceeds this (room for one largest frame).
@@ -73,6 +79,9 @@ struct Conn {
     dead: bool,
     /// Why it closed, for the engine and the log.
     close_reason: Option<String>,
+    /// When bytes last arrived, and when we last pinged.
+    last_rx: Instant,
+    last_ping: Instant,
 }
 
 impl Conn {
@@ -90,6 +99,8 @@ impl Conn {
             closing: false,
             dead: false,
             close_reason: None,
+            last_rx: Instant::now(),
+            last_ping: Instant::now(),
         }
     }
 
@@ -185,6 +196,10 @@ impl Net {
             // the timeout is only a safety net.
             let busy = !self.notices.is_empty() || self.conns.values().any(|c| c.parked.is_some());
             let mut timeout = if busy { Some(Duration::from_millis(20)) } else { None };
+            if !self.conns.is_empty() {
+                // Heartbeats need a look at every connection now and then.
+                timeout = Some(timeout.map_or(HEARTBEAT / 2, |t| t.min(HEARTBEAT / 2)));
+            }
             if let Some(at) = self.reconnect_at {
                 let d = at.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
@@ -300,9 +315,13 @@ impl Net {
         }
     }
 
+    /// Capped exponential backoff with jitter (0.5x to 1.5x), so that many clients of a server
+    /// that just came back do not all knock at the same instant.
     fn schedule_reconnect(&mut self) {
-        self.reconnect_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+        let mut r = [0u8; 2];
+        let jitter = if getrandom::fill(&mut r).is_ok() { f64::from(u16::from_le_bytes(r)) / 65535.0 } else { 0.5 };
+        self.reconnect_at = Some(Instant::now() + self.backoff.mul_f64(0.5 + jitter));
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
     fn drain_engines(&mut self) {
@@ -358,6 +377,21 @@ impl Net {
                 break;
             }
         }
+        // Heartbeat: ping a quiet peer; give up on a silent one. A connection we stopped reading
+        // (its engine is busy) is not the peer's fault and is left alone.
+        if !c.closing && c.parked.is_none() && matches!(c.state, State::Open(_)) {
+            let quiet = c.last_rx.elapsed();
+            if quiet >= DEAD_AFTER {
+                log::warn!("{}: nothing heard for {}s; the connection is dead", c.peer, quiet.as_secs());
+                c.lost(format!("no heartbeat for {}s", quiet.as_secs()));
+            } else if quiet >= HEARTBEAT && c.last_ping.elapsed() >= HEARTBEAT {
+                c.send(&Message::Ping);
+                c.last_ping = Instant::now();
+            }
+        } else if !c.closing && !matches!(c.state, State::Open(_)) && c.last_rx.elapsed() >= DEAD_AFTER * 2 {
+            log::warn!("{}: no complete handshake within {}s; closing", c.peer, (DEAD_AFTER * 2).as_secs());
+            c.lost("handshake timed out".into());
+        }
         // Edge-triggered: keep filling while the socket takes everything, or no event would
         // ever come back to continue an upload.
         loop {
@@ -387,7 +421,10 @@ impl Net {
                     c.lost("peer closed the connection".into());
                     return true;
                 }
-                Ok(n) => c.dec.extend(&buf[..n]),
+                Ok(n) => {
+                    c.dec.extend(&buf[..n]);
+                    c.last_rx = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -428,6 +465,7 @@ impl Net {
                     return true;
                 }
                 Ok(_) => {
+                    c.last_rx = Instant::now();
                     if let Err(e) = tls.process_new_packets() {
                         let me = self.tls.as_ref().map(|t| t.me.clone());
                         let msg = me.map_or_else(|| e.to_string(), |me| crate::tls::explain(&e, &me));

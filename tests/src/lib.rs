@@ -407,3 +407,87 @@ pub fn write(path: &Path, content: impl AsRef<[u8]>) {
 pub fn inode(path: &Path) -> u64 {
     fs::metadata(path).unwrap().ino()
 }
+
+/// A TCP proxy on loopback that can cut or freeze the connections passing through it, to play a
+/// network that fails. New connections are accepted (and forwarded) until the proxy drops.
+#[derive(Debug)]
+pub struct FaultProxy {
+    pub port: u16,
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FaultProxy {
+    pub fn start(to: u16) -> FaultProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c2, f2, s2) = (conns.clone(), frozen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s2.load(Ordering::SeqCst) {
+                let Ok((inbound, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = inbound.set_nonblocking(false);
+                let Ok(outbound) = std::net::TcpStream::connect(("127.0.0.1", to)) else { continue };
+                c2.lock().unwrap().extend([inbound.try_clone().unwrap(), outbound.try_clone().unwrap()]);
+                for (mut from, mut to) in
+                    [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap()), (outbound, inbound)]
+                {
+                    let (frozen, stop) = (f2.clone(), s2.clone());
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 65536];
+                        from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                        while !stop.load(Ordering::SeqCst) {
+                            if frozen.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(10));
+                                continue;
+                            }
+                            match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        FaultProxy { port, conns, frozen, stop }
+    }
+
+    /// Cuts every connection now open (both ends see a reset or EOF); later ones go through.
+    pub fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Stops (or resumes) forwarding without closing anything: a peer gone silent.
+    pub fn freeze(&self, on: bool) {
+        self.frozen.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut();
+    }
+}
