@@ -3,7 +3,7 @@
 //! speed (the smoke test only checks that each benchmark runs and converges).
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up its files has nothing to report
 
-use mirror_tests::{Area, Server, wait_same, write};
+use mirror_tests::{Area, Server, secure_client, secure_server, wait_same, write};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -118,4 +118,43 @@ fn count_files(root: &Path) -> usize {
         }
     }
     n
+}
+
+/// Time to move one file of `mib` MiB from a client to the server, from the moment it is fully
+/// written until it is complete on the server: over plaintext TCP, then over TLS.
+pub fn throughput(mib: usize) -> (Duration, Duration) {
+    let content: Vec<u8> = (0..mib * 1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let mut out = [Duration::ZERO; 2];
+    for (slot, secure) in [(0, false), (1, true)] {
+        let area = Area::new();
+        let c = area.path("client");
+        fs::create_dir_all(&c).unwrap();
+        let (server, client) = if secure {
+            let server = secure_server(&area, &["client"]);
+            let client = secure_client(&area, "client", server.port, &c, "big");
+            (server, client)
+        } else {
+            let server = Server::start(&area.server_root(), &["-q"]);
+            let client = server.client("client", &c, "big", &["-q"]);
+            (server, client)
+        };
+        client.wait_log("connected to");
+        let tmp = area.path("staging.bin");
+        fs::write(&tmp, &content).unwrap();
+        let t = Instant::now();
+        // A rename makes the whole file appear at once, so the clock measures the transfer.
+        fs::rename(&tmp, c.join("file.bin")).unwrap();
+        let dst = area.path("server/big/file.bin");
+        loop {
+            if fs::metadata(&dst).is_ok_and(|m| m.len() == content.len() as u64) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(600), "transfer stalled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        out[slot] = t.elapsed();
+        assert_eq!(fs::read(&dst).unwrap(), content);
+        drop((client, server));
+    }
+    (out[0], out[1])
 }

@@ -1,7 +1,7 @@
 //! `mirror-bench`: prints the benchmark table for BENCHMARKS.md.
 //!
 //! ```sh
-//! cargo build --release -p mirror-agent -p mirror-benches && target/release/mirror-bench [SAMPLES] [FILES]
+//! cargo build --release -p mirror-agent -p mirror-benches && target/release/mirror-bench [SAMPLES] [FILES] [MIB]
 //! ```
 
 fn ms(d: std::time::Duration) -> String {
@@ -12,6 +12,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let samples = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let files = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let mib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(512);
     let (up, down) = mirror_benches::latency(samples);
     println!("| save-to-visible, 1 KiB file | p50 | p99 | max | samples |");
     println!("| --- | --- | --- | --- | --- |");
@@ -26,4 +27,11 @@ fn main() {
         Some(r) => println!("| rsync -a over a pipe transport (same tree, same run) | {} |", ms(r)),
         None => println!("| rsync -a | not installed |"),
     }
+    let (plain, tls) = mirror_benches::throughput(mib);
+    let rate = |d: std::time::Duration| mib as f64 / d.as_secs_f64();
+    println!();
+    println!("| one {mib} MiB file, client -> server | time | throughput |");
+    println!("| --- | --- | --- |");
+    println!("| plaintext (--insecure) | {} | {:.0} MiB/s |", ms(plain), rate(plain));
+    println!("| TLS 1.3 (default) | {} | {:.0} MiB/s |", ms(tls), rate(tls));
 }

@@ -11,3 +11,9 @@ fn initial_sync_benchmark_converges() {
     let (took, _) = mirror_benches::initial_sync(120);
     assert!(took.as_nanos() > 0);
 }
+
+#[test]
+fn throughput_benchmark_moves_the_file_both_ways_of_transport() {
+    let (plain, tls) = mirror_benches::throughput(4);
+    assert!(plain.as_nanos() > 0 && tls.as_nanos() > 0);
+}
