@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod message;
 pub mod path;
 pub mod preamble;

@@ -178,3 +178,74 @@ fn a_client_meeting_another_protocol_version_exits_with_a_clear_error() {
     assert!(log.contains("we speak version 1, the peer speaks version 42"), "{log}");
     fake.join().unwrap();
 }
+
+/// Session fuzzing: random sequences of well-formed messages (and some garbage) after a real
+/// handshake. Whatever a peer sends, the server stays up, serves others, and writes nothing
+/// outside its root. Longer: `MIRROR_FUZZ_SESSIONS=2000 cargo test -p mirror-tests --test hostile`.
+#[test]
+fn random_message_sequences_never_take_the_server_down() {
+    use mirror_protocol::*;
+    let sessions: u64 = std::env::var("MIRROR_FUZZ_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let area = Area::new();
+    let outside = area.path("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::create_dir_all(area.path("server/proj")).unwrap();
+    std::os::unix::fs::symlink(&outside, area.path("server/proj/link")).unwrap();
+    write(&area.path("server/proj/real.txt"), "real");
+    let server = Server::start(&area.server_root(), &[]);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    };
+    for _ in 0..sessions {
+        let mut bytes = hello("proj");
+        for _ in 0..rnd(12) + 1 {
+            let id = rnd(8);
+            let path = RelPath::new(["real.txt", "new.txt", "link/evil", "d/e/f", "link"][rnd(5) as usize]).unwrap();
+            let content = b"fuzz".to_vec();
+            let kind = match rnd(4) {
+                0 => Kind::File { size: rnd(3), hash: *blake3::hash(&content).as_bytes(), executable: false },
+                1 => Kind::Directory,
+                2 => Kind::Symlink { target: b"/etc".to_vec() },
+                _ => Kind::Deleted,
+            };
+            let entry = Entry {
+                path: path.clone(),
+                kind,
+                mtime: Timestamp { secs: rnd(1 << 40) as i64, nanos: 0 },
+                version: VersionVector::new().with(rnd(4) + 1, rnd(100) + 1),
+                origin: "fuzz".into(),
+            };
+            let msg = match rnd(10) {
+                0 => Message::IndexBatch { entries: vec![entry], last: rnd(2) == 0 },
+                1 | 2 => Message::Update { entries: vec![entry] },
+                3 => Message::Request { id, path, size: rnd(10), hash: [0; 32] },
+                4 => Message::Data { id, bytes: content },
+                5 => Message::DataEnd { id, size: rnd(8), hash: *blake3::hash(b"fuzz").as_bytes() },
+                6 => Message::DataAbort { id, reason: "fuzz".into() },
+                7 => Message::Ping,
+                8 => Message::Welcome(Welcome { replica: 1, host: "x".into() }),
+                _ => Message::Goodbye { reason: "fuzz".into() },
+            };
+            bytes.extend(encode(&msg));
+            if rnd(15) == 0 {
+                bytes.extend((0..rnd(20)).map(|_| rnd(256) as u8));
+            }
+        }
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", server.port)) else { continue };
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let _ = s.write_all(&bytes);
+        let mut sink = [0u8; 65536];
+        while let Ok(n) = s.read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "something was written through the symlink");
+    // (A peer may legitimately replace `link` itself with a newer version; never write through it.)
+    assert_still_serving(&server, &area, "after-fuzz");
+}
