@@ -249,3 +249,54 @@ fn random_message_sequences_never_take_the_server_down() {
     // (A peer may legitimately replace `link` itself with a newer version; never write through it.)
     assert_still_serving(&server, &area, "after-fuzz");
 }
+
+/// Reads frames from `s` until a `Request` arrives; returns its id.
+fn next_request(s: &mut TcpStream) -> u64 {
+    use mirror_protocol::{Decoder, Message, PREAMBLE_LEN};
+    let mut d = Decoder::new();
+    let mut buf = [0u8; 65536];
+    let mut preamble_done = false;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "server closed before asking for the file");
+        d.extend(&buf[..n]);
+        if !preamble_done {
+            if d.take_raw(PREAMBLE_LEN).is_none() {
+                continue;
+            }
+            preamble_done = true;
+        }
+        while let Ok(Some(m)) = d.decode() {
+            if let Message::Request { id, .. } = m {
+                return id;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_peer_whose_bytes_do_not_match_its_claimed_size_is_cut_off() {
+    let area = Area::new();
+    let server = Server::start(&area.server_root(), &[]);
+    for (case, expect) in
+        [("more bytes than declared", "peer sent more than the 4 bytes"), ("a false total", "claimed 3 bytes")]
+    {
+        let mut s = raw(server.port);
+        let mut bytes = hello("proj");
+        bytes.extend(file_entry(b"f.txt", b"abcd"));
+        s.write_all(&bytes).unwrap();
+        let id = next_request(&mut s);
+        let reply = if case == "more bytes than declared" {
+            encode(&Message::Data { id, bytes: b"abcdefgh".to_vec() })
+        } else {
+            let mut v = encode(&Message::Data { id, bytes: b"abcd".to_vec() });
+            v.extend(encode(&Message::DataEnd { id, size: 3, hash: *blake3::hash(b"abcd").as_bytes() }));
+            v
+        };
+        s.write_all(&reply).unwrap();
+        read_to_close(s);
+        server.agent.wait_log(expect);
+        assert!(!area.path("server/proj/f.txt").exists(), "{case}: a file was written");
+    }
+    assert_still_serving(&server, &area, "c");
+}
