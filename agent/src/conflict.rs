@@ -1,14 +1,24 @@
-//! Conflict copy names: `NAME.conflict-HOST-YYYYMMDD-HHMMSS.EXT`.
+//! Conflict copy names: `NAME.conflict-HOST-YYYYMMDD-HHMMSS-TAG.EXT`.
 //!
-//! HOST is the replica that wrote the losing version and the time is that version's mtime (UTC),
-//! so every replica that secures the same loser picks the same name, and two copies of one loser
-//! made independently meet as identical files rather than as a new conflict.
+//! HOST is the host that wrote the losing version and the time is that version's mtime (UTC), for
+//! people. TAG (four hex digits of a digest of the losing version's version vector) is for
+//! machines: the name must be the same on every replica that secures a given loser, so that two
+//! copies of one loser made independently meet as identical files, and it must differ between
+//! different losers, or copies of two of them (hosts of the same name, the same second) would
+//! collide and conflict in turn.
 
-use mirror_protocol::{RelPath, Timestamp};
+use mirror_protocol::{Entry, RelPath, Timestamp};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-pub fn conflict_path(path: &RelPath, host: &str, mtime: Timestamp) -> RelPath {
+/// Where the losing version `loser` is kept.
+pub fn conflict_path_of(loser: &Entry) -> RelPath {
+    let digest = blake3::hash(&postcard::to_stdvec(&loser.version).unwrap_or_default());
+    let tag = format!("{:02x}{:02x}", digest.as_bytes()[0], digest.as_bytes()[1]);
+    conflict_path(&loser.path, &loser.origin, loser.mtime, &tag)
+}
+
+pub fn conflict_path(path: &RelPath, host: &str, mtime: Timestamp, tag: &str) -> RelPath {
     let name = path.file_name();
     let (stem, ext) = match name.iter().rposition(|b| *b == b'.') {
         Some(i) if i > 0 && i + 1 < name.len() => (&name[..i], &name[i..]),
@@ -23,7 +33,7 @@ pub fn conflict_path(path: &RelPath, host: &str, mtime: Timestamp) -> RelPath {
         .ok()
         .and_then(|t| t.format(format_description!("[year][month][day]-[hour][minute][second]")).ok())
         .unwrap_or_else(|| "00000000-000000".into());
-    let tag = format!(".conflict-{host}-{when}");
+    let tag = format!(".conflict-{host}-{when}-{tag}");
     let keep = 255usize.saturating_sub(tag.len() + ext.len()).min(stem.len());
     let mut out = Vec::with_capacity(255);
     out.extend_from_slice(&stem[..keep]);
@@ -64,19 +74,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn different_losers_get_different_names_and_the_same_loser_the_same() {
+        use mirror_protocol::{Kind, VersionVector};
+        let e = |replica| Entry {
+            path: RelPath::new("f.txt").unwrap(),
+            kind: Kind::Deleted,
+            mtime: Timestamp { secs: 1_700_000_000, nanos: 0 },
+            version: VersionVector::new().incremented(replica),
+            origin: "vm".into(),
+        };
+        assert_eq!(conflict_path_of(&e(1)), conflict_path_of(&e(1)));
+        assert_ne!(conflict_path_of(&e(1)), conflict_path_of(&e(2)));
+    }
+
+    #[test]
     fn names() {
         let t = Timestamp { secs: 1_700_000_000, nanos: 0 }; // 2023-11-14 22:13:20 UTC
         let rows = [
-            ("a/report.txt", "laptop", "a/report.conflict-laptop-20231114-221320.txt"),
-            ("Makefile", "desk", "Makefile.conflict-desk-20231114-221320"),
-            (".bashrc", "h", ".bashrc.conflict-h-20231114-221320"),
-            ("x.tar.gz", "my host/1", "x.tar.conflict-my_host_1-20231114-221320.gz"),
+            ("a/report.txt", "laptop", "a/report.conflict-laptop-20231114-221320-ab12.txt"),
+            ("Makefile", "desk", "Makefile.conflict-desk-20231114-221320-ab12"),
+            (".bashrc", "h", ".bashrc.conflict-h-20231114-221320-ab12"),
+            ("x.tar.gz", "my host/1", "x.tar.conflict-my_host_1-20231114-221320-ab12.gz"),
         ];
         for (p, host, want) in rows {
-            assert_eq!(conflict_path(&RelPath::new(p).unwrap(), host, t), RelPath::new(want).unwrap(), "{p}");
+            assert_eq!(conflict_path(&RelPath::new(p).unwrap(), host, t, "ab12"), RelPath::new(want).unwrap(), "{p}");
         }
         let long = "n".repeat(255);
-        assert!(conflict_path(&RelPath::new(long).unwrap(), "h", t).file_name().len() <= 255);
+        assert!(conflict_path(&RelPath::new(long).unwrap(), "h", t, "ab12").file_name().len() <= 255);
         assert_eq!(
             numbered(&RelPath::new("d/a.conflict-x.txt").unwrap(), 2),
             RelPath::new("d/a.conflict-x-2.txt").unwrap()

@@ -13,7 +13,7 @@
 //! change the path meanwhile. What we write is recorded with its stat before the watcher reports
 //! it, so the report finds nothing new: no echo.
 
-use crate::conflict::{conflict_path, numbered};
+use crate::conflict::{conflict_path_of, numbered};
 use crate::executor::{self, ExecError, TempFile};
 use crate::index::{Index, LocalEntry, Stat, subtree};
 use crate::link::{ConnId, NetHandle, ToEngine, ToNet};
@@ -900,6 +900,12 @@ impl Engine {
         if let Some(pending) = self.pending_version(&e.path) {
             match pending.compare(&e.version) {
                 mirror_protocol::VersionOrdering::Before => self.cancel_fetches(&e.path),
+                // Made without knowledge of the version being fetched: a conflict to decide
+                // once that version is in place. Look at it again shortly.
+                mirror_protocol::VersionOrdering::Concurrent => {
+                    self.retries.push((Instant::now() + Duration::from_millis(20), conn, e));
+                    return Ok(());
+                }
                 _ => return Ok(()),
             }
         }
@@ -931,11 +937,13 @@ impl Engine {
             Action::Nothing => {}
             Action::Adopt(version) => {
                 let stat = self.index.get(&e.path).and_then(|l| l.stat);
+                // The source already has its own version; a merge is news to it as well.
+                let to_source = if version == e.version { Some(conn) } else { None };
                 let entry = match self.index.get(&e.path) {
                     Some(l) => Entry { version, ..l.entry.clone() },
                     None => Entry { version, ..e },
                 };
-                self.set(entry, stat, Some(conn));
+                self.set(entry, stat, to_source);
             }
             Action::Apply => self.apply(conn, e, false),
             Action::ConflictKeepLocalCopy => self.apply(conn, e, true),
@@ -1071,7 +1079,8 @@ impl Engine {
                 let stat = if e.kind.is_deleted() { None } else { Some(stat) };
                 let rules_file = is_rules_file(&e.path);
                 let path = e.path.clone();
-                self.set(Entry { version, ..e }, stat, Some(conn));
+                let to_source = if version == e.version { Some(conn) } else { None };
+                self.set(Entry { version, ..e }, stat, to_source);
                 if rules_file {
                     self.rules_changed_at(&path);
                 }
@@ -1105,7 +1114,7 @@ impl Engine {
     }
 
     fn move_local_aside(&mut self, l: &LocalEntry) -> Result<(), ExecError> {
-        let base = conflict_path(&l.entry.path, &l.entry.origin, l.entry.mtime);
+        let base = conflict_path_of(&l.entry);
         let mut to = base.clone();
         let mut n = 1;
         while let Some(there) = executor::current(&self.root, &to)? {
@@ -1137,7 +1146,7 @@ impl Engine {
     }
 
     fn keep_remote_copy(&mut self, conn: ConnId, e: Entry) {
-        let at = conflict_path(&e.path, &e.origin, e.mtime);
+        let at = conflict_path_of(&e);
         match &e.kind {
             Kind::File { .. } => self.enqueue(conn, e, Purpose::KeepRemoteCopy { at }),
             Kind::Symlink { target } => {
@@ -1158,14 +1167,14 @@ impl Engine {
                     n += 1;
                     dest = numbered(&at, n);
                 }
-                self.won_conflict(conn, &e, &dest);
+                self.won_conflict(&e, &dest);
             }
-            Kind::Directory | Kind::Deleted => self.won_conflict(conn, &e, &at),
+            Kind::Directory | Kind::Deleted => self.won_conflict(&e, &at),
         }
     }
 
     /// Our version won a conflict and the peer's is secured: supersede theirs.
-    fn won_conflict(&mut self, conn: ConnId, e: &Entry, copy: &RelPath) {
+    fn won_conflict(&mut self, e: &Entry, copy: &RelPath) {
         if let Some(l) = self.index.get(&e.path).cloned() {
             self.conflicts += 1;
             log::warn!(
@@ -1174,7 +1183,8 @@ impl Engine {
                 self.conflicts
             );
             let version = l.entry.version.merged(&e.version);
-            self.set(Entry { version, ..l.entry }, l.stat, Some(conn));
+            // Sent to the loser's peer too: it must learn that this version supersedes its own.
+            self.set(Entry { version, ..l.entry }, l.stat, None);
         }
     }
 
@@ -1377,7 +1387,7 @@ impl Engine {
                         }
                     }
                 }
-                self.won_conflict(conn, &f.entry, &dest);
+                self.won_conflict(&f.entry, &dest);
             }
         }
         Ok(())
