@@ -129,9 +129,7 @@ impl TempFile {
     ) -> Result<Stat> {
         let file = self.file.take().ok_or_else(|| io::Error::other("temp file already closed"))?;
         // Created with 0o666, so the kernel already applied the umask: that is the base mode.
-        let base = file.metadata()?.permissions().mode() & 0o666;
-        file.set_permissions(fs::Permissions::from_mode(with_exec(base, executable)))?;
-        file.set_modified(to_system_time(mtime))?;
+        set_mode_and_mtime(&file, 0o666, executable, mtime)?;
         drop(file);
         verify(root, rel, expected)?;
         let target = abs(root, rel);
@@ -150,6 +148,13 @@ impl Drop for TempFile {
             let _ = fs::remove_file(&self.path);
         }
     }
+}
+
+/// Sets the executable bits of `f` (keeping its mode's bits under `keep`) and its mtime.
+fn set_mode_and_mtime(f: &File, keep: u32, executable: bool, mtime: Timestamp) -> io::Result<()> {
+    let mode = f.metadata()?.permissions().mode() & keep;
+    f.set_permissions(fs::Permissions::from_mode(with_exec(mode, executable)))?;
+    f.set_modified(to_system_time(mtime))
 }
 
 /// `mode` with the executable bits set where it is readable (as `chmod +x` under the usual
@@ -175,9 +180,7 @@ pub fn set_meta(
     verify(root, rel, expected)?;
     let path = abs(root, rel);
     let f = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path)?;
-    let mode = f.metadata()?.permissions().mode() & 0o7777;
-    f.set_permissions(fs::Permissions::from_mode(with_exec(mode, executable)))?;
-    f.set_modified(to_system_time(mtime))?;
+    set_mode_and_mtime(&f, 0o7777, executable, mtime)?;
     drop(f);
     Ok(Stat::of(&fs::symlink_metadata(&path)?))
 }
@@ -269,9 +272,7 @@ pub fn unstash(
 ) -> Result<Stat> {
     paths::create_parents(root, rel)?;
     let f = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(from)?;
-    let mode = f.metadata()?.permissions().mode() & 0o7777;
-    f.set_permissions(fs::Permissions::from_mode(with_exec(mode, executable)))?;
-    f.set_modified(to_system_time(mtime))?;
+    set_mode_and_mtime(&f, 0o7777, executable, mtime)?;
     drop(f);
     verify(root, rel, expected)?;
     let target = abs(root, rel);

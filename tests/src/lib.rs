@@ -163,26 +163,9 @@ impl Server {
     /// [`Server::start`] on a given address (a restart on the same port).
     pub fn start_at(root: &Path, listen: &str, extra: &[&str]) -> Server {
         let state = root.parent().unwrap().join("state-server");
-        let mut args = vec![
-            "server",
-            "--listen",
-            listen,
-            "--root",
-            root.to_str().unwrap(),
-            "--insecure",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ];
+        let mut args = vec!["--insecure"];
         args.extend_from_slice(extra);
-        let agent = Agent::spawn("server", &args);
-        let log = agent.wait_log("listening on ");
-        let port = log
-            .lines()
-            .find_map(|l| l.split("listening on 127.0.0.1:").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap();
-        Server { agent, port }
+        spawn_server(root, listen, &state, &args)
     }
 
     /// Starts a client of this server syncing `local` with `remote`, and waits until it has
@@ -196,25 +179,38 @@ impl Server {
     /// Starts a client without waiting for it to connect. Its state is kept beside `local`
     /// (`../state-NAME`), so that a restarted client finds its base again.
     pub fn spawn_client(&self, name: &str, local: &Path, remote: &str, extra: &[&str]) -> Agent {
-        let port = self.port.to_string();
         let state = local.parent().unwrap().join(format!("state-{name}"));
-        let mut args = vec![
-            "client",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-l",
-            local.to_str().unwrap(),
-            "-r",
-            remote,
-            "--insecure",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ];
+        let mut args = vec!["--insecure"];
         args.extend_from_slice(extra);
-        Agent::spawn(name, &args)
+        spawn_client_to(self.port, name, local, remote, &state, &args)
     }
+}
+
+/// Starts a server on `listen` for `root` with its state in `state`; waits until it listens.
+pub fn spawn_server(root: &Path, listen: &str, state: &Path, extra: &[&str]) -> Server {
+    let mut args =
+        vec!["server", "--listen", listen, "--root", root.to_str().unwrap(), "--state-dir", state.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let agent = Agent::spawn("server", &args);
+    let log = agent.wait_log("listening on ");
+    let port = log
+        .lines()
+        .find_map(|l| l.split("listening on 127.0.0.1:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    Server { agent, port }
+}
+
+/// Starts a client `name` of the server on loopback `port` syncing `local` with `remote`, its
+/// state in `state`, without waiting for it to connect.
+pub fn spawn_client_to(port: u16, name: &str, local: &Path, remote: &str, state: &Path, extra: &[&str]) -> Agent {
+    let port = port.to_string();
+    let mut args =
+        vec!["client", "-h", "127.0.0.1", "-p", &port, "-l", local.to_str().unwrap(), "-r", remote, "--state-dir"];
+    args.push(state.to_str().unwrap());
+    args.extend_from_slice(extra);
+    Agent::spawn(name, &args)
 }
 
 /// Runs a `mirror-agent` command to completion; returns its stdout.
@@ -242,46 +238,12 @@ pub fn secure_server(area: &Area, clients: &[&str]) -> Server {
     for name in clients {
         pair(&server_state, &area.path(&format!("state-{name}")));
     }
-    let root = area.server_root();
-    let listen = "127.0.0.1:0";
-    let args = vec![
-        "server",
-        "--listen",
-        listen,
-        "--root",
-        root.to_str().unwrap(),
-        "--state-dir",
-        server_state.to_str().unwrap(),
-    ];
-    let agent = Agent::spawn("server", &args);
-    let log = agent.wait_log("listening on ");
-    let port = log
-        .lines()
-        .find_map(|l| l.split("listening on 127.0.0.1:").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
-    Server { agent, port }
+    spawn_server(&area.server_root(), "127.0.0.1:0", &server_state, &[])
 }
 
 /// Starts a TLS client `name` (state in `area/state-NAME`) of `port`, without waiting.
 pub fn secure_client(area: &Area, name: &str, port: u16, local: &Path, remote: &str) -> Agent {
-    let port = port.to_string();
-    let state = area.path(&format!("state-{name}"));
-    let args = [
-        "client",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-l",
-        local.to_str().unwrap(),
-        "-r",
-        remote,
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
-    Agent::spawn(name, &args)
+    spawn_client_to(port, name, local, remote, &area.path(&format!("state-{name}")), &[])
 }
 
 /// Polls `f` until it returns `Some`, or panics after [`DEADLINE`] naming `what`.

@@ -5,26 +5,8 @@ use mirror_tests::*;
 use std::fs;
 
 fn insecure_client(server_port: u16, area: &Area, name: &str, remote: &str) -> Agent {
-    let port = server_port.to_string();
-    let local = area.path(name);
     let state = area.path(&format!("state-{name}"));
-    let a = Agent::spawn(
-        name,
-        &[
-            "client",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-l",
-            local.to_str().unwrap(),
-            "-r",
-            remote,
-            "--insecure",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    );
+    let a = spawn_client_to(server_port, name, &area.path(name), remote, &state, &["--insecure"]);
     a.wait_log("connected to");
     a
 }

@@ -117,25 +117,8 @@ fn tls_and_plaintext_sides_tell_what_is_wrong() {
     let area = Area::new();
     let server = secure_server(&area, &["client"]);
     // A plaintext client against a TLS server.
-    let port = server.port.to_string();
     let state = area.path("state-client");
-    let plain = Agent::spawn(
-        "client",
-        &[
-            "client",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-l",
-            area.path("c").to_str().unwrap(),
-            "-r",
-            "p",
-            "--insecure",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    );
+    let plain = spawn_client_to(server.port, "client", &area.path("c"), "p", &state, &["--insecure"]);
     server.agent.wait_log("is the other side started with --insecure");
     drop(plain);
     // A TLS client against a plaintext server.
