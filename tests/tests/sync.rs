@@ -264,6 +264,7 @@ fn large_file_streams_with_bounded_memory() {
         (*blake3::hash(&bytes).as_bytes() == want).then_some(())
     });
     let (srss, crss) = (server.agent.peak_rss(), client.peak_rss());
+    eprintln!("200 MiB transfer: peak RSS receiver {} MiB, sender {} MiB", srss >> 20, crss >> 20);
     let limit = 64 * 1024 * 1024;
     assert!(srss < limit, "receiver peak RSS {} MiB", srss >> 20);
     assert!(crss < limit, "sender peak RSS {} MiB", crss >> 20);
