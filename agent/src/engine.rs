@@ -68,6 +68,8 @@ pub struct EngineConfig {
 pub struct EngineHandle {
     pub tx: Sender<ToEngine>,
     pub thread: JoinHandle<Result<(), String>>,
+    /// The pair's replica id (persistent).
+    pub replica: ReplicaId,
 }
 
 /// Starts the engine thread for `cfg.root`. Returns once the root is watched; the initial scan
@@ -155,7 +157,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
     let thread = std::thread::Builder::new()
         .name(name.chars().take(15).collect())
         .spawn(move || engine.run(rx, watcher, watch_rx))?;
-    Ok(EngineHandle { tx, thread })
+    Ok(EngineHandle { tx, thread, replica: me })
 }
 
 #[derive(Debug)]

@@ -150,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 format!("{host}:{port}")
             };
             let hello = Hello {
-                replica: 0,
+                replica: engine.replica,
                 host: hostname(),
                 remote: remote.as_bytes().to_vec(),
                 includes: include,
