@@ -142,7 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::create_dir_all(&local).with_context(|| format!("creating {}", local.display()))?;
             let local = local.canonicalize().with_context(|| format!("resolving {}", local.display()))?;
             let engine = engine::spawn(engine_cfg(local, include.clone(), exclude.clone()), handle)?;
-            let engine_tx = engine.tx.clone();
+            let (engine_tx, replica) = (engine.tx.clone(), engine.replica);
             let done = watch_engine(engine, stop.clone(), waker.clone());
             let addr = if host.contains(':') && !host.starts_with('[') {
                 format!("[{host}]:{port}")
@@ -150,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 format!("{host}:{port}")
             };
             let hello = Hello {
-                replica: engine.replica,
+                replica,
                 host: hostname(),
                 remote: remote.as_bytes().to_vec(),
                 includes: include,
