@@ -474,6 +474,9 @@ impl Engine {
     /// A failure to persist halts the pair: syncing on without a base risks what the base is for.
     fn persist(&mut self) {
         if self.unsaved.is_empty() {
+            if let Err(e) = self.store.sync() {
+                self.halt(format!("cannot write the sync state in {}: {e}", self.store.dir().display()));
+            }
             return;
         }
         let paths = std::mem::take(&mut self.unsaved);
@@ -1083,6 +1086,16 @@ impl Engine {
                 let path = e.path.clone();
                 let to_source = if version == e.version { Some(conn) } else { None };
                 self.set(Entry { version, ..e }, stat, to_source);
+                // Journal it right away (fsync comes with the batch): if this process is killed
+                // now, the restart must not mistake the peer's change for a local edit.
+                if let Some(l) = self.index.get(&path) {
+                    match self.store.append_now(l) {
+                        Ok(()) => {
+                            self.unsaved.remove(&path);
+                        }
+                        Err(e) => log::warn!("cannot journal {path} yet: {e}; it will be with the batch"),
+                    }
+                }
                 if rules_file {
                     self.rules_changed_at(&path);
                 }

@@ -96,6 +96,8 @@ pub struct Store {
     records_since_snapshot: usize,
     live_at_snapshot: usize,
     meta: Meta,
+    /// Records handed to the kernel but not yet fsynced.
+    unsynced: bool,
     _lock: File,
 }
 
@@ -189,6 +191,7 @@ impl Store {
             records_since_snapshot: 0,
             live_at_snapshot: loaded.index.values().filter(|l| !l.entry.kind.is_deleted()).count(),
             meta,
+            unsynced: false,
             _lock: lock,
         };
         Ok((store, loaded))
@@ -202,11 +205,33 @@ impl Store {
             self.records_since_snapshot += 1;
         }
         if buf.is_empty() {
-            return Ok(());
+            return self.sync();
         }
         self.log.write_all(&buf)?;
         self.log.flush()?;
+        self.unsynced = false;
         self.log.get_ref().sync_data()
+    }
+
+    /// Appends one entry and hands it to the kernel at once, without waiting for the disk: it then
+    /// survives the process being killed (not a power cut; the next [`append`](Self::append) or
+    /// [`sync`](Self::sync) makes it durable).
+    pub fn append_now(&mut self, l: &LocalEntry) -> io::Result<()> {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, &Record { entry: l.entry.clone(), stat: l.stat });
+        self.records_since_snapshot += 1;
+        self.unsynced = true;
+        self.log.write_all(&buf)?;
+        self.log.flush()
+    }
+
+    /// Makes everything appended durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.unsynced) {
+            self.log.flush()?;
+            self.log.get_ref().sync_data()?;
+        }
+        Ok(())
     }
 
     /// Whether the journal has grown enough that a snapshot is worth writing.
@@ -433,6 +458,18 @@ mod tests {
         let (_s, l) = Store::open(d.path(), root).unwrap();
         assert!(l.index.contains_key(&RelPath::new("a").unwrap()));
         assert!(!l.index.contains_key(&RelPath::new("b").unwrap()));
+    }
+
+    #[test]
+    fn a_record_handed_to_the_kernel_survives_the_process() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = Store::open(d.path(), Path::new("/r")).unwrap();
+            s.append_now(&entry("applied", 9)).unwrap();
+            // Dropped without sync, as a killed process would leave it.
+        }
+        let (_s, l) = Store::open(d.path(), Path::new("/r")).unwrap();
+        assert_eq!(l.index[&RelPath::new("applied").unwrap()].entry.mtime.secs, 9);
     }
 
     #[test]
