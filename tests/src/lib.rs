@@ -277,7 +277,9 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
             let p = rel.join(e.file_name());
             let Ok(m) = fs::symlink_metadata(root.join(&p)) else { continue };
             let node = if m.file_type().is_symlink() {
-                Node::Link(fs::read_link(root.join(&p)).unwrap())
+                // The agents work while we look: a link may go between lstat and readlink.
+                let Ok(target) = fs::read_link(root.join(&p)) else { continue };
+                Node::Link(target)
             } else if m.is_dir() {
                 stack.push(p.clone());
                 Node::Dir
