@@ -404,7 +404,9 @@ impl Engine {
         let hot = self.last_done.get(&rel).is_some_and(|t| now.duration_since(*t) < HOT_WINDOW);
         let d = self.dirty.entry(rel).or_insert(Dirty { first: now, due: now, deep });
         d.deep |= deep;
-        d.due = if hot {
+        d.due = if let Some(delay) = test_scan_delay() {
+            now + delay
+        } else if hot {
             (now + QUIET).min(d.first + MAX_DELAY)
         } else if settled {
             now
@@ -914,8 +916,11 @@ impl Engine {
                 _ => return Ok(()),
             }
         }
-        // Executor discipline: what the user did since the last scan counts first.
-        if self.dirty.remove(&e.path).is_some() || self.index.get(&e.path).is_some_and(|l| self.disk_moved(l)) {
+        // Executor discipline: what the user did since the last scan counts first. A pending
+        // subtree rescan (a directory moved in) is done whole here, or what it holds is never read.
+        if let Some(d) = self.dirty.remove(&e.path) {
+            self.scan_path(&e.path, d.deep);
+        } else if self.index.get(&e.path).is_some_and(|l| self.disk_moved(l)) {
             self.scan_one(&e.path);
         }
         let local = self.index.get(&e.path).map(|l| &l.entry);
@@ -1432,6 +1437,15 @@ fn root_identity(root: &Path) -> io::Result<(u64, u64)> {
 }
 
 /// Whether a change to this path changes the ignore rules.
+/// Test hook: `MIRROR_TEST_SCAN_DELAY_MS` holds every local change this long before it is read,
+/// so a test can make a peer's message arrive while a rescan is pending. Never set it in use.
+fn test_scan_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("MIRROR_TEST_SCAN_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis)
+    })
+}
+
 fn is_rules_file(p: &RelPath) -> bool {
     p.file_name() == b".gitignore" || p.as_bytes() == b".git/info/exclude"
 }

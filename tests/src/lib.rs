@@ -162,10 +162,15 @@ impl Server {
 
     /// [`Server::start`] on a given address (a restart on the same port).
     pub fn start_at(root: &Path, listen: &str, extra: &[&str]) -> Server {
+        Self::start_env(root, listen, extra, &[])
+    }
+
+    /// [`Server::start_at`] with extra environment variables (test hooks of the agent).
+    pub fn start_env(root: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let state = root.parent().unwrap().join("state-server");
         let mut args = vec!["--insecure"];
         args.extend_from_slice(extra);
-        spawn_server(root, listen, &state, &args)
+        spawn_server_env(root, listen, &state, &args, env)
     }
 
     /// Starts a client of this server syncing `local` with `remote`, and waits until it has
@@ -188,10 +193,14 @@ impl Server {
 
 /// Starts a server on `listen` for `root` with its state in `state`; waits until it listens.
 pub fn spawn_server(root: &Path, listen: &str, state: &Path, extra: &[&str]) -> Server {
+    spawn_server_env(root, listen, state, extra, &[])
+}
+
+fn spawn_server_env(root: &Path, listen: &str, state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut args =
         vec!["server", "--listen", listen, "--root", root.to_str().unwrap(), "--state-dir", state.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let agent = Agent::spawn("server", &args);
+    let agent = Agent::spawn_cmd("server", Command::new(bin()).args(&args).envs(env.iter().copied()));
     let log = agent.wait_log("listening on ");
     let port = log
         .lines()

@@ -176,3 +176,28 @@ fn a_killed_server_restarts_from_its_base() {
     wait_same(&p.c(), &p.s());
     assert!(conflict_copies(&p.c()).is_empty());
 }
+
+/// Found by the model soak (seed 3070): a directory moved into place on the server while the
+/// client was away, and the client's index, which names that directory, arriving while the
+/// server's rescan of it was still pending. The server read the directory itself and never what
+/// it held. The test hook holds the server's local scans for a while, so the index always wins
+/// that race here.
+#[test]
+fn a_directory_moved_in_is_read_whole_when_a_peer_names_it_first() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    fs::create_dir_all(c.join("d")).unwrap();
+    let server = Server::start_env(&area.server_root(), "127.0.0.1:0", &[], &[("MIRROR_TEST_SCAN_DELAY_MS", "1500")]);
+    let mut client = server.client("client", &c, "p", &[]);
+    wait_until("d on the server", || s.join("d").is_dir().then_some(()));
+    fs::remove_dir(c.join("d")).unwrap();
+    wait_gone(&s.join("d"));
+    assert_eq!(client.terminate(), Some(0));
+
+    // Both sides now hold a tombstone for d; the client will send it on connecting.
+    write(&s.join("d.new/inside/f.txt"), "moved in whole");
+    fs::rename(s.join("d.new"), s.join("d")).unwrap();
+    let _client = server.client("client", &c, "p", &[]);
+    wait_content(&c.join("d/inside/f.txt"), b"moved in whole");
+    wait_same(&c, &s);
+}
