@@ -21,7 +21,7 @@ use crate::paths::{self, abs, rel_path, to_rel};
 use crate::reconcile::{Action, reconcile};
 use crate::rules::{Rules, is_temp};
 use crate::scan::{self, Seen};
-use crate::store::{CLOCK_BLOCK, Store};
+use crate::store::{CLOCK_BLOCK, Fingerprint, Store};
 use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use mirror_backends::{Backend, WatchConfig, WatchEvent, Watcher};
 use mirror_protocol::{Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, VersionVector};
@@ -101,7 +101,16 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
     }
     store.set_root_id(root_id)?;
     let me = loaded.replica;
-    let mine = loaded.index.values().map(|l| l.entry.version.get(me)).max().unwrap_or(0);
+    let mine = loaded.index.values().map(|l| l.entry.version.get(me).max(l.seq)).max().unwrap_or(0);
+    let patterns_key = {
+        let mut h = blake3::Hasher::new();
+        for (tag, pats) in [(b"i", &cfg.includes), (b"e", &cfg.excludes)] {
+            for pat in pats {
+                h.update(tag).update(pat.as_bytes()).update(&[0]);
+            }
+        }
+        *h.finalize().as_bytes()
+    };
     let clock_next = loaded.clock_start.max(mine) + 1;
     let clock_reserved = clock_next + CLOCK_BLOCK;
     store.reserve_clock(clock_reserved)?;
@@ -152,6 +161,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         conflicts: 0,
         rules_changed: false,
         refresh: Vec::new(),
+        patterns_key,
     };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()
@@ -181,6 +191,18 @@ struct Fetch {
 #[derive(Debug)]
 struct Session {
     peer_host: String,
+    peer_replica: ReplicaId,
+    /// What we asked the peer for: its changes after this counter of its (0: everything).
+    asked_since: u64,
+    /// We answered the peer's `IndexFrom`: from now on it gets our updates.
+    ready: bool,
+    /// The peer's index (its answer to our `IndexFrom`) is complete, and how many entries it had.
+    index_done: bool,
+    index_entries: usize,
+    /// The peer's change counter its messages so far cover (valid once `index_done`).
+    have: u64,
+    /// Our change counter the messages we sent it so far cover.
+    told: u64,
     in_flight: HashMap<u64, Fetch>,
     queued: VecDeque<(u64, Fetch)>,
     /// The peer's entries that our rules ignored, offered again when the rules change (a
@@ -243,6 +265,8 @@ struct Engine {
     rules_changed: bool,
     /// Directories the watcher should (re)watch after ignore rules changed.
     refresh: Vec<PathBuf>,
+    /// A hash of the command line's `-i`/`-e` patterns (part of the rules fingerprint).
+    patterns_key: [u8; 32],
 }
 
 /// A connection-fatal problem with what a peer sent.
@@ -264,7 +288,10 @@ impl Engine {
             .collect();
         self.full_scan(true);
         self.initial = false;
-        self.outbox.clear(); // nobody is connected yet; each session gets the full index
+        self.outbox.clear(); // nobody is connected yet; each session gets the index
+        // Rules other than last time (edited while we were stopped): ask peers for everything.
+        let fp = self.rules_fingerprint();
+        self.store.set_rules(fp);
         log::info!(
             "watching {} ({} entries, {} backend, scanned in {:.0?})",
             self.root.display(),
@@ -460,6 +487,9 @@ impl Engine {
         if !std::mem::take(&mut self.rules_changed) {
             return;
         }
+        // What we skipped in earlier sessions may be wanted now: the next ones ask for all.
+        let fp = self.rules_fingerprint();
+        self.store.set_rules(fp);
         let offers: Vec<(ConnId, Entry)> = self
             .sessions
             .iter_mut()
@@ -475,7 +505,8 @@ impl Engine {
     /// Writes what changed in the index to the journal (one fsync), and now and then a snapshot.
     /// A failure to persist halts the pair: syncing on without a base risks what the base is for.
     fn persist(&mut self) {
-        if self.unsaved.is_empty() {
+        self.advance_peers();
+        if self.unsaved.is_empty() && !self.store.has_pending() {
             if let Err(e) = self.store.sync() {
                 self.halt(format!("cannot write the sync state in {}: {e}", self.store.dir().display()));
             }
@@ -747,12 +778,13 @@ impl Engine {
 
     /// Records `entry` with its disk stat and queues it for every session but `from`.
     fn set(&mut self, entry: Entry, stat: Option<Stat>, from: Option<ConnId>) {
+        let seq = self.tick();
         self.unsaved.insert(entry.path.clone());
         self.outbox.push((entry.clone(), from));
         let path = entry.path.clone();
         let is_file = matches!(entry.kind, Kind::File { .. });
         if let Some((old, hash)) =
-            self.index.insert(path.clone(), LocalEntry { entry, stat }).as_ref().and_then(scan::known_hash)
+            self.index.insert(path.clone(), LocalEntry { entry, stat, seq }).as_ref().and_then(scan::known_hash)
             && self.by_ino.get(&old.ino) == Some(&path)
         {
             self.by_ino.remove(&old.ino);
@@ -798,12 +830,22 @@ impl Engine {
             return;
         }
         let outbox = std::mem::take(&mut self.outbox);
-        for conn in self.sessions.keys() {
+        let seq = self.seq_now();
+        // A session not yet ready gets all of this with its index.
+        for (conn, s) in self.sessions.iter_mut().filter(|(_, s)| s.ready) {
             let mine: Vec<Entry> =
                 outbox.iter().filter(|(_, from)| *from != Some(*conn)).map(|(e, _)| e.clone()).collect();
-            for chunk in order_for_apply(mine).chunks(MAX_BATCH_ENTRIES) {
-                self.net.send(ToNet::Send { conn: *conn, msg: Message::Update { entries: chunk.to_vec() } });
+            if mine.is_empty() {
+                // Only its own changes, applied here: say how far our counter went, or the next
+                // session would ask for them again.
+                if seq > s.told {
+                    self.net.send(ToNet::Send { conn: *conn, msg: Message::Update { entries: Vec::new(), seq } });
+                }
             }
+            for chunk in order_for_apply(mine).chunks(MAX_BATCH_ENTRIES) {
+                self.net.send(ToNet::Send { conn: *conn, msg: Message::Update { entries: chunk.to_vec(), seq } });
+            }
+            s.told = seq;
         }
     }
 
@@ -819,10 +861,23 @@ impl Engine {
                     self.net.send(ToNet::Close { conn, reason: reason.clone() });
                     return false;
                 }
-                let s =
-                    Session { peer_host, in_flight: HashMap::new(), queued: VecDeque::new(), skipped: BTreeMap::new() };
+                // Only what changed since the last session we took in whole, if we know the peer.
+                let since = self.store.have(peer_replica);
+                let s = Session {
+                    peer_host,
+                    peer_replica,
+                    asked_since: since,
+                    ready: false,
+                    index_done: false,
+                    index_entries: 0,
+                    have: 0,
+                    told: 0,
+                    in_flight: HashMap::new(),
+                    queued: VecDeque::new(),
+                    skipped: BTreeMap::new(),
+                };
                 self.sessions.insert(conn, s);
-                self.send_index(conn);
+                self.net.send(ToNet::Send { conn, msg: Message::IndexFrom { since } });
             }
             ToEngine::Disconnected { conn, reason } => {
                 if let Some(s) = self.sessions.remove(&conn) {
@@ -852,29 +907,110 @@ impl Engine {
         self.net.send(ToNet::Close { conn, reason });
     }
 
-    fn send_index(&mut self, conn: ConnId) {
-        let entries: Vec<Entry> = self.index.values().map(|l| l.entry.clone()).collect();
+    /// Our counter: every change of the index so far has a `seq` at most this.
+    fn seq_now(&self) -> u64 {
+        self.clock_next - 1
+    }
+
+    /// Answers a peer's `IndexFrom`: the entries that changed after `since` (all of them when
+    /// `since` is 0, or beyond our counter: then our state is not the one the peer knew).
+    fn send_index(&mut self, conn: ConnId, since: u64) {
+        let seq = self.seq_now();
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.told = seq;
+        }
+        let full = since == 0 || since > seq;
+        let entries: Vec<Entry> =
+            self.index.values().filter(|l| full || l.seq > since).map(|l| l.entry.clone()).collect();
+        log::debug!("index for {conn}: {} of {} entries (since {since})", entries.len(), self.index.len());
         let mut chunks = entries.chunks(MAX_BATCH_ENTRIES).peekable();
         if chunks.peek().is_none() {
-            self.net.send(ToNet::Send { conn, msg: Message::IndexBatch { entries: Vec::new(), last: true } });
+            self.net.send(ToNet::Send { conn, msg: Message::IndexBatch { entries: Vec::new(), last: true, seq } });
         }
         while let Some(c) = chunks.next() {
             let last = chunks.peek().is_none();
-            self.net.send(ToNet::Send { conn, msg: Message::IndexBatch { entries: c.to_vec(), last } });
+            self.net.send(ToNet::Send { conn, msg: Message::IndexBatch { entries: c.to_vec(), last, seq } });
         }
+    }
+
+    /// Records, for every peer whose messages were all taken in (nothing fetched, retried or
+    /// deferred any more), that we have its changes up to what it last said: the next session
+    /// asks only for what came after. Called before the journal write, so the record follows
+    /// the entries it covers.
+    fn advance_peers(&mut self) {
+        if self.halted.is_some() {
+            return;
+        }
+        let busy: BTreeSet<ConnId> =
+            self.retries.iter().map(|r| r.1).chain(self.deferred.iter().map(|d| d.0)).collect();
+        for (conn, s) in &self.sessions {
+            if s.index_done
+                && s.have > self.store.have(s.peer_replica)
+                && s.in_flight.is_empty()
+                && s.queued.is_empty()
+                && !busy.contains(conn)
+            {
+                self.store.set_have(s.peer_replica, s.have);
+            }
+        }
+    }
+
+    /// A fingerprint of what decides which peer entries we skip: the `-i`/`-e` patterns,
+    /// `.git/info/exclude` and every `.gitignore` in the index.
+    fn rules_fingerprint(&self) -> Fingerprint {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.patterns_key);
+        if let Ok(b) = std::fs::read(self.root.join(".git/info/exclude")) {
+            h.update(b"x").update(&b);
+        }
+        for (p, l) in &self.index {
+            if let Kind::File { hash, .. } = &l.entry.kind
+                && is_rules_file(p)
+            {
+                h.update(p.as_bytes()).update(&[0]).update(hash);
+            }
+        }
+        let mut fp = Fingerprint::default();
+        fp.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        fp
     }
 
     fn on_message(&mut self, conn: ConnId, msg: Message) -> Result<(), PeerError> {
         log::trace!("engine <- {} from {conn}", msg.name());
         match msg {
-            Message::IndexBatch { entries, .. } | Message::Update { entries } => {
-                if self.halted.is_some() {
-                    return Ok(());
+            Message::IndexFrom { since } => {
+                let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
+                if std::mem::replace(&mut s.ready, true) {
+                    return Err(PeerError("the peer asked for our index twice".into()));
                 }
-                for e in order_for_apply(entries) {
-                    self.on_remote(conn, e)?;
+                self.send_index(conn, since);
+            }
+            Message::IndexBatch { entries, last, seq } => {
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.index_entries += entries.len();
                 }
-                self.retry_deferred();
+                self.take_entries(conn, entries)?;
+                if last && let Some(s) = self.sessions.get_mut(&conn) {
+                    if std::mem::replace(&mut s.index_done, true) {
+                        return Err(PeerError("the peer sent its index twice".into()));
+                    }
+                    let what = if s.asked_since > 0 { "its changes since our last session" } else { "all of it" };
+                    log::info!("{}: index received, {} entries ({what})", s.peer_host, s.index_entries);
+                    s.have = seq;
+                    if seq < s.asked_since {
+                        // The peer's counter went back (its state was restored): forget what we
+                        // thought we had of it.
+                        self.store.set_have(s.peer_replica, 0);
+                    }
+                }
+            }
+            Message::Update { entries, seq } => {
+                self.take_entries(conn, entries)?;
+                if let Some(s) = self.sessions.get_mut(&conn)
+                    && s.index_done
+                {
+                    s.have = s.have.max(seq);
+                }
             }
             Message::Request { id, path, size, hash } => self.serve(conn, id, path, size, hash),
             Message::Data { id, bytes } => self.on_data(conn, id, &bytes)?,
@@ -891,6 +1027,17 @@ impl Engine {
             Message::Goodbye { reason } => return Err(PeerError(format!("peer said goodbye: {reason}"))),
             Message::Hello(_) | Message::Welcome(_) => return Err(PeerError("unexpected handshake message".into())),
         }
+        Ok(())
+    }
+
+    fn take_entries(&mut self, conn: ConnId, entries: Vec<Entry>) -> Result<(), PeerError> {
+        if self.halted.is_some() {
+            return Ok(());
+        }
+        for e in order_for_apply(entries) {
+            self.on_remote(conn, e)?;
+        }
+        self.retry_deferred();
         Ok(())
     }
 
@@ -1005,8 +1152,10 @@ impl Engine {
             }
             return;
         }
-        if let (Kind::Deleted, Some(LocalEntry { entry: Entry { kind: Kind::File { hash, .. }, .. }, stat: Some(_) })) =
-            (&e.kind, &local)
+        if let (
+            Kind::Deleted,
+            Some(LocalEntry { entry: Entry { kind: Kind::File { hash, .. }, .. }, stat: Some(_), .. }),
+        ) = (&e.kind, &local)
         {
             match executor::stash(&self.root, &e.path, expected) {
                 Ok(p) => {

@@ -39,6 +39,8 @@ pub struct LocalEntry {
     pub entry: Entry,
     /// The stat of the disk object matching `entry`; `None` when nothing is on disk.
     pub stat: Option<Stat>,
+    /// This replica's change counter when the entry last changed here (see `store`).
+    pub seq: u64,
 }
 
 pub type Index = BTreeMap<RelPath, LocalEntry>;

@@ -194,13 +194,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                                 path.display()
                             );
                         }
-                        return Ok(h.tx.clone());
+                        return Ok((h.tx.clone(), h.replica));
                     }
                     let cfg = engine_cfg(path.clone(), hello.includes.clone(), hello.excludes.clone());
                     let h = engine::spawn(cfg, handle.clone())?;
-                    let tx = h.tx.clone();
+                    let answer = (h.tx.clone(), h.replica);
                     map.insert(path, (h, hello.includes.clone(), hello.excludes.clone()));
-                    Ok(tx)
+                    Ok(answer)
                 }) as net::EngineFactory
             };
             let role = net::Role::Server { listener, root, engines: factory };

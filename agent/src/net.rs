@@ -12,7 +12,9 @@ use crate::link::{ConnId, ToEngine, ToNet};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use mirror_protocol::{Decoder, Hello, MAX_CHUNK_LEN, Message, PREAMBLE_LEN, Preamble, Welcome, encode_into};
+use mirror_protocol::{
+    Decoder, Hello, MAX_CHUNK_LEN, Message, PREAMBLE_LEN, Preamble, ReplicaId, Welcome, encode_into,
+};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -40,7 +42,8 @@ const UPLOAD_CHUNK: usize = 256 * 1024;
 
 /// Opens the engine serving a resolved directory (creating it on first use).
 /// Gets the engine of a resolved directory, starting it with the client's patterns on first use.
-pub type EngineFactory = Box<dyn FnMut(PathBuf, &Hello) -> anyhow::Result<Sender<ToEngine>>>;
+/// Finds or starts the engine for a served directory: its channel and its replica id.
+pub type EngineFactory = Box<dyn FnMut(PathBuf, &Hello) -> anyhow::Result<(Sender<ToEngine>, ReplicaId)>>;
 
 pub enum Role {
     Server { listener: TcpListener, root: PathBuf, engines: EngineFactory },
@@ -576,8 +579,8 @@ impl Net {
             }
         };
         match engines(target.clone(), &h) {
-            Ok(tx) => {
-                c.send(&Message::Welcome(Welcome { replica: 0, host: crate::hostname() }));
+            Ok((tx, replica)) => {
+                c.send(&Message::Welcome(Welcome { replica, host: crate::hostname() }));
                 log::info!("{} ({}{}) syncs {}", h.host, c.peer, c.peer_id(), target.display());
                 let hello = ToEngine::Connected { conn: id, peer_host: h.host, peer_replica: h.replica };
                 match offer(&tx, hello, &self.parked_flag) {

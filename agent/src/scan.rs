@@ -130,6 +130,7 @@ mod tests {
                 origin: "h".into(),
             },
             stat: Some(seen.stat),
+            seq: 1,
         };
         let again = observe(&f, Some(&recorded)).unwrap().unwrap();
         assert!(matches!(again.kind, Kind::File { hash: [9, ..], .. }), "re-hashed an unchanged file");

@@ -21,16 +21,27 @@
 //!   counter of the block is used, so a version once sent is never reused after a crash, even if
 //!   the journal lost the entry that carried it.
 //! - A lock file (`flock`) keeps a second agent off the same pair.
+//!
+//! # What else the journal holds
+//! Every entry carries the replica's change counter (`seq`) it was last changed at, and `Have`
+//! records say up to which counter of each peer replica everything was taken in: after a
+//! reconnect the peer sends only what changed since then. A `Have` is appended after the entries
+//! it covers, so a torn tail can only lose it together with them. A `Rules` record (the ignore
+//! rules changed) voids every earlier `Have`: entries skipped under the old rules may be wanted.
+//! Format 1 files (no counters) are still read; their entries count as changed at 0.
 
 use crate::index::{Index, LocalEntry, Stat};
 use mirror_protocol::{Entry, ReplicaId};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-const SNAP_MAGIC: &[u8; 8] = b"MIRBASE1";
-const LOG_MAGIC: &[u8; 8] = b"MIRJRNL1";
+const SNAP_MAGIC: &[u8; 8] = b"MIRBASE2";
+const LOG_MAGIC: &[u8; 8] = b"MIRJRNL2";
+const SNAP_MAGIC_V1: &[u8; 8] = b"MIRBASE1";
+const LOG_MAGIC_V1: &[u8; 8] = b"MIRJRNL1";
 /// Counters reserved per clock write.
 pub const CLOCK_BLOCK: u64 = 10_000;
 /// Records that fit in memory at once while loading; bounds a corrupt length prefix.
@@ -42,10 +53,50 @@ struct Header {
     generation: u64,
 }
 
+/// One record of a snapshot or journal (format 2).
 #[derive(Serialize, Deserialize)]
-struct Record {
+enum Record {
+    /// A path as this replica knows it, with the change counter it was last changed at.
+    Entry { entry: Entry, stat: Option<Stat>, seq: u64 },
+    /// Everything of peer replica `peer` up to its counter `seq` has been taken in.
+    Have { peer: ReplicaId, seq: u64 },
+    /// The ignore rules in force from here on (a fingerprint); voids every earlier `Have`.
+    Rules { fingerprint: Fingerprint },
+}
+
+/// A record of format 1: entries only.
+#[derive(Deserialize)]
+struct RecordV1 {
     entry: Entry,
     stat: Option<Stat>,
+}
+
+/// A fingerprint of the ignore rules.
+pub type Fingerprint = [u8; 16];
+
+/// What the records of a pair add up to.
+#[derive(Debug, Default)]
+struct Replayed {
+    index: Index,
+    have: BTreeMap<ReplicaId, u64>,
+    rules: Option<Fingerprint>,
+}
+
+impl Replayed {
+    fn apply(&mut self, r: Record) {
+        match r {
+            Record::Entry { entry, stat, seq } => {
+                self.index.insert(entry.path.clone(), LocalEntry { entry, stat, seq });
+            }
+            Record::Have { peer, seq } => {
+                self.have.insert(peer, seq);
+            }
+            Record::Rules { fingerprint } => {
+                self.have.clear();
+                self.rules = Some(fingerprint);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, Default)]
@@ -98,6 +149,11 @@ pub struct Store {
     meta: Meta,
     /// Records handed to the kernel but not yet fsynced.
     unsynced: bool,
+    /// Per peer replica, the counter up to which everything was taken in.
+    have: BTreeMap<ReplicaId, u64>,
+    rules: Option<Fingerprint>,
+    /// `Have`/`Rules` records waiting for the next [`append`](Self::append).
+    pending: Vec<u8>,
     _lock: File,
 }
 
@@ -142,36 +198,33 @@ impl Store {
         };
 
         let snap_path = dir.join("base.snap");
-        let (header, mut index, existed) = match File::open(&snap_path) {
+        let mut state = Replayed::default();
+        let (header, existed) = match File::open(&snap_path) {
             Ok(f) => {
-                let (h, recs) = read_file(f, SNAP_MAGIC, true).map_err(|e| err(&snap_path, e))?;
-                let mut index = Index::new();
-                for r in recs {
-                    index.insert(r.entry.path.clone(), LocalEntry { entry: r.entry, stat: r.stat });
-                }
-                (h, index, true)
+                let (h, recs) = read_file(f, [SNAP_MAGIC, SNAP_MAGIC_V1], true).map_err(|e| err(&snap_path, e))?;
+                recs.into_iter().for_each(|r| state.apply(r));
+                (h, true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let mut rnd = [0u8; 8];
                 getrandom::fill(&mut rnd).map_err(|e| err(&dir, e))?;
-                (Header { replica: u64::from_le_bytes(rnd) | 1, generation: 0 }, Index::new(), false)
+                (Header { replica: u64::from_le_bytes(rnd) | 1, generation: 0 }, false)
             }
             Err(e) => return Err(err(&snap_path, e)),
         };
         let log_path = dir.join("base.log");
         let mut existed = existed;
         if let Ok(f) = File::open(&log_path) {
-            match read_file(f, LOG_MAGIC, false) {
+            match read_file(f, [LOG_MAGIC, LOG_MAGIC_V1], false) {
                 Ok((h, recs)) if h.generation == header.generation && h.replica == header.replica => {
                     existed = true;
-                    for r in recs {
-                        index.insert(r.entry.path.clone(), LocalEntry { entry: r.entry, stat: r.stat });
-                    }
+                    recs.into_iter().for_each(|r| state.apply(r));
                 }
                 Ok(_) => {} // a journal of an older generation: already in the snapshot
                 Err(e) => log::warn!("{}: {e}; ignoring the journal", log_path.display()),
             }
         }
+        let Replayed { index, have, rules } = state;
         let loaded = Loaded {
             replica: header.replica,
             existed,
@@ -182,7 +235,8 @@ impl Store {
         };
         // Start a fresh generation: the loaded state as a snapshot, an empty journal.
         let generation = header.generation + 1;
-        let log = write_snapshot(&dir, header.replica, generation, &loaded.index).map_err(|e| err(&dir, e))?;
+        let log =
+            write_snapshot(&dir, header.replica, generation, &loaded.index, &have, rules).map_err(|e| err(&dir, e))?;
         let store = Store {
             log: BufWriter::new(log),
             dir,
@@ -192,18 +246,23 @@ impl Store {
             live_at_snapshot: loaded.index.values().filter(|l| !l.entry.kind.is_deleted()).count(),
             meta,
             unsynced: false,
+            have,
+            rules,
+            pending: Vec::new(),
             _lock: lock,
         };
         Ok((store, loaded))
     }
 
-    /// Appends the current entries of `paths` and makes them durable.
+    /// Appends the current entries of `paths`, then any `Have`/`Rules` records set since the
+    /// last call, and makes them durable.
     pub fn append<'a>(&mut self, entries: impl Iterator<Item = &'a LocalEntry>) -> io::Result<()> {
         let mut buf = Vec::new();
         for l in entries {
-            encode_record(&mut buf, &Record { entry: l.entry.clone(), stat: l.stat });
+            encode_record(&mut buf, &entry_record(l));
             self.records_since_snapshot += 1;
         }
+        buf.append(&mut self.pending);
         if buf.is_empty() {
             return self.sync();
         }
@@ -218,7 +277,7 @@ impl Store {
     /// [`sync`](Self::sync) makes it durable).
     pub fn append_now(&mut self, l: &LocalEntry) -> io::Result<()> {
         let mut buf = Vec::new();
-        encode_record(&mut buf, &Record { entry: l.entry.clone(), stat: l.stat });
+        encode_record(&mut buf, &entry_record(l));
         self.records_since_snapshot += 1;
         self.unsynced = true;
         self.log.write_all(&buf)?;
@@ -239,10 +298,42 @@ impl Store {
         self.records_since_snapshot > 10_000.max(2 * self.live_at_snapshot)
     }
 
+    /// Up to which counter everything of peer replica `peer` was taken in (0: nothing known).
+    pub fn have(&self, peer: ReplicaId) -> u64 {
+        self.have.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// Records that everything of `peer` up to `seq` was taken in; written by the next
+    /// [`append`](Self::append), after the entries it covers.
+    pub fn set_have(&mut self, peer: ReplicaId, seq: u64) {
+        if self.have.insert(peer, seq) != Some(seq) {
+            encode_record(&mut self.pending, &Record::Have { peer, seq });
+            self.records_since_snapshot += 1;
+        }
+    }
+
+    /// Whether `Have`/`Rules` records wait for the next [`append`](Self::append).
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Records the ignore rules now in force; if they differ from the last ones, forgets every
+    /// peer's `Have` (written by the next [`append`](Self::append)).
+    pub fn set_rules(&mut self, fingerprint: Fingerprint) {
+        if self.rules != Some(fingerprint) {
+            self.rules = Some(fingerprint);
+            self.have.clear();
+            encode_record(&mut self.pending, &Record::Rules { fingerprint });
+            self.records_since_snapshot += 1;
+        }
+    }
+
     /// Writes `index` as the new snapshot and starts an empty journal.
     pub fn snapshot(&mut self, index: &Index) -> io::Result<()> {
         let generation = self.generation + 1;
-        self.log = BufWriter::new(write_snapshot(&self.dir, self.replica, generation, index)?);
+        // The snapshot holds the `Have`/`Rules` state itself: nothing is pending after it.
+        self.pending.clear();
+        self.log = BufWriter::new(write_snapshot(&self.dir, self.replica, generation, index, &self.have, self.rules)?);
         self.generation = generation;
         self.records_since_snapshot = 0;
         self.live_at_snapshot = index.values().filter(|l| !l.entry.kind.is_deleted()).count();
@@ -286,13 +377,26 @@ impl Store {
 
 /// Writes the snapshot of `generation`, then an empty journal of the same generation (in that
 /// order: see the module docs), and returns the journal open for appending.
-fn write_snapshot(dir: &Path, replica: ReplicaId, generation: u64, index: &Index) -> io::Result<File> {
+fn write_snapshot(
+    dir: &Path,
+    replica: ReplicaId,
+    generation: u64,
+    index: &Index,
+    have: &BTreeMap<ReplicaId, u64>,
+    rules: Option<Fingerprint>,
+) -> io::Result<File> {
     let header = postcard::to_stdvec(&Header { replica, generation }).map_err(io::Error::other)?;
     let mut buf = Vec::with_capacity(64 + index.len() * 96);
     buf.extend_from_slice(SNAP_MAGIC);
     encode_record_raw(&mut buf, &header);
+    if let Some(fingerprint) = rules {
+        encode_record(&mut buf, &Record::Rules { fingerprint });
+    }
+    for (peer, seq) in have {
+        encode_record(&mut buf, &Record::Have { peer: *peer, seq: *seq });
+    }
     for l in index.values() {
-        encode_record(&mut buf, &Record { entry: l.entry.clone(), stat: l.stat });
+        encode_record(&mut buf, &entry_record(l));
     }
     write_atomic(&dir.join("base.snap"), &buf)?;
     let mut log = LOG_MAGIC.to_vec();
@@ -314,6 +418,10 @@ fn encode_record_raw(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+fn entry_record(l: &LocalEntry) -> Record {
+    Record::Entry { entry: l.entry.clone(), stat: l.stat, seq: l.seq }
+}
+
 fn encode_record(out: &mut Vec<u8>, r: &Record) {
     // Serializing our own types into a Vec cannot fail.
     if let Ok(p) = postcard::to_stdvec(r) {
@@ -321,13 +429,14 @@ fn encode_record(out: &mut Vec<u8>, r: &Record) {
     }
 }
 
-/// Reads a snapshot or journal: magic, header record, then records up to the first invalid one.
-/// A snapshot must be whole (`strict`); a journal may end in a torn record.
-fn read_file(mut f: File, magic: &[u8; 8], strict: bool) -> io::Result<(Header, Vec<Record>)> {
+/// Reads a snapshot or journal: magic (`[current, format 1]`), header record, then records up to
+/// the first invalid one. A snapshot must be whole (`strict`); a journal may end in a torn record.
+fn read_file(mut f: File, magic: [&[u8; 8]; 2], strict: bool) -> io::Result<(Header, Vec<Record>)> {
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes)?;
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    if bytes.len() < 8 || &bytes[..8] != magic {
+    let v1 = bytes.len() >= 8 && &bytes[..8] == magic[1];
+    if bytes.len() < 8 || (&bytes[..8] != magic[0] && !v1) {
         return Err(bad("not a mirror-agent state file"));
     }
     let mut pos = 8;
@@ -350,7 +459,12 @@ fn read_file(mut f: File, magic: &[u8; 8], strict: bool) -> io::Result<(Header, 
     let header: Header = next(&mut pos).and_then(|p| postcard::from_bytes(p).ok()).ok_or_else(|| bad("bad header"))?;
     let mut recs = Vec::new();
     while let Some(p) = next(&mut pos) {
-        match postcard::from_bytes(p) {
+        let r = if v1 {
+            postcard::from_bytes::<RecordV1>(p).map(|r| Record::Entry { entry: r.entry, stat: r.stat, seq: 0 })
+        } else {
+            postcard::from_bytes(p)
+        };
+        match r {
             Ok(r) => recs.push(r),
             Err(_) => break,
         }
@@ -392,6 +506,7 @@ mod tests {
                 origin: "h".into(),
             },
             stat: Some(Stat { mode: 0o100644, size: n, mtime: Timestamp { secs: n as i64, nanos: 0 }, ino: n }),
+            seq: n,
         }
     }
 
@@ -470,6 +585,99 @@ mod tests {
         }
         let (_s, l) = Store::open(d.path(), Path::new("/r")).unwrap();
         assert_eq!(l.index[&RelPath::new("applied").unwrap()].entry.mtime.secs, 9);
+    }
+
+    #[test]
+    fn what_we_have_of_peers_persists_and_a_rules_change_forgets_it() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Path::new("/r");
+        {
+            let (mut s, _) = Store::open(d.path(), root).unwrap();
+            s.set_rules([1; 16]);
+            s.set_have(7, 100);
+            s.set_have(8, 5);
+            assert!(s.has_pending());
+            s.append([entry("a", 1)].iter()).unwrap();
+            assert!(!s.has_pending());
+            s.set_have(7, 120);
+            s.append(std::iter::empty()).unwrap();
+        }
+        let (mut s, _) = Store::open(d.path(), root).unwrap();
+        assert_eq!((s.have(7), s.have(8), s.have(9)), (120, 5, 0));
+        // Through a snapshot too.
+        s.snapshot(&Index::new()).unwrap();
+        drop(s);
+        let (mut s, _) = Store::open(d.path(), root).unwrap();
+        assert_eq!(s.have(7), 120);
+        // The same rules again change nothing; other rules forget every peer.
+        s.set_rules([1; 16]);
+        assert!(!s.has_pending());
+        s.set_rules([2; 16]);
+        s.append(std::iter::empty()).unwrap();
+        drop(s);
+        let (s, _) = Store::open(d.path(), root).unwrap();
+        assert_eq!((s.have(7), s.have(8)), (0, 0));
+    }
+
+    #[test]
+    fn a_have_record_torn_off_with_its_entries_is_lost_with_them() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Path::new("/r");
+        let dir;
+        {
+            let (mut s, _) = Store::open(d.path(), root).unwrap();
+            s.set_have(7, 100);
+            s.append([entry("a", 1)].iter()).unwrap();
+            dir = s.dir().to_path_buf();
+        }
+        let log = fs::read(dir.join("base.log")).unwrap();
+        let snap = fs::read(dir.join("base.snap")).unwrap();
+        // The journal is `[header][entry a][have]`: every cut keeps the have only with the entry.
+        for cut in 0..=log.len() {
+            fs::write(dir.join("base.log"), &log[..cut]).unwrap();
+            fs::write(dir.join("base.snap"), &snap).unwrap();
+            let (s, l) = Store::open(d.path(), root).unwrap();
+            if s.have(7) == 100 {
+                assert!(l.index.contains_key(&RelPath::new("a").unwrap()), "cut {cut}");
+            }
+            if cut == log.len() {
+                assert_eq!(s.have(7), 100);
+            }
+        }
+    }
+
+    #[test]
+    fn a_format_1_state_is_still_read() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Path::new("/r");
+        let dir = pair_dir(d.path(), root);
+        fs::create_dir_all(&dir).unwrap();
+        #[derive(Serialize)]
+        struct V1 {
+            entry: Entry,
+            stat: Option<Stat>,
+        }
+        let header = postcard::to_stdvec(&Header { replica: 77, generation: 3 }).unwrap();
+        let mut snap = SNAP_MAGIC_V1.to_vec();
+        encode_record_raw(&mut snap, &header);
+        let old = entry("old", 4);
+        encode_record_raw(&mut snap, &postcard::to_stdvec(&V1 { entry: old.entry.clone(), stat: old.stat }).unwrap());
+        fs::write(dir.join("base.snap"), &snap).unwrap();
+        let mut log = LOG_MAGIC_V1.to_vec();
+        encode_record_raw(&mut log, &header);
+        let newer = entry("newer", 5);
+        encode_record_raw(
+            &mut log,
+            &postcard::to_stdvec(&V1 { entry: newer.entry.clone(), stat: newer.stat }).unwrap(),
+        );
+        fs::write(dir.join("base.log"), &log).unwrap();
+        let (_s, l) = Store::open(d.path(), root).unwrap();
+        assert_eq!(l.replica, 77);
+        assert_eq!(l.index.len(), 2);
+        let got = &l.index[&RelPath::new("newer").unwrap()];
+        assert_eq!((got.seq, got.entry.mtime.secs), (0, 5));
+        // Written back in the current format.
+        assert_eq!(&fs::read(dir.join("base.snap")).unwrap()[..8], SNAP_MAGIC);
     }
 
     #[test]

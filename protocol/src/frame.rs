@@ -156,8 +156,8 @@ mod tests {
                 excludes: vec![],
             }),
             Message::Welcome(Welcome { replica: 43, host: "desk".into() }),
-            Message::IndexBatch { entries: vec![sample_entry()], last: true },
-            Message::Update { entries: vec![sample_entry()] },
+            Message::IndexBatch { entries: vec![sample_entry()], last: true, seq: 7 },
+            Message::Update { entries: vec![sample_entry()], seq: 8 },
             Message::Request { id: 9, path: RelPath::new("a/b").unwrap(), size: 3, hash: [1; 32] },
             Message::Data { id: 9, bytes: b"abc".to_vec() },
             Message::DataEnd { id: 9, size: 3, hash: [1; 32] },
@@ -165,6 +165,7 @@ mod tests {
             Message::Ping,
             Message::Pong,
             Message::Goodbye { reason: "bye".into() },
+            Message::IndexFrom { since: 1 << 40 },
         ]
     }
 
@@ -213,9 +214,11 @@ mod tests {
                         version: VersionVector::new().incremented(5),
                         origin: "o".into(),
                     }],
+                    seq: 300,
                 },
-                &[0, 0, 0, 12, 3, 1, 1, b'd', 1, 1, 2, 1, 5, 1, 1, b'o'],
+                &[0, 0, 0, 14, 3, 1, 1, b'd', 1, 1, 2, 1, 5, 1, 1, b'o', 0xac, 0x02],
             ),
+            (Message::IndexFrom { since: 5 }, &[0, 0, 0, 2, 11, 5]),
         ];
         for (msg, bytes) in golden {
             assert_eq!(encode(&msg), bytes, "encoding {msg:?}");
@@ -227,7 +230,7 @@ mod tests {
 
     #[test]
     fn truncated_frames_need_more() {
-        let frame = encode(&Message::Update { entries: vec![sample_entry()] });
+        let frame = encode(&Message::Update { entries: vec![sample_entry()], seq: 1 });
         for cut in 0..frame.len() {
             let mut d = Decoder::new();
             d.extend(&frame[..cut]);

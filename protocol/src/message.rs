@@ -74,6 +74,7 @@ pub struct Hello {
 /// The server's answer to an acceptable [`Hello`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
+    /// The replica id of the directory the server syncs for this client.
     pub replica: ReplicaId,
     pub host: String,
 }
@@ -83,14 +84,19 @@ pub struct Welcome {
 pub enum Message {
     Hello(Hello),
     Welcome(Welcome),
-    /// A batch of the sender's full index, sent once after the handshake; `last` ends it.
+    /// A batch of the sender's index (the entries that changed after the `since` of the
+    /// receiver's [`Message::IndexFrom`]), sent once per session in answer to it; `last` ends it.
+    /// `seq`, on the last batch, is the sender's change counter the index covers.
     IndexBatch {
         entries: Vec<Entry>,
         last: bool,
+        seq: u64,
     },
-    /// Entries that changed on the sender since it last said.
+    /// Entries that changed on the sender since it last said; with them, the receiver has every
+    /// change of the sender up to `seq`.
     Update {
         entries: Vec<Entry>,
+        seq: u64,
     },
     /// Asks for the contents of a file at the given size and hash.
     Request {
@@ -122,6 +128,11 @@ pub enum Message {
     Goodbye {
         reason: String,
     },
+    /// Sent by each side first in a session: "I have every change of yours up to `since`; send
+    /// your index from there" (0: all of it).
+    IndexFrom {
+        since: u64,
+    },
 }
 
 impl Message {
@@ -139,6 +150,7 @@ impl Message {
             Message::Ping => "Ping",
             Message::Pong => "Pong",
             Message::Goodbye { .. } => "Goodbye",
+            Message::IndexFrom { .. } => "IndexFrom",
         }
     }
 }

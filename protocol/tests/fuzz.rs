@@ -43,7 +43,7 @@ fn entry(r: &mut Rng) -> Entry {
 /// A valid message of every kind, at random.
 fn message(r: &mut Rng) -> Message {
     let id = r.next() % 100;
-    match r.below(11) {
+    match r.below(12) {
         0 => Message::Hello(Hello {
             replica: r.next(),
             host: "h".into(),
@@ -52,14 +52,19 @@ fn message(r: &mut Rng) -> Message {
             excludes: vec![],
         }),
         1 => Message::Welcome(Welcome { replica: r.next(), host: "s".into() }),
-        2 => Message::IndexBatch { entries: (0..r.below(5)).map(|_| entry(r)).collect(), last: r.below(2) == 0 },
-        3 => Message::Update { entries: (0..r.below(5)).map(|_| entry(r)).collect() },
+        2 => Message::IndexBatch {
+            entries: (0..r.below(5)).map(|_| entry(r)).collect(),
+            last: r.below(2) == 0,
+            seq: r.next(),
+        },
+        3 => Message::Update { entries: (0..r.below(5)).map(|_| entry(r)).collect(), seq: r.next() },
         4 => Message::Request { id, path: RelPath::new("a/b").unwrap(), size: r.next() % 100, hash: [3; 32] },
         5 => Message::Data { id, bytes: vec![r.next() as u8; r.below(300)] },
         6 => Message::DataEnd { id, size: r.next() % 300, hash: [4; 32] },
         7 => Message::DataAbort { id, reason: "x".into() },
         8 => Message::Ping,
         9 => Message::Pong,
+        10 => Message::IndexFrom { since: r.next() },
         _ => Message::Goodbye { reason: "bye".into() },
     }
 }

@@ -2,7 +2,9 @@
 //! nothing outside the root, and the server keeps serving everyone else.
 #![allow(clippy::unwrap_used)]
 
-use mirror_protocol::{Entry, Hello, Kind, Message, Preamble, RelPath, Timestamp, VersionVector, encode};
+use mirror_protocol::{
+    Entry, Hello, Kind, Message, PROTOCOL_VERSION, Preamble, RelPath, Timestamp, VersionVector, encode,
+};
 use mirror_tests::*;
 use std::fs;
 use std::io::{Read, Write};
@@ -43,7 +45,7 @@ fn file_entry(path: &[u8], content: &[u8]) -> Vec<u8> {
         version: VersionVector::new().incremented(7),
         origin: "hostile".into(),
     };
-    let frame = encode(&Message::Update { entries: vec![good] });
+    let frame = encode(&Message::Update { entries: vec![good], seq: 1 });
     let payload = &frame[4..];
     let needle = b"\x0bplaceholder";
     let at = payload.windows(needle.len()).position(|w| w == needle).unwrap();
@@ -78,7 +80,7 @@ fn garbage_oversized_and_truncated_input_close_only_that_connection() {
     let mut s = raw(server.port);
     s.write_all(&Preamble { version: 99 }.encode()).unwrap();
     read_to_close(s);
-    server.agent.wait_log("we speak version 1, the peer speaks version 99");
+    server.agent.wait_log(&format!("we speak version {PROTOCOL_VERSION}, the peer speaks version 99"));
 
     let mut s = raw(server.port);
     let mut bytes = hello("x");
@@ -175,7 +177,7 @@ fn a_client_meeting_another_protocol_version_exits_with_a_clear_error() {
     );
     assert_eq!(client.wait_exit(), Some(1));
     let log = client.log();
-    assert!(log.contains("we speak version 1, the peer speaks version 42"), "{log}");
+    assert!(log.contains(&format!("we speak version {PROTOCOL_VERSION}, the peer speaks version 42")), "{log}");
     fake.join().unwrap();
 }
 
@@ -220,8 +222,8 @@ fn random_message_sequences_never_take_the_server_down() {
                 origin: "fuzz".into(),
             };
             let msg = match rnd(10) {
-                0 => Message::IndexBatch { entries: vec![entry], last: rnd(2) == 0 },
-                1 | 2 => Message::Update { entries: vec![entry] },
+                0 => Message::IndexBatch { entries: vec![entry], last: rnd(2) == 0, seq: rnd(1000) },
+                1 | 2 => Message::Update { entries: vec![entry], seq: rnd(1000) },
                 3 => Message::Request { id, path, size: rnd(10), hash: [0; 32] },
                 4 => Message::Data { id, bytes: content },
                 5 => Message::DataEnd { id, size: rnd(8), hash: *blake3::hash(b"fuzz").as_bytes() },

@@ -75,3 +75,93 @@ fn a_silent_peer_is_detected_by_heartbeats_and_the_client_reconnects() {
     write(&c.join("after.txt"), "after");
     wait_content(&s.join("after.txt"), b"after");
 }
+
+/// The entry counts of the indexes `agent` received, in order, and whether each was only the
+/// peer's changes since the last session (`true`) or all of it.
+fn indexes_received(agent: &Agent) -> Vec<(usize, bool)> {
+    agent
+        .log()
+        .lines()
+        .filter_map(|l| l.split("index received, ").nth(1))
+        .map(|rest| {
+            let n = rest.split_whitespace().next().unwrap().parse().unwrap();
+            (n, rest.contains("since our last session"))
+        })
+        .collect()
+}
+
+/// A change made on `from` is on `to`: a round trip that lets both sides record how far they got.
+fn round_trip(from: &std::path::Path, to: &std::path::Path, name: &str) {
+    write(&from.join(name), name);
+    wait_content(&to.join(name), name.as_bytes());
+}
+
+#[test]
+fn a_reconnect_exchanges_only_what_changed() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    for i in 0..300 {
+        write(&c.join(format!("d{}/f{i}.txt", i % 10)), format!("file {i}"));
+    }
+    let mut server = Server::start(&area.server_root(), &[]);
+    let port = server.port;
+    let mut client = server.client("client", &c, "p", &[]);
+    wait_same(&c, &s);
+    round_trip(&s, &c, "marker-1");
+    round_trip(&c, &s, "marker-2");
+    // The first session has to send everything: 300 files and 10 directories.
+    let first = indexes_received(&server.agent);
+    assert_eq!(first, [(310, false)], "{}", server.agent.log());
+    assert_eq!(client.terminate(), Some(0));
+
+    write(&s.join("d1/f1.txt"), "changed on the server while the client was away");
+    write(&s.join("d2/f2.txt"), "this one too");
+    fs::remove_file(s.join("d3/f3.txt")).unwrap();
+    let client = server.client("client", &c, "p", &[]);
+    wait_content(&c.join("d1/f1.txt"), b"changed on the server while the client was away");
+    wait_content(&c.join("d2/f2.txt"), b"this one too");
+    wait_gone(&c.join("d3/f3.txt"));
+    wait_same(&c, &s);
+    let got = indexes_received(&client);
+    assert_eq!(got.len(), 1, "{}", client.log());
+    assert!(got[0].1 && got[0].0 >= 3 && got[0].0 < 10, "the client got {got:?}: {}", client.log());
+    let got = indexes_received(&server.agent);
+    assert!(got[1].1 && got[1].0 < 10, "the server got {got:?}");
+
+    // What each side has of the other survives a restart of the server.
+    round_trip(&c, &s, "marker-3");
+    round_trip(&s, &c, "marker-4");
+    assert_eq!(server.agent.terminate(), Some(0));
+    write(&c.join("d4/f4.txt"), "changed on the client while the server was down");
+    server = Server::start_at(&area.server_root(), &format!("127.0.0.1:{port}"), &[]);
+    wait_content(&s.join("d4/f4.txt"), b"changed on the client while the server was down");
+    wait_same(&c, &s);
+    let got = indexes_received(&server.agent);
+    assert!(got.len() == 1 && got[0].1 && got[0].0 >= 1 && got[0].0 < 10, "the restarted server got {got:?}");
+    let got = indexes_received(&client);
+    assert!(got.len() == 2 && got[1].1 && got[1].0 < 10, "the client got {got:?}");
+}
+
+/// Entries skipped under the old ignore rules are wanted under new ones: after the rules changed
+/// while the agent was stopped, it asks for everything again.
+#[test]
+fn entries_skipped_under_old_rules_arrive_after_the_rules_change_offline() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    write(&c.join(".git/info/exclude"), "skip.dat\n");
+    write(&s.join("skip.dat"), "ignored by the client at first");
+    write(&s.join("keep.txt"), "k");
+    let server = Server::start(&area.server_root(), &[]);
+    let mut client = server.client("client", &c, "p", &[]);
+    wait_content(&c.join("keep.txt"), b"k");
+    round_trip(&s, &c, "marker-1");
+    round_trip(&c, &s, "marker-2");
+    assert!(!c.join("skip.dat").exists());
+    assert_eq!(client.terminate(), Some(0));
+
+    write(&c.join(".git/info/exclude"), "# nothing ignored now\n");
+    let client = server.client("client", &c, "p", &[]);
+    wait_content(&c.join("skip.dat"), b"ignored by the client at first");
+    let got = indexes_received(&client);
+    assert_eq!(got.last().map(|g| g.1), Some(false), "{got:?}");
+}
