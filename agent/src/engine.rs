@@ -21,6 +21,7 @@ use crate::paths::{self, abs, rel_path, to_rel};
 use crate::reconcile::{Action, reconcile};
 use crate::rules::{Rules, is_temp};
 use crate::scan::{self, Seen};
+use crate::status::{Status, unix_now};
 use crate::store::{CLOCK_BLOCK, Fingerprint, Store};
 use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use mirror_backends::{Backend, WatchConfig, WatchEvent, Watcher};
@@ -61,6 +62,8 @@ pub struct EngineConfig {
     pub state_dir: PathBuf,
     /// Resume a pair that halted for safety, accepting the root as it is now.
     pub resume: bool,
+    /// Where to report progress for `status` (a client pair's engine).
+    pub status: Option<Status>,
 }
 
 /// A running engine.
@@ -162,6 +165,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         rules_changed: false,
         refresh: Vec::new(),
         patterns_key,
+        status: cfg.status,
     };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()
@@ -267,6 +271,7 @@ struct Engine {
     refresh: Vec<PathBuf>,
     /// A hash of the command line's `-i`/`-e` patterns (part of the rules fingerprint).
     patterns_key: [u8; 32],
+    status: Option<Status>,
 }
 
 /// A connection-fatal problem with what a peer sent.
@@ -292,6 +297,9 @@ impl Engine {
         // Rules other than last time (edited while we were stopped): ask peers for everything.
         let fp = self.rules_fingerprint();
         self.store.set_rules(fp);
+        if let Some(s) = &self.status {
+            s.set_scanned();
+        }
         log::info!(
             "watching {} ({} entries, {} backend, scanned in {:.0?})",
             self.root.display(),
@@ -351,6 +359,7 @@ impl Engine {
             self.persist();
             self.check_root();
             self.purge_stash(STASH_FOR);
+            self.report();
         }
         watcher.stop();
         self.persist();
@@ -360,6 +369,20 @@ impl Engine {
             Some(reason) => Err(reason),
             None => Ok(()),
         }
+    }
+
+    /// Updates what `status` shows: pending work, conflicts, and when we were last in sync.
+    fn report(&self) {
+        let Some(s) = &self.status else { return };
+        let pending = self.dirty.len() + self.fetching.len() + self.retries.len() + self.deferred.len();
+        let in_sync = pending == 0 && self.sessions.values().any(|s| s.index_done && s.ready);
+        s.update(|r| {
+            r.pending = pending as u64;
+            r.conflicts = self.conflicts;
+            if in_sync {
+                r.last_sync = Some(unix_now());
+            }
+        });
     }
 
     fn traced(&self, p: &RelPath) -> bool {

@@ -9,6 +9,7 @@
 //! the connection is not read again until the message is delivered.
 
 use crate::link::{ConnId, ToEngine, ToNet};
+use crate::status::{State as PairState, Status};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -157,6 +158,7 @@ pub struct Net {
     parked_flag: Arc<AtomicBool>,
     /// TLS configuration; `None` for `--insecure`.
     tls: Option<crate::tls::Tls>,
+    status: Option<Status>,
 }
 
 impl Net {
@@ -167,6 +169,7 @@ impl Net {
         stop: Arc<AtomicBool>,
         mut role: Role,
         tls: Option<crate::tls::Tls>,
+        status: Option<Status>,
     ) -> io::Result<Self> {
         let mut root_canon = None;
         if let Role::Server { listener, root, .. } = &mut role {
@@ -188,7 +191,23 @@ impl Net {
             root_canon,
             parked_flag,
             tls,
+            status,
         })
+    }
+
+    /// Tells `status` how the connection(s) stand.
+    fn report(&self, state: Option<PairState>, error: Option<&str>) {
+        let Some(s) = &self.status else { return };
+        let peers = self.conns.values().filter(|c| matches!(c.state, State::Open(_))).count() as u64;
+        s.update(|r| {
+            r.peers = peers;
+            if let Some(st) = state {
+                r.state = st;
+            }
+            if let Some(e) = error {
+                r.last_error = Some(e.to_string());
+            }
+        });
     }
 
     /// Runs until the stop flag is set (or a client is refused for good).
@@ -313,6 +332,7 @@ impl Net {
             }
             Err(e) => {
                 log::warn!("cannot connect to {addr}: {e}; retrying in {:.1}s", self.backoff.as_secs_f32());
+                self.report(Some(PairState::Reconnecting), Some(&format!("cannot connect to {addr}: {e}")));
                 self.schedule_reconnect();
             }
         }
@@ -589,6 +609,9 @@ impl Net {
                     Err(Offer::Gone) => c.fail("the sync engine stopped".into()),
                 }
                 c.state = State::Open(tx);
+                if let Some(s) = &self.status {
+                    s.update(|r| r.peers += 1);
+                }
             }
             Err(e) => {
                 let reason = format!("cannot sync {}: {e:#}", target.display());
@@ -604,6 +627,12 @@ impl Net {
         log::info!("connected to {} ({}{})", w.host, c.peer, c.peer_id());
         self.backoff = Duration::from_millis(200);
         c.state = State::Open(engine.clone());
+        if let Some(s) = &self.status {
+            s.update(|r| {
+                r.state = PairState::Connected;
+                r.peers = 1;
+            });
+        }
         match offer(
             engine,
             ToEngine::Connected { conn: id, peer_host: w.host, peer_replica: w.replica },
@@ -619,6 +648,12 @@ impl Net {
         let _ = self.poll.registry().deregister(&mut c.stream);
         let reason = c.close_reason.take().unwrap_or_else(|| "closed".into());
         log::debug!("connection {id} with {} closed: {reason}", c.peer);
+        let was_open = matches!(c.state, State::Open(_));
+        if matches!(self.role, Role::Client { .. }) {
+            self.report(Some(PairState::Reconnecting), was_open.then_some(reason.as_str()));
+        } else {
+            self.report(None, None);
+        }
         if let State::Open(tx) = &c.state {
             let notice = ToEngine::Disconnected { conn: id, reason };
             if let Err(Offer::Full(m)) = offer(tx, notice, &self.parked_flag) {
