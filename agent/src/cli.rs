@@ -68,6 +68,47 @@ pub enum Command {
         #[arg(long = "root", value_name = "DIR")]
         root: Option<PathBuf>,
     },
+    /// Run every sync pair (and the server, if any) of the configuration file, in the
+    /// background, with a control socket for the commands below.
+    Run {
+        /// The configuration (default: $XDG_CONFIG_HOME/mirror-agent/config.toml).
+        #[arg(long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Show each pair of the running agent: state, last sync, pending changes, conflicts, errors.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long = "json")]
+        json: bool,
+    },
+    /// List the pairs of the running agent.
+    List,
+    /// Stop syncing a pair for now; what changes meanwhile is sent on resume.
+    Pause { name: String },
+    /// Resume a paused pair; restart a failed one; accept the directory of a halted one.
+    Resume { name: String },
+    /// Add a pair to the running agent and its configuration (--insecure: plaintext).
+    Add {
+        name: String,
+        #[arg(short = 'h', long = "host", value_name = "HOST")]
+        host: String,
+        #[arg(short = 'p', long = "port")]
+        port: Option<u16>,
+        #[arg(short = 'l', long = "local", value_name = "LOCAL")]
+        local: String,
+        #[arg(short = 'r', long = "remote", value_name = "REMOTE")]
+        remote: String,
+        #[arg(short = 'i', long = "include", value_name = "PATTERN")]
+        include: Vec<String>,
+        #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
+        exclude: Vec<String>,
+    },
+    /// Remove a pair from the running agent and its configuration (files stay as they are).
+    Remove { name: String },
+    /// Print the running agent's configuration.
+    Export,
+    /// Replace the running agent's configuration with FILE (checked first).
+    Import { file: PathBuf },
     /// Sync a local directory with a directory on a server.
     Client {
         /// Server host name or address.

@@ -7,12 +7,15 @@
 mod cli;
 mod config;
 mod conflict;
+mod control;
+mod daemon;
 mod engine;
 mod executor;
 mod identity;
 mod index;
 mod link;
 mod net;
+mod notify;
 mod paths;
 mod reconcile;
 mod rules;
@@ -47,13 +50,24 @@ fn init_logging(c: &Common) {
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
-    env_logger::Builder::new()
-        .filter_level(level)
-        .filter_module("ignore", log::LevelFilter::Warn)
-        .format_target(false)
-        .format_timestamp_micros()
-        .parse_env("MIRROR_LOG")
-        .init();
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level).filter_module("ignore", log::LevelFilter::Warn).parse_env("MIRROR_LOG");
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // Under systemd: the journal stamps the time itself; `<N>` gives it the priority.
+        b.format(|f, r| {
+            use std::io::Write;
+            let prio = match r.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(f, "<{prio}>{}", r.args())
+        });
+    } else {
+        b.format_target(false).format_timestamp_micros();
+    }
+    b.init();
 }
 
 pub fn hostname() -> String {
@@ -85,7 +99,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Command::Status { .. }
+        | Command::List
+        | Command::Pause { .. }
+        | Command::Resume { .. }
+        | Command::Add { .. }
+        | Command::Remove { .. }
+        | Command::Export
+        | Command::Import { .. } => {
+            return control_command(
+                &cli.command,
+                &control::socket_path(c.state_dir.as_deref(), &state_dir),
+                c.insecure,
+            );
+        }
         _ => {}
+    }
+    let backend = match &c.watcher {
+        Some(name) => Backend::from_name(name)?,
+        None => Backend::native(),
+    };
+    let shared = worker::Shared {
+        state_dir: state_dir.clone(),
+        backend,
+        poll_interval: Duration::from_millis(c.poll_interval_ms),
+        debug_prefix: c.debug_prefix.as_ref().map(|p| p.trim_end_matches('/').as_bytes().to_vec()),
+    };
+    if let Command::Run { config } = &cli.command {
+        let config = match config {
+            Some(f) => f.clone(),
+            None => default_config_file()?,
+        };
+        let tls = identity::Identity::load_or_create(&state_dir)
+            .with_context(|| format!("identity in {}", state_dir.display()))
+            .and_then(|id| {
+                log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", id.id, id.id);
+                tls::Tls::new(&id, identity::Trust::new(&state_dir)).context("setting up TLS")
+            })
+            .map_err(|e| format!("{e:#}"));
+        let control = control::socket_path(c.state_dir.as_deref(), &state_dir);
+        return daemon::run(config, control, shared, tls, c.resume);
     }
     let tls = if c.insecure {
         log::warn!(
@@ -99,16 +152,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let trust = identity::Trust::new(&state_dir);
         log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", identity.id, identity.id);
         Some(tls::Tls::new(&identity, trust).context("setting up TLS")?)
-    };
-    let backend = match &c.watcher {
-        Some(name) => Backend::from_name(name)?,
-        None => Backend::native(),
-    };
-    let shared = worker::Shared {
-        state_dir: state_dir.clone(),
-        backend,
-        poll_interval: Duration::from_millis(c.poll_interval_ms),
-        debug_prefix: c.debug_prefix.as_ref().map(|p| p.trim_end_matches('/').as_bytes().to_vec()),
     };
     let stop = worker::Stopper::default();
     {
@@ -132,6 +175,69 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// `$XDG_CONFIG_HOME/mirror-agent/config.toml`, or `~/.config/mirror-agent/config.toml`.
+fn default_config_file() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("mirror-agent/config.toml"));
+    }
+    let home = std::env::var_os("HOME").context("neither --config, $XDG_CONFIG_HOME nor $HOME is set")?;
+    Ok(PathBuf::from(home).join(".config/mirror-agent/config.toml"))
+}
+
+/// Runs one of the commands that talk to a running agent. Exit status: 0 done, 1 error (no
+/// agent, refused); `status` exits 3 when a pair is failed or halted (for health checks).
+fn control_command(cmd: &Command, socket: &std::path::Path, insecure: bool) -> anyhow::Result<()> {
+    use control::Request;
+    let req = match cmd {
+        Command::Status { .. } | Command::List => Request::Status,
+        Command::Pause { name } => Request::Pause { name: name.clone() },
+        Command::Resume { name } => Request::Resume { name: name.clone() },
+        Command::Remove { name } => Request::Remove { name: name.clone() },
+        Command::Export => Request::Export,
+        Command::Import { file } => Request::Import {
+            text: std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
+        },
+        Command::Add { name, host, port, local, remote, include, exclude } => {
+            // Relative to where the command runs, not to where the agent does.
+            let local = std::path::absolute(local).with_context(|| format!("resolving {local}"))?;
+            Request::Add {
+                pair: config::NewPair {
+                    name: name.clone(),
+                    local: local.to_string_lossy().into_owned(),
+                    host: host.clone(),
+                    port: *port,
+                    remote: remote.clone(),
+                    include: include.clone(),
+                    exclude: exclude.clone(),
+                    insecure,
+                },
+            }
+        }
+        _ => return Ok(()),
+    };
+    let resp = control::call(socket, &req)?;
+    if !resp.ok {
+        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "the agent refused".into()));
+    }
+    match cmd {
+        Command::Status { json: true } => println!("{}", serde_json::to_string_pretty(&resp.reports)?),
+        Command::Status { json: false } => print!("{}", control::table(&resp.reports, status::unix_now())),
+        Command::List => {
+            for r in &resp.reports {
+                println!("{}\t{}\t{}\t{}", r.name, r.local, r.peer, r.state.name());
+            }
+        }
+        Command::Export => print!("{}", resp.text.unwrap_or_default()),
+        _ => {}
+    }
+    if matches!(cmd, Command::Status { .. })
+        && resp.reports.iter().any(|r| matches!(r.state, status::State::Failed | status::State::Halted))
+    {
+        std::process::exit(3);
+    }
+    Ok(())
 }
 
 /// `$XDG_STATE_HOME/mirror-agent`, or `~/.local/state/mirror-agent`.

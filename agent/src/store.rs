@@ -163,6 +163,12 @@ pub fn pair_dir(state_dir: &Path, root: &Path) -> PathBuf {
     state_dir.join("pairs").join(&key.to_hex()[..16])
 }
 
+/// Why the pair syncing `root` is halted, if it is (read without opening the pair).
+pub fn halted_reason(state_dir: &Path, root: &Path) -> Option<String> {
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    fs::read_to_string(pair_dir(state_dir, &root).join("halted")).ok()
+}
+
 impl Store {
     /// Opens (creating if needed) the state of the pair syncing `root`.
     pub fn open(state_dir: &Path, root: &Path) -> Result<(Store, Loaded), StoreError> {
