@@ -196,9 +196,11 @@ fn control_command(cmd: &Command, socket: &std::path::Path, insecure: bool) -> a
         Command::Resume { name } => Request::Resume { name: name.clone() },
         Command::Remove { name } => Request::Remove { name: name.clone() },
         Command::Export => Request::Export,
-        Command::Import { file } => Request::Import {
-            text: std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
-        },
+        Command::Import { file } => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            config::Config::parse(&text, file)?; // errors name this file, not the agent's
+            Request::Import { text }
+        }
         Command::Add { name, host, port, local, remote, include, exclude } => {
             // Relative to where the command runs, not to where the agent does.
             let local = std::path::absolute(local).with_context(|| format!("resolving {local}"))?;
