@@ -74,6 +74,9 @@ pub enum Command {
         /// The configuration (default: $XDG_CONFIG_HOME/mirror-agent/config.toml).
         #[arg(long = "config", value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Only check the configuration and exit.
+        #[arg(long = "check")]
+        check: bool,
     },
     /// Show each pair of the running agent: state, last sync, pending changes, conflicts, errors.
     Status {

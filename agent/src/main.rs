@@ -125,11 +125,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         poll_interval: Duration::from_millis(c.poll_interval_ms),
         debug_prefix: c.debug_prefix.as_ref().map(|p| p.trim_end_matches('/').as_bytes().to_vec()),
     };
-    if let Command::Run { config } = &cli.command {
+    if let Command::Run { config, check } = &cli.command {
         let config = match config {
             Some(f) => f.clone(),
             None => default_config_file()?,
         };
+        if *check {
+            let (cfg, _) = config::Config::load(&config)?;
+            println!(
+                "{}: {} pairs{}",
+                config.display(),
+                cfg.pairs.len(),
+                if cfg.server.is_some() { " and a server" } else { "" }
+            );
+            return Ok(());
+        }
         let tls = identity::Identity::load_or_create(&state_dir)
             .with_context(|| format!("identity in {}", state_dir.display()))
             .and_then(|id| {
@@ -187,7 +197,8 @@ fn default_config_file() -> anyhow::Result<PathBuf> {
 }
 
 /// Runs one of the commands that talk to a running agent. Exit status: 0 done, 1 error (no
-/// agent, refused); `status` exits 3 when a pair is failed or halted (for health checks).
+/// agent, refused); `status` also exits 1 when a pair (or the server) failed or halted, which
+/// makes it a health check.
 fn control_command(cmd: &Command, socket: &std::path::Path, insecure: bool) -> anyhow::Result<()> {
     use control::Request;
     let req = match cmd {
@@ -234,10 +245,11 @@ fn control_command(cmd: &Command, socket: &std::path::Path, insecure: bool) -> a
         Command::Export => print!("{}", resp.text.unwrap_or_default()),
         _ => {}
     }
-    if matches!(cmd, Command::Status { .. })
-        && resp.reports.iter().any(|r| matches!(r.state, status::State::Failed | status::State::Halted))
+    if let Command::Status { .. } = cmd
+        && let Some(r) = resp.reports.iter().find(|r| matches!(r.state, status::State::Failed | status::State::Halted))
     {
-        std::process::exit(3);
+        eprintln!("mirror-agent: {} is {}: {}", r.name, r.state.name(), r.last_error.as_deref().unwrap_or("?"));
+        std::process::exit(1);
     }
     Ok(())
 }
