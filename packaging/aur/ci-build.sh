@@ -25,7 +25,7 @@ pkg=$(ls "$out"/mirror-agent-"$pkgver"-*.pkg.tar.zst)
 bsdtar -tvf "$pkg"
 root="$out/root"
 mkdir -p "$root/var/lib/pacman"
-pacman -U --noconfirm --nodeps --root "$root" --dbpath "$root/var/lib/pacman" "$pkg" 2>&1 \
+pacman -U --noconfirm --nodeps --nodeps --root "$root" --dbpath "$root/var/lib/pacman" "$pkg" 2>&1 \
   | grep -v 'failed to initialize alpm library' || true
 "$root/usr/bin/mirror-agent" --version
 test -f "$root/usr/lib/systemd/user/mirror-agent.service"
