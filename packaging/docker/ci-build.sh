@@ -36,15 +36,22 @@ debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/debootst
 echo "deb http://deb.debian.org/debian-security bookworm-security main" >> "$work/rootfs/etc/apt/sources.list"
 tar -C "$work/rootfs" -c . | podman import - localhost/debian:bookworm-slim >/dev/null
 podman tag localhost/debian:bookworm-slim docker.io/library/debian:bookworm-slim
-mkdir -p "$work/rust"
+# The stand-in carries this machine's extra CA certificates (a TLS-inspecting egress proxy
+# here), so that cargo inside the build can reach crates.io as the host does.
+mkdir -p "$work/rust/ca"
+touch "$work/rust/ca/.keep"
+cp /usr/local/share/ca-certificates/*.crt "$work/rust/ca/" 2>/dev/null || true
 cat > "$work/rust/Containerfile" <<'FILE'
 FROM docker.io/library/debian:bookworm-slim
+COPY ca/ /usr/local/share/ca-certificates/
 RUN apt-get update \
     && apt-get install -y --no-install-recommends rustc-web cargo-web gcc libc6-dev binutils ca-certificates \
+    && update-ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 FILE
 podman build -q --pull=never --network=host -t docker.io/library/rust:1-slim-bookworm "$work/rust" >/dev/null
-podman build --pull=never --network=host -t mirror-agent:ci -f "$repo/packaging/docker/Dockerfile" "$repo"
+# Docker's image format: OCI images have no HEALTHCHECK.
+podman build --format docker --pull=never --network=host -t mirror-agent:ci -f "$repo/packaging/docker/Dockerfile" "$repo"
 podman image ls mirror-agent:ci
 podman run -d --name mirror-ci mirror-agent:ci >/dev/null
 # The health check asks the agent over its control socket: wait for it to answer.
@@ -53,7 +60,8 @@ for _ in $(seq 1 60); do
   sleep 1
 done
 podman exec mirror-ci mirror-agent status --state-dir /data/state
-podman healthcheck run mirror-ci && echo "health check: healthy"
+podman healthcheck run mirror-ci
+echo "health check: healthy"
 test "$(podman exec mirror-ci id -u)" = 10001
 podman exec mirror-ci mirror-agent id --state-dir /data/state
 podman logs mirror-ci 2>&1 | tail -5

@@ -183,3 +183,58 @@ fn the_dockerfile_and_compose_file_lint_clean() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 pairs and a server"));
 }
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A scratch directory other users can reach (the AUR build runs as [`BUILDER`]).
+fn shared_scratch() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir_in("/var/tmp").unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// The whole AUR route: `makepkg` as an unprivileged user, `check()` included, the package
+/// listed, installed into a throwaway pacman root, and the installed binary run.
+#[test]
+fn the_aur_package_builds_checks_and_installs() {
+    if !is_root() {
+        eprintln!("SKIP: the AUR build switches to the {BUILDER} user, which needs root");
+        return;
+    }
+    if !have("makepkg") || !have("pacman") || !have("bsdtar") || !builder_exists() {
+        return;
+    }
+    if !Path::new("/usr/bin/cargo").exists() {
+        eprintln!("SKIP: no /usr/bin/cargo for {BUILDER} (Debian's cargo-web; .ci/run installs it)");
+        return;
+    }
+    let scratch = shared_scratch();
+    let out = run(Command::new("bash")
+        .arg(repo().join("packaging/aur/ci-build.sh"))
+        .arg(scratch.path().join("aur"))
+        .arg(BUILDER));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("usr/bin/mirror-agent") && said.contains("mirror-agent 0.1.0"), "{said}");
+    let root = scratch.path().join("aur/root");
+    assert!(root.join("usr/lib/systemd/user/mirror-agent.service").is_file());
+    assert!(root.join("usr/share/doc/mirror-agent/README.md").is_file());
+}
+
+/// The Docker route without a Docker engine: the image built from the Dockerfile by podman,
+/// started as its non-root user, its health check (which asks the agent) healthy.
+#[test]
+fn the_docker_image_builds_starts_and_is_healthy() {
+    if !is_root() {
+        eprintln!("SKIP: podman with runc here needs root");
+        return;
+    }
+    if !have("podman") || !have("runc") || !have("debootstrap") {
+        return;
+    }
+    let out = run(Command::new("bash").arg(repo().join("packaging/docker/ci-build.sh")));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("health check: healthy") && said.contains("listening"), "{said}");
+}
