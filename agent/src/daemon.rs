@@ -164,7 +164,7 @@ fn supervise(unit: Unit, env: Env, status: Status, ctl: Arc<Ctl>) {
             failures = 0;
             continue;
         }
-        let delay = (Duration::from_secs(1) * 2u32.pow(failures - 1)).min(MAX_RESTART_DELAY);
+        let delay = (first_restart_delay() * 2u32.pow(failures - 1)).min(MAX_RESTART_DELAY);
         log::warn!("{name} stopped: {msg}; restarting in {}s", delay.as_secs());
         status.update(|r| {
             r.state = State::Restarting;
@@ -172,6 +172,14 @@ fn supervise(unit: Unit, env: Env, status: Status, ctl: Arc<Ctl>) {
         });
         ctl.wait_for(Some(delay), |c| c.quit || c.paused || c.retry);
     }
+}
+
+/// The first restart waits a second (then 2, 4...). Test hook: `MIRROR_TEST_RESTART_MS`.
+fn first_restart_delay() -> Duration {
+    std::env::var("MIRROR_TEST_RESTART_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(1), Duration::from_millis)
 }
 
 fn unit_name(u: &Unit) -> String {

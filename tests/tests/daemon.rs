@@ -42,9 +42,15 @@ impl Setup {
     }
 
     fn start(&self) -> Agent {
-        let a = Agent::spawn(
+        self.start_env(&[])
+    }
+
+    fn start_env(&self, env: &[(&str, &str)]) -> Agent {
+        let a = Agent::spawn_cmd(
             "agent",
-            &["run", "--config", self.config.to_str().unwrap(), "--state-dir", self.state.to_str().unwrap()],
+            Command::new(bin())
+                .args(["run", "--config", self.config.to_str().unwrap(), "--state-dir", self.state.to_str().unwrap()])
+                .envs(env.iter().copied()),
         );
         a.wait_log("control socket");
         a
@@ -192,22 +198,37 @@ fn a_failing_pair_is_restarted_and_reported_while_the_others_sync() {
         s.port
     ));
     fs::write(&s.config, text).unwrap();
-    let _agent = s.start();
+    // Restarts 50 ms, 100 ms, 200 ms... apart instead of 1 s, 2 s, 4 s...
+    let _agent = s.start_env(&[("MIRROR_TEST_RESTART_MS", "50")]);
     write(&s.local("good").join("g.txt"), "good");
     wait_content(&s.remote("good").join("g.txt"), b"good");
-    let bad = wait_until("the bad pair to be restarted", || {
-        let b = s.status_of("bad");
-        (b["restarts"].as_u64().unwrap_or(0) >= 1).then_some(b)
-    });
+    // Retried with backoff, then given up on: failed, with its last error.
+    let bad = s.wait_state("bad", "failed");
     assert!(bad["last_error"].as_str().unwrap_or("").contains("blocker"), "{bad}");
-    // Still reported, the others unaffected; `status` says something is wrong with its exit code
-    // only once the pair is given up on (failed), not while it is retried.
+    assert!(bad["restarts"].as_u64().unwrap_or(0) >= 4, "{bad}");
+    // `status` says something is wrong with its exit code (a health check).
+    let (code, table, err) = s.ctl(&["status"]);
+    assert_eq!(code, 1, "{table}{err}");
+    assert!(table.contains("failed") && err.contains("bad is failed"), "{table}{err}");
+    // The others never noticed.
     write(&s.local("good").join("g2.txt"), "still good");
     wait_content(&s.remote("good").join("g2.txt"), b"still good");
     // Fixed by the user, `resume` brings it back at once.
     fs::remove_file(&blocker).unwrap();
     s.ok(&["resume", "bad"]);
     s.wait_state("bad", "connected");
+}
+
+/// Under systemd (`JOURNAL_STREAM` set) each line carries its priority for the journal and no
+/// time stamp of its own (the journal has one).
+#[test]
+fn journal_lines_have_priorities_and_no_time_stamps() {
+    let s = Setup::new(&[]);
+    let agent = s.start_env(&[("JOURNAL_STREAM", "8:1234")]);
+    let log = agent.wait_log("<6>running 0 pairs");
+    let first = log.lines().find(|l| l.contains("running 0 pairs")).unwrap();
+    assert!(first.starts_with("<6>running"), "{first}");
+    assert!(!log.contains("Z INFO"), "{log}");
 }
 
 #[test]
