@@ -17,9 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg_attr(not(kqueue), allow(dead_code))]
+mod dirdiff;
 #[cfg(target_os = "linux")]
 mod inotify;
+#[cfg(kqueue)]
+mod kqueue;
 mod poll;
+#[cfg(target_os = "linux")]
 mod walk;
 
 /// A hint from a watcher. Paths are relative to the watched root; the empty path is the root.
@@ -85,6 +90,8 @@ pub trait Watcher: Send + fmt::Debug {
 pub enum Backend {
     /// Linux inotify.
     Inotify,
+    /// kqueue (the BSDs; macOS on request).
+    Kqueue,
     /// Periodic scans: works on any file system, including network mounts.
     Poll,
 }
@@ -94,7 +101,9 @@ impl Backend {
     pub fn native() -> Self {
         #[cfg(target_os = "linux")]
         return Backend::Inotify;
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(kqueue)]
+        return Backend::Kqueue;
+        #[cfg(not(any(target_os = "linux", kqueue)))]
         return Backend::Poll;
     }
 
@@ -103,18 +112,22 @@ impl Backend {
         vec![
             #[cfg(target_os = "linux")]
             Backend::Inotify,
+            #[cfg(kqueue)]
+            Backend::Kqueue,
             Backend::Poll,
         ]
     }
 
-    /// Whether this backend reports kernel-queue overflows (the poll backend has no queue).
+    /// Whether this backend reports kernel-queue overflows (inotify's queue; kqueue keeps one
+    /// pending event per descriptor and cannot overflow; the poll backend has no queue).
     pub fn can_overflow(self) -> bool {
-        !matches!(self, Backend::Poll)
+        matches!(self, Backend::Inotify)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Backend::Inotify => "inotify",
+            Backend::Kqueue => "kqueue",
             Backend::Poll => "poll",
         }
     }
@@ -135,6 +148,8 @@ pub enum WatchError {
     Unsupported(String),
     /// The kernel's per-user watch limit is reached.
     WatchLimit { path: PathBuf },
+    /// No file descriptors left to watch with (kqueue needs one per file and directory).
+    DescriptorLimit { path: PathBuf },
     /// An I/O error at a path.
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -151,6 +166,13 @@ impl fmt::Display for WatchError {
                 "cannot watch {}: the inotify watch limit is reached; raise it with \
                  `sysctl fs.inotify.max_user_watches=524288` (and persist it in /etc/sysctl.d), \
                  ignore large generated directories, or use --watcher poll",
+                path.display()
+            ),
+            Self::DescriptorLimit { path } => write!(
+                f,
+                "cannot watch {}: out of file descriptors (kqueue needs one per file and directory); \
+                 raise the limit (`ulimit -n`, or kern.maxfiles / kern.maxfilesperproc), ignore large \
+                 generated directories, or use --watcher poll",
                 path.display()
             ),
             Self::Io { path, source } => write!(f, "cannot watch {}: {source}", path.display()),
@@ -175,7 +197,11 @@ pub fn start(backend: Backend, config: WatchConfig, sink: Sender<WatchEvent>) ->
     match backend {
         #[cfg(target_os = "linux")]
         Backend::Inotify => Ok(Box::new(inotify::InotifyWatcher::start(config, sink)?)),
+        #[cfg(kqueue)]
+        Backend::Kqueue => Ok(Box::new(kqueue::KqueueWatcher::start(config, sink)?)),
         Backend::Poll => Ok(Box::new(poll::PollWatcher::start(config, sink)?)),
+        #[allow(unreachable_patterns)]
+        other => Err(WatchError::Unsupported(other.name().to_string())),
     }
 }
 
