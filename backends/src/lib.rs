@@ -19,6 +19,10 @@ use std::time::Duration;
 
 #[cfg_attr(not(kqueue), allow(dead_code))]
 mod dirdiff;
+#[cfg(target_os = "macos")]
+mod fsevents;
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+mod fsevents_flags;
 #[cfg(target_os = "linux")]
 mod inotify;
 #[cfg(kqueue)]
@@ -92,6 +96,8 @@ pub enum Backend {
     Inotify,
     /// kqueue (the BSDs; macOS on request).
     Kqueue,
+    /// macOS FSEvents.
+    FsEvents,
     /// Periodic scans: works on any file system, including network mounts.
     Poll,
 }
@@ -101,7 +107,9 @@ impl Backend {
     pub fn native() -> Self {
         #[cfg(target_os = "linux")]
         return Backend::Inotify;
-        #[cfg(kqueue)]
+        #[cfg(target_os = "macos")]
+        return Backend::FsEvents;
+        #[cfg(all(kqueue, not(target_os = "macos")))]
         return Backend::Kqueue;
         #[cfg(not(any(target_os = "linux", kqueue)))]
         return Backend::Poll;
@@ -112,6 +120,8 @@ impl Backend {
         vec![
             #[cfg(target_os = "linux")]
             Backend::Inotify,
+            #[cfg(target_os = "macos")]
+            Backend::FsEvents,
             #[cfg(kqueue)]
             Backend::Kqueue,
             Backend::Poll,
@@ -128,6 +138,7 @@ impl Backend {
         match self {
             Backend::Inotify => "inotify",
             Backend::Kqueue => "kqueue",
+            Backend::FsEvents => "fsevents",
             Backend::Poll => "poll",
         }
     }
@@ -199,6 +210,8 @@ pub fn start(backend: Backend, config: WatchConfig, sink: Sender<WatchEvent>) ->
         Backend::Inotify => Ok(Box::new(inotify::InotifyWatcher::start(config, sink)?)),
         #[cfg(kqueue)]
         Backend::Kqueue => Ok(Box::new(kqueue::KqueueWatcher::start(config, sink)?)),
+        #[cfg(target_os = "macos")]
+        Backend::FsEvents => Ok(Box::new(fsevents::FsEventsWatcher::start(config, sink)?)),
         Backend::Poll => Ok(Box::new(poll::PollWatcher::start(config, sink)?)),
         #[allow(unreachable_patterns)]
         other => Err(WatchError::Unsupported(other.name().to_string())),
