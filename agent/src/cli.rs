@@ -93,18 +93,8 @@ pub enum Command {
     /// Add a pair to the running agent and its configuration (--insecure: plaintext).
     Add {
         name: String,
-        #[arg(short = 'h', long = "host", value_name = "HOST")]
-        host: String,
-        #[arg(short = 'p', long = "port")]
-        port: Option<u16>,
-        #[arg(short = 'l', long = "local", value_name = "LOCAL")]
-        local: String,
-        #[arg(short = 'r', long = "remote", value_name = "REMOTE")]
-        remote: String,
-        #[arg(short = 'i', long = "include", value_name = "PATTERN")]
-        include: Vec<String>,
-        #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
-        exclude: Vec<String>,
+        #[command(flatten)]
+        pair: PairArgs,
     },
     /// Remove a pair from the running agent and its configuration (files stay as they are).
     Remove { name: String },
@@ -114,23 +104,30 @@ pub enum Command {
     Import { file: PathBuf },
     /// Sync a local directory with a directory on a server.
     Client {
-        /// Server host name or address.
-        #[arg(short = 'h', long = "host", value_name = "HOST")]
-        host: String,
-        /// Server port.
-        #[arg(short = 'p', long = "port", default_value_t = DEFAULT_PORT)]
-        port: u16,
-        /// Local directory to sync.
-        #[arg(short = 'l', long = "local", value_name = "LOCAL")]
-        local: PathBuf,
-        /// Directory on the server, inside the server's --root.
-        #[arg(short = 'r', long = "remote", value_name = "REMOTE")]
-        remote: String,
-        /// Sync paths matching this gitignore-syntax pattern even if ignored (repeatable).
-        #[arg(short = 'i', long = "include", value_name = "PATTERN")]
-        include: Vec<String>,
-        /// Do not sync paths matching this gitignore-syntax pattern (repeatable).
-        #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
-        exclude: Vec<String>,
+        #[command(flatten)]
+        pair: PairArgs,
     },
+}
+
+/// One sync pair on the command line (`client`, `add`).
+#[derive(Debug, Args)]
+pub struct PairArgs {
+    /// Server host name or address.
+    #[arg(short = 'h', long = "host", value_name = "HOST")]
+    pub host: String,
+    /// Server port.
+    #[arg(short = 'p', long = "port", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Local directory to sync.
+    #[arg(short = 'l', long = "local", value_name = "LOCAL")]
+    pub local: PathBuf,
+    /// Directory on the server, inside the server's --root.
+    #[arg(short = 'r', long = "remote", value_name = "REMOTE")]
+    pub remote: String,
+    /// Sync paths matching this gitignore-syntax pattern even if ignored (repeatable).
+    #[arg(short = 'i', long = "include", value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Do not sync paths matching this gitignore-syntax pattern (repeatable).
+    #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
 }

@@ -169,7 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ctrlc::set_handler(move || stop.stop()).context("installing the signal handler")?;
     }
     match cli.command {
-        Command::Client { host, port, local, remote, include, exclude } => {
+        Command::Client { pair: cli::PairArgs { host, port, local, remote, include, exclude } } => {
             let spec = worker::ClientSpec { local, host, port, remote, include, exclude };
             let status = status::Status::new("client", &spec.local.display().to_string(), &spec.host);
             worker::run_client(&shared, tls, &spec, c.resume, &stop, &status)
@@ -212,15 +212,15 @@ fn control_command(cmd: &Command, socket: &std::path::Path, insecure: bool) -> a
             config::Config::parse(&text, file)?; // errors name this file, not the agent's
             Request::Import { text }
         }
-        Command::Add { name, host, port, local, remote, include, exclude } => {
+        Command::Add { name, pair: cli::PairArgs { host, port, local, remote, include, exclude } } => {
             // Relative to where the command runs, not to where the agent does.
-            let local = std::path::absolute(local).with_context(|| format!("resolving {local}"))?;
+            let local = std::path::absolute(local).with_context(|| format!("resolving {}", local.display()))?;
             Request::Add {
                 pair: config::NewPair {
                     name: name.clone(),
                     local: local.to_string_lossy().into_owned(),
                     host: host.clone(),
-                    port: *port,
+                    port: Some(*port),
                     remote: remote.clone(),
                     include: include.clone(),
                     exclude: exclude.clone(),

@@ -331,16 +331,14 @@ impl State {
                 }
                 Ok(())
             }
-            Err(e) if e.raw_os_error() == Some(libc_enospc()) => {
-                if rel.as_os_str().is_empty() || !self.limit_reported {
-                    self.limit_reported = true;
-                    return Err(WatchError::WatchLimit { path: abs });
-                }
-                Ok(())
-            }
-            // Gone or replaced by a file since it was listed: its parent's events cover it.
-            Err(e) if !rel.as_os_str().is_empty() && matches!(e.raw_os_error(), Some(2 | 20)) => Ok(()),
-            Err(source) => Err(WatchError::Io { path: abs, source }),
+            Err(e) => crate::watch_failure(
+                rel,
+                abs,
+                e,
+                &mut self.limit_reported,
+                |e| e.raw_os_error() == Some(libc_enospc()),
+                |path| WatchError::WatchLimit { path },
+            ),
         }
     }
 

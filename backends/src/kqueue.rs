@@ -235,17 +235,15 @@ impl State {
                 }
                 Ok(())
             }
-            // EMFILE / ENFILE: out of descriptors.
-            Err(e) if matches!(e.raw_os_error(), Some(24 | 23)) => {
-                if rel.as_os_str().is_empty() || !self.limit_reported {
-                    self.limit_reported = true;
-                    return Err(WatchError::DescriptorLimit { path: abs });
-                }
-                Ok(())
-            }
-            // Gone since it was listed: its parent's next listing covers it.
-            Err(e) if !rel.as_os_str().is_empty() && matches!(e.raw_os_error(), Some(2 | 20)) => Ok(()),
-            Err(source) => Err(WatchError::Io { path: abs, source }),
+            Err(e) => crate::watch_failure(
+                rel,
+                abs,
+                e,
+                &mut self.limit_reported,
+                // EMFILE, ENFILE: out of descriptors.
+                |e| matches!(e.raw_os_error(), Some(24 | 23)),
+                |path| WatchError::DescriptorLimit { path },
+            ),
         }
     }
 

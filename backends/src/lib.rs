@@ -218,6 +218,34 @@ pub fn start(backend: Backend, config: WatchConfig, sink: Sender<WatchEvent>) ->
     }
 }
 
+/// What a failed watch of `rel` (at `abs`) means. Running into the kernel's limit (`is_limit`)
+/// is an error for the root and, once, for the first other path (`limit_reported`): the user is
+/// told, and the rest goes on unwatched. A path gone (or replaced by a file) since it was listed
+/// is no error: its parent's events cover it.
+#[cfg_attr(not(any(target_os = "linux", kqueue)), allow(dead_code))]
+pub(crate) fn watch_failure(
+    rel: &Path,
+    abs: PathBuf,
+    err: std::io::Error,
+    limit_reported: &mut bool,
+    is_limit: impl Fn(&std::io::Error) -> bool,
+    limit: impl Fn(PathBuf) -> WatchError,
+) -> Result<(), WatchError> {
+    let is_root = rel.as_os_str().is_empty();
+    if is_limit(&err) {
+        if is_root || !*limit_reported {
+            *limit_reported = true;
+            return Err(limit(abs));
+        }
+        return Ok(());
+    }
+    // ENOENT, ENOTDIR.
+    if !is_root && matches!(err.raw_os_error(), Some(2 | 20)) {
+        return Ok(());
+    }
+    Err(WatchError::Io { path: abs, source: err })
+}
+
 /// Joins a relative path onto a root; the empty relative path is the root itself.
 pub(crate) fn join(root: &Path, rel: &Path) -> PathBuf {
     if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(rel) }
