@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 pub(crate) struct Listed {
     pub ino: u64,
     pub is_dir: bool,
+    /// A symlink: listed (its coming and going matters) but never watched or followed.
+    pub is_link: bool,
 }
 
 /// A directory's entries by name.
@@ -44,7 +46,8 @@ pub(crate) fn list(dir: &Path) -> std::io::Result<Listing> {
     for ent in std::fs::read_dir(dir)? {
         let Ok(ent) = ent else { continue };
         let Ok(meta) = ent.metadata() else { continue };
-        out.insert(ent.file_name(), Listed { ino: meta.ino(), is_dir: meta.is_dir() });
+        let is_link = meta.file_type().is_symlink();
+        out.insert(ent.file_name(), Listed { ino: meta.ino(), is_dir: meta.is_dir(), is_link });
     }
     Ok(out)
 }
@@ -121,7 +124,10 @@ mod tests {
     use super::*;
 
     fn listing(entries: &[(&str, u64, bool)]) -> Listing {
-        entries.iter().map(|(n, ino, d)| (OsString::from(n), Listed { ino: *ino, is_dir: *d })).collect()
+        entries
+            .iter()
+            .map(|(n, ino, d)| (OsString::from(n), Listed { ino: *ino, is_dir: *d, is_link: false }))
+            .collect()
     }
 
     #[test]
@@ -180,6 +186,11 @@ mod tests {
         let before = list(d.path()).unwrap();
         assert_eq!(before.len(), 2);
         assert!(before[&OsString::from("sub")].is_dir && !before[&OsString::from("f")].is_dir);
+        std::os::unix::fs::symlink("sub", d.path().join("link")).unwrap();
+        let linked = list(d.path()).unwrap();
+        let link = linked[&OsString::from("link")];
+        assert!(link.is_link && !link.is_dir, "a symlink to a directory is a link, not a directory");
+        std::fs::remove_file(d.path().join("link")).unwrap();
         // An atomic save: write beside, rename over.
         std::fs::write(d.path().join("f.tmp"), "y").unwrap();
         std::fs::rename(d.path().join("f.tmp"), d.path().join("f")).unwrap();

@@ -1,7 +1,8 @@
 //! The kqueue backend (FreeBSD, OpenBSD, NetBSD, DragonFly; macOS with `--watcher kqueue`).
 //!
 //! kqueue watches open descriptors, not paths: every directory and every file gets an event-only
-//! descriptor (`O_EVTONLY` on macOS, read-only elsewhere, opened by the `kqueue` crate). A
+//! descriptor (`O_EVTONLY` on macOS, so a watched volume can still be unmounted; read-only
+//! elsewhere). Symlinks are listed but never opened (that would watch their target). A
 //! directory's `NOTE_WRITE` says only "an entry came, went or was renamed": the directory is
 //! listed again and diffed by name and inode against its last listing ([`crate::dirdiff`]), so
 //! new entries get watched, gone ones unwatched, and an atomic save (a rename over the old name)
@@ -15,7 +16,10 @@ use crate::dirdiff::{self, Listing, Step};
 use crate::{DirFilter, WatchConfig, WatchError, WatchEvent, Watcher};
 use crossbeam_channel::{Receiver, Sender};
 use kqueue::{EventData, EventFilter, FilterFlag, Ident, Vnode};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,10 +51,17 @@ struct State {
     descend: DirFilter,
     /// The last listing of every watched directory.
     dirs: HashMap<PathBuf, Listing>,
-    /// Every watched path (files and directories), relative to the root.
-    watched: BTreeSet<PathBuf>,
+    /// Every watched path (files and directories, relative to the root) and its descriptor.
+    watched: BTreeMap<PathBuf, File>,
+    by_fd: HashMap<RawFd, PathBuf>,
     limit_reported: bool,
 }
+
+/// `O_EVTONLY`: a descriptor for event notifications only (macOS).
+#[cfg(target_os = "macos")]
+const EVENT_ONLY: i32 = 0x0000_8000;
+#[cfg(not(target_os = "macos"))]
+const EVENT_ONLY: i32 = 0;
 
 impl KqueueWatcher {
     pub(crate) fn start(config: WatchConfig, sink: Sender<WatchEvent>) -> Result<Self, WatchError> {
@@ -63,7 +74,8 @@ impl KqueueWatcher {
             root: config.root.clone(),
             descend: config.descend.clone(),
             dirs: HashMap::new(),
-            watched: BTreeSet::new(),
+            watched: BTreeMap::new(),
+            by_fd: HashMap::new(),
             limit_reported: false,
         };
         // Watches are in place before start() returns: a change made after it is never missed.
@@ -138,13 +150,9 @@ fn run(mut state: State, sink: Sender<WatchEvent>, refresh: Receiver<PathBuf>, s
 }
 
 impl State {
-    fn rel_of(&self, abs: &str) -> Option<PathBuf> {
-        Path::new(abs).strip_prefix(&self.root).ok().map(Path::to_path_buf)
-    }
-
     fn handle(&mut self, ev: kqueue::Event, out: &mut Vec<WatchEvent>) {
-        let Ident::Filename(_, name) = &ev.ident else { return };
-        let Some(rel) = self.rel_of(name) else { return };
+        let Ident::Fd(fd) = &ev.ident else { return };
+        let Some(rel) = self.by_fd.get(fd).cloned() else { return };
         let EventData::Vnode(what) = ev.data else {
             if let EventData::Error(e) = ev.data {
                 log::warn!("kqueue watcher: {e} at {}; rescanning it", rel.display());
@@ -204,6 +212,9 @@ impl State {
             let Some(listing) = self.dirs.get(&dir).cloned() else { continue };
             for (name, l) in listing {
                 let child = if dir.as_os_str().is_empty() { PathBuf::from(&name) } else { dir.join(&name) };
+                if l.is_link {
+                    continue;
+                }
                 if l.is_dir {
                     if (self.descend)(&child) {
                         stack.push(child);
@@ -216,14 +227,25 @@ impl State {
         Ok(())
     }
 
+    fn open(abs: &Path) -> std::io::Result<Option<File>> {
+        if std::fs::symlink_metadata(abs)?.file_type().is_symlink() {
+            return Ok(None);
+        }
+        std::fs::OpenOptions::new().read(true).custom_flags(EVENT_ONLY).open(abs).map(Some)
+    }
+
     fn watch_one(&mut self, rel: &Path, is_dir: bool) -> Result<(), WatchError> {
         let abs = crate::join(&self.root, rel);
-        if self.watched.contains(rel) {
-            let _ = self.kq.remove_filename(&abs, EventFilter::EVFILT_VNODE);
-        }
-        match self.kq.add_filename(&abs, EventFilter::EVFILT_VNODE, flags()) {
-            Ok(()) => {
-                self.watched.insert(rel.to_path_buf());
+        self.unwatch_one(rel);
+        let added = Self::open(&abs).and_then(|f| match f {
+            Some(f) => self.kq.add_file(&f, EventFilter::EVFILT_VNODE, flags()).map(|()| Some(f)),
+            None => Ok(None),
+        });
+        match added {
+            Ok(None) => Ok(()),
+            Ok(Some(file)) => {
+                self.by_fd.insert(file.as_raw_fd(), rel.to_path_buf());
+                self.watched.insert(rel.to_path_buf(), file);
                 if is_dir {
                     match dirdiff::list(&abs) {
                         Ok(l) => {
@@ -247,12 +269,24 @@ impl State {
         }
     }
 
+    fn unwatch_one(&mut self, rel: &Path) {
+        if let Some(file) = self.watched.remove(rel) {
+            let _ = self.kq.remove_file(&file, EventFilter::EVFILT_VNODE);
+            self.by_fd.remove(&file.as_raw_fd());
+            // Dropping the file closes the descriptor.
+        }
+        self.dirs.remove(rel);
+    }
+
     fn unwatch_tree(&mut self, rel: &Path) {
-        let gone: Vec<PathBuf> = self.watched.iter().filter(|p| p.starts_with(rel)).cloned().collect();
+        let gone: Vec<PathBuf> = self
+            .watched
+            .range(rel.to_path_buf()..)
+            .map(|(p, _)| p.clone())
+            .take_while(|p| p.starts_with(rel))
+            .collect();
         for p in gone {
-            let _ = self.kq.remove_filename(crate::join(&self.root, &p), EventFilter::EVFILT_VNODE);
-            self.watched.remove(&p);
-            self.dirs.remove(&p);
+            self.unwatch_one(&p);
         }
     }
 }
