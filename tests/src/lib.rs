@@ -391,6 +391,8 @@ pub struct FaultProxy {
     conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
     frozen: Arc<std::sync::atomic::AtomicBool>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// One-way latency added to every byte, in milliseconds.
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FaultProxy {
@@ -402,7 +404,8 @@ impl FaultProxy {
         let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
         let frozen = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (c2, f2, s2) = (conns.clone(), frozen.clone(), stop.clone());
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c2, f2, s2, d2) = (conns.clone(), frozen.clone(), stop.clone(), delay_ms.clone());
         std::thread::spawn(move || {
             while !s2.load(Ordering::SeqCst) {
                 let Ok((inbound, _)) = listener.accept() else {
@@ -412,10 +415,24 @@ impl FaultProxy {
                 let _ = inbound.set_nonblocking(false);
                 let Ok(outbound) = std::net::TcpStream::connect(("127.0.0.1", to)) else { continue };
                 c2.lock().unwrap().extend([inbound.try_clone().unwrap(), outbound.try_clone().unwrap()]);
-                for (mut from, mut to) in
+                for (mut from, to) in
                     [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap()), (outbound, inbound)]
                 {
-                    let (frozen, stop) = (f2.clone(), s2.clone());
+                    let (frozen, stop, delay_ms) = (f2.clone(), s2.clone(), d2.clone());
+                    // Bytes read are delivered by a second thread at read time + delay: latency
+                    // without a cap on throughput.
+                    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+                    let mut writer = to.try_clone().unwrap();
+                    std::thread::spawn(move || {
+                        while let Ok((at, bytes)) = rx.recv() {
+                            let wait = at.saturating_duration_since(Instant::now());
+                            std::thread::sleep(wait.min(Duration::from_secs(5)));
+                            if std::io::Write::write_all(&mut writer, &bytes).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = writer.shutdown(std::net::Shutdown::Both);
+                    });
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 65536];
                         from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
@@ -427,7 +444,8 @@ impl FaultProxy {
                             match std::io::Read::read(&mut from, &mut buf) {
                                 Ok(0) => break,
                                 Ok(n) => {
-                                    if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                                    let at = Instant::now() + Duration::from_millis(delay_ms.load(Ordering::SeqCst));
+                                    if tx.send((at, buf[..n].to_vec())).is_err() {
                                         break;
                                     }
                                 }
@@ -439,12 +457,18 @@ impl FaultProxy {
                                 Err(_) => break,
                             }
                         }
-                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        drop(tx); // the writer delivers what is in flight, then shuts down
+                        let _ = to.shutdown(std::net::Shutdown::Read);
                     });
                 }
             }
         });
-        FaultProxy { port, conns, frozen, stop }
+        FaultProxy { port, conns, frozen, stop, delay_ms }
+    }
+
+    /// Adds `ms` milliseconds of latency each way to every connection.
+    pub fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Cuts every connection now open (both ends see a reset or EOF); later ones go through.
