@@ -15,6 +15,7 @@
 
 use crate::conflict::{conflict_path_of, numbered};
 use crate::executor::{self, ExecError, TempFile};
+use crate::fold::Folding;
 use crate::index::{Index, LocalEntry, Stat, subtree};
 use crate::link::{ConnId, NetHandle, ToEngine, ToNet};
 use crate::paths::{self, abs, rel_path, to_rel};
@@ -26,7 +27,7 @@ use crate::store::{CLOCK_BLOCK, Fingerprint, Store};
 use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use mirror_backends::{Backend, WatchConfig, WatchEvent, Watcher};
 use mirror_protocol::{Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, VersionVector};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -105,6 +106,19 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
     store.set_root_id(root_id)?;
     let me = loaded.replica;
     let mine = loaded.index.values().map(|l| l.entry.version.get(me).max(l.seq)).max().unwrap_or(0);
+    let folding = Folding::of(&cfg.root);
+    if folding.active() {
+        log::info!(
+            "{}: this file system treats names differing only in {} as one; such names from peers \
+             are reported as collisions, never synced twice",
+            cfg.root.display(),
+            match (folding.case, folding.unicode) {
+                (true, true) => "case or Unicode normalization",
+                (true, false) => "case",
+                _ => "Unicode normalization",
+            }
+        );
+    }
     let patterns_key = {
         let mut h = blake3::Hasher::new();
         for (tag, pats) in [(b"i", &cfg.includes), (b"e", &cfg.excludes)] {
@@ -166,6 +180,10 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         refresh: Vec::new(),
         patterns_key,
         status: cfg.status,
+        folding,
+        by_fold: HashMap::new(),
+        fetch_fold: HashMap::new(),
+        collided: HashSet::new(),
     };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()
@@ -272,6 +290,14 @@ struct Engine {
     /// A hash of the command line's `-i`/`-e` patterns (part of the rules fingerprint).
     patterns_key: [u8; 32],
     status: Option<Status>,
+    /// How this file system compares names; with `by_fold`, the live path of each folded name
+    /// (kept only when the file system folds anything).
+    folding: Folding,
+    by_fold: HashMap<Vec<u8>, RelPath>,
+    /// The same for files being fetched: the first spelling to arrive claims the name.
+    fetch_fold: HashMap<Vec<u8>, RelPath>,
+    /// Folded names a peer offered a second spelling of: when ours goes, theirs is offered again.
+    collided: HashSet<Vec<u8>>,
 }
 
 /// A connection-fatal problem with what a peer sent.
@@ -291,6 +317,13 @@ impl Engine {
             .filter(|(_, l)| matches!(l.entry.kind, Kind::File { .. }))
             .filter_map(|(p, l)| l.stat.map(|s| (s.ino, p.clone())))
             .collect();
+        if self.folding.active() {
+            let live: Vec<RelPath> =
+                self.index.iter().filter(|(_, l)| !l.entry.kind.is_deleted()).map(|(p, _)| p.clone()).collect();
+            for p in live {
+                self.by_fold.insert(self.folding.key(&p), p);
+            }
+        }
         self.full_scan(true);
         self.initial = false;
         self.outbox.clear(); // nobody is connected yet; each session gets the index
@@ -802,6 +835,17 @@ impl Engine {
     /// Records `entry` with its disk stat and queues it for every session but `from`.
     fn set(&mut self, entry: Entry, stat: Option<Stat>, from: Option<ConnId>) {
         let seq = self.tick();
+        if self.folding.active() {
+            let key = self.folding.key(&entry.path);
+            if !entry.kind.is_deleted() {
+                self.by_fold.insert(key, entry.path.clone());
+            } else if self.by_fold.get(&key) == Some(&entry.path) {
+                self.by_fold.remove(&key);
+                if self.collided.remove(&key) {
+                    self.rules_changed = true; // offer the peers' other spelling again
+                }
+            }
+        }
         self.unsaved.insert(entry.path.clone());
         self.outbox.push((entry.clone(), from));
         let path = entry.path.clone();
@@ -908,7 +952,7 @@ impl Engine {
                 }
                 self.retries.retain(|r| r.1 != conn);
                 self.deferred.retain(|d| d.0 != conn);
-                self.fetching.retain(|_, (c, _, _)| *c != conn);
+                self.forget_fetches_of(conn);
             }
             ToEngine::Message { conn, msg } => {
                 if !self.sessions.contains_key(&conn) {
@@ -926,7 +970,7 @@ impl Engine {
         let host = self.sessions.get(&conn).map(|s| s.peer_host.clone()).unwrap_or_default();
         log::error!("closing connection to {host}: {reason}");
         self.sessions.remove(&conn);
-        self.fetching.retain(|_, (c, _, _)| *c != conn);
+        self.forget_fetches_of(conn);
         self.net.send(ToNet::Close { conn, reason });
     }
 
@@ -979,10 +1023,15 @@ impl Engine {
     }
 
     /// A fingerprint of what decides which peer entries we skip: the `-i`/`-e` patterns,
-    /// `.git/info/exclude` and every `.gitignore` in the index.
+    /// `.git/info/exclude`, every `.gitignore` in the index, and the names skipped as collisions.
     fn rules_fingerprint(&self) -> Fingerprint {
         let mut h = blake3::Hasher::new();
         h.update(&self.patterns_key);
+        let mut collided: Vec<&Vec<u8>> = self.collided.iter().collect();
+        collided.sort();
+        for k in collided {
+            h.update(b"c").update(k).update(&[0]);
+        }
         if let Ok(b) = std::fs::read(self.root.join(".git/info/exclude")) {
             h.update(b"x").update(&b);
         }
@@ -1073,6 +1122,19 @@ impl Engine {
             }
             return Ok(());
         }
+        if let Some(ours) = self.fold_collision(&e) {
+            let key = self.folding.key(&e.path);
+            if self.collided.insert(key) {
+                self.conflicts_named(&e.path, &ours);
+                // Skipped like an ignored entry: the next session must offer it again.
+                let fp = self.rules_fingerprint();
+                self.store.set_rules(fp);
+            }
+            if let Some(s) = self.sessions.get_mut(&conn) {
+                s.skipped.insert(e.path.clone(), e);
+            }
+            return Ok(());
+        }
         // A transfer already under way for this path: keep it unless this entry supersedes it.
         if let Some(pending) = self.pending_version(&e.path) {
             match pending.compare(&e.version) {
@@ -1132,6 +1194,44 @@ impl Engine {
         Ok(())
     }
 
+    /// On a file system that folds names: the live path of ours that is the same name as the
+    /// peer's new `e` (or one of its directories) under another spelling.
+    fn fold_collision(&self, e: &Entry) -> Option<RelPath> {
+        if !self.folding.active() || e.kind.is_deleted() {
+            return None;
+        }
+        if self.index.get(&e.path).is_some_and(|l| !l.entry.kind.is_deleted()) {
+            return None; // the same spelling as ours
+        }
+        let mut p = Some(e.path.clone());
+        while let Some(cur) = p {
+            let key = self.folding.key(&cur);
+            // Ours on disk, or on its way (a transfer of another spelling under way).
+            for ours in [self.by_fold.get(&key), self.fetch_fold.get(&key)].into_iter().flatten() {
+                if *ours != cur {
+                    return Some(ours.clone());
+                }
+            }
+            p = cur.parent();
+        }
+        None
+    }
+
+    /// Reports a name collision: the peer's `theirs` is `ours` on this file system.
+    fn conflicts_named(&mut self, theirs: &RelPath, ours: &RelPath) {
+        let msg = format!(
+            "name collision: the peer's {theirs} is the same name as our {ours} on this file system \
+             (case or Unicode normalization); {theirs} is not synced here until one of them is renamed"
+        );
+        log::warn!("{msg}");
+        if let Some(s) = &self.status {
+            s.update(|r| {
+                r.collisions += 1;
+                r.last_error = Some(msg);
+            });
+        }
+    }
+
     fn disk_moved(&self, l: &LocalEntry) -> bool {
         executor::current(&self.root, &l.entry.path).map_or(true, |s| s != l.stat)
     }
@@ -1142,6 +1242,7 @@ impl Engine {
 
     fn cancel_fetches(&mut self, path: &RelPath) {
         let Some((conn, id, _)) = self.fetching.remove(path) else { return };
+        self.unclaim(path);
         let Some(s) = self.sessions.get_mut(&conn) else { return };
         s.queued.retain(|(qid, _)| *qid != id);
         if let Some(f) = s.in_flight.get_mut(&id) {
@@ -1154,6 +1255,26 @@ impl Engine {
     fn fetch_done(&mut self, path: &RelPath, conn: ConnId, id: u64) {
         if self.fetching.get(path).is_some_and(|(c, i, _)| *c == conn && *i == id) {
             self.fetching.remove(path);
+            self.unclaim(path);
+        }
+    }
+
+    fn forget_fetches_of(&mut self, conn: ConnId) {
+        let gone: Vec<RelPath> =
+            self.fetching.iter().filter(|(_, (c, _, _))| *c == conn).map(|(p, _)| p.clone()).collect();
+        for p in gone {
+            self.fetching.remove(&p);
+            self.unclaim(&p);
+        }
+    }
+
+    /// A transfer of `path` ended: its spelling no longer claims the folded name.
+    fn unclaim(&mut self, path: &RelPath) {
+        if self.folding.active() {
+            let key = self.folding.key(path);
+            if self.fetch_fold.get(&key) == Some(path) {
+                self.fetch_fold.remove(&key);
+            }
         }
     }
 
@@ -1423,6 +1544,9 @@ impl Engine {
         self.next_id += 1;
         if let Some(s) = self.sessions.get_mut(&conn) {
             self.fetching.insert(entry.path.clone(), (conn, id, entry.version.clone()));
+            if self.folding.active() {
+                self.fetch_fold.entry(self.folding.key(&entry.path)).or_insert_with(|| entry.path.clone());
+            }
             let f = Fetch { entry, purpose, tmp: None, hasher: blake3::Hasher::new(), received: 0, failed: false };
             s.queued.push_back((id, f));
         }

@@ -11,6 +11,7 @@ mod control;
 mod daemon;
 mod engine;
 mod executor;
+mod fold;
 mod identity;
 mod index;
 mod link;

@@ -61,6 +61,9 @@ pub struct Report {
     pub pending: u64,
     /// True conflicts resolved since the pair started.
     pub conflicts: u64,
+    /// Peer names that are another spelling of one of ours on this file system (not synced).
+    #[serde(default)]
+    pub collisions: u64,
     /// Connected peers (the server: clients).
     pub peers: u64,
     pub last_error: Option<String>,
