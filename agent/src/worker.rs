@@ -60,15 +60,9 @@ impl Stopper {
         }
     }
 
-    pub fn stopped(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
-    }
-
     fn attach(&self, waker: Arc<Waker>) {
+        // A stop that came before the loop had a waker: the flag is seen at the loop's first turn.
         *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker);
-        if self.stopped() {
-            let _ = self.waker.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|w| w.wake());
-        }
     }
 }
 

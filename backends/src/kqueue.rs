@@ -55,6 +55,8 @@ struct State {
     watched: BTreeMap<PathBuf, File>,
     by_fd: HashMap<RawFd, PathBuf>,
     limit_reported: bool,
+    /// Descriptors were added since the last `kevent` registration.
+    unregistered: bool,
 }
 
 /// `O_EVTONLY`: a descriptor for event notifications only (macOS).
@@ -77,6 +79,7 @@ impl KqueueWatcher {
             watched: BTreeMap::new(),
             by_fd: HashMap::new(),
             limit_reported: false,
+            unregistered: false,
         };
         // Watches are in place before start() returns: a change made after it is never missed.
         state.watch_tree(Path::new(""))?;
@@ -133,7 +136,10 @@ fn run(mut state: State, sink: Sender<WatchEvent>, refresh: Receiver<PathBuf>, s
                 state.handle(ev, &mut out);
             }
         }
-        if let Err(e) = state.kq.watch() {
+        // The crate registers every descriptor it holds at once: only when some were added.
+        if std::mem::take(&mut state.unregistered)
+            && let Err(e) = state.kq.watch()
+        {
             log::error!("kqueue watcher: cannot register new watches: {e}; reporting overflow");
             out.push(WatchEvent::Overflow);
         }
@@ -245,6 +251,7 @@ impl State {
             Ok(None) => Ok(()),
             Ok(Some(file)) => {
                 self.by_fd.insert(file.as_raw_fd(), rel.to_path_buf());
+                self.unregistered = true;
                 self.watched.insert(rel.to_path_buf(), file);
                 if is_dir {
                     match dirdiff::list(&abs) {

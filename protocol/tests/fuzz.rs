@@ -5,36 +5,23 @@
 
 use mirror_protocol::*;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use mirror_protocol::fuzz::Rng;
 
 fn entry(r: &mut Rng) -> Entry {
     let kind = match r.below(4) {
-        0 => Kind::File { size: r.next() % 5000, hash: [r.next() as u8; 32], executable: r.below(2) == 0 },
+        0 => Kind::File { size: r.next_u64() % 5000, hash: [r.next_u64() as u8; 32], executable: r.below(2) == 0 },
         1 => Kind::Directory,
         2 => Kind::Symlink { target: vec![b'x'; r.below(20)] },
         _ => Kind::Deleted,
     };
     let mut version = VersionVector::new();
     for _ in 0..r.below(4) {
-        version = version.with(r.next() % 8, r.next() % 1000 + 1);
+        version = version.with(r.next_u64() % 8, r.next_u64() % 1000 + 1);
     }
     Entry {
         path: RelPath::new(format!("d{}/f{}", r.below(5), r.below(50))).unwrap(),
         kind,
-        mtime: Timestamp { secs: r.next() as i64, nanos: (r.next() % 1_000_000_000) as u32 },
+        mtime: Timestamp { secs: r.next_u64() as i64, nanos: (r.next_u64() % 1_000_000_000) as u32 },
         version,
         origin: "host".repeat(r.below(3)),
     }
@@ -42,29 +29,29 @@ fn entry(r: &mut Rng) -> Entry {
 
 /// A valid message of every kind, at random.
 fn message(r: &mut Rng) -> Message {
-    let id = r.next() % 100;
+    let id = r.next_u64() % 100;
     match r.below(12) {
         0 => Message::Hello(Hello {
-            replica: r.next(),
+            replica: r.next_u64(),
             host: "h".into(),
             remote: b"p".to_vec(),
             includes: vec!["*.jar".into(); r.below(3)],
             excludes: vec![],
         }),
-        1 => Message::Welcome(Welcome { replica: r.next(), host: "s".into() }),
+        1 => Message::Welcome(Welcome { replica: r.next_u64(), host: "s".into() }),
         2 => Message::IndexBatch {
             entries: (0..r.below(5)).map(|_| entry(r)).collect(),
             last: r.below(2) == 0,
-            seq: r.next(),
+            seq: r.next_u64(),
         },
-        3 => Message::Update { entries: (0..r.below(5)).map(|_| entry(r)).collect(), seq: r.next() },
-        4 => Message::Request { id, path: RelPath::new("a/b").unwrap(), size: r.next() % 100, hash: [3; 32] },
-        5 => Message::Data { id, bytes: vec![r.next() as u8; r.below(300)] },
-        6 => Message::DataEnd { id, size: r.next() % 300, hash: [4; 32] },
+        3 => Message::Update { entries: (0..r.below(5)).map(|_| entry(r)).collect(), seq: r.next_u64() },
+        4 => Message::Request { id, path: RelPath::new("a/b").unwrap(), size: r.next_u64() % 100, hash: [3; 32] },
+        5 => Message::Data { id, bytes: vec![r.next_u64() as u8; r.below(300)] },
+        6 => Message::DataEnd { id, size: r.next_u64() % 300, hash: [4; 32] },
         7 => Message::DataAbort { id, reason: "x".into() },
         8 => Message::Ping,
         9 => Message::Pong,
-        10 => Message::IndexFrom { since: r.next() },
+        10 => Message::IndexFrom { since: r.next_u64() },
         _ => Message::Goodbye { reason: "bye".into() },
     }
 }
@@ -77,7 +64,7 @@ fn case(r: &mut Rng) -> Vec<u8> {
         encode_into(&message(r), &mut bytes);
     }
     if r.below(20) == 0 {
-        return (0..r.below(200)).map(|_| r.next() as u8).collect();
+        return (0..r.below(200)).map(|_| r.next_u64() as u8).collect();
     }
     for _ in 0..r.below(4) {
         if bytes.is_empty() {
@@ -86,10 +73,10 @@ fn case(r: &mut Rng) -> Vec<u8> {
         let at = r.below(bytes.len());
         match r.below(6) {
             0 => bytes[at] ^= 1 << r.below(8),
-            1 => bytes[at] = r.next() as u8,
+            1 => bytes[at] = r.next_u64() as u8,
             2 => bytes.truncate(at),
-            3 => bytes.insert(at, r.next() as u8),
-            4 if at + 4 <= bytes.len() => bytes[at..at + 4].copy_from_slice(&(r.next() as u32).to_be_bytes()),
+            3 => bytes.insert(at, r.next_u64() as u8),
+            4 if at + 4 <= bytes.len() => bytes[at..at + 4].copy_from_slice(&(r.next_u64() as u32).to_be_bytes()),
             _ => {
                 let mut other = Vec::new();
                 encode_into(&message(r), &mut other);

@@ -24,27 +24,7 @@ use std::path::{Path, PathBuf};
 
 const TOPS: [&str; 4] = ["t0", "t1", "t2", "t3"];
 
-/// splitmix64: small, seedable, good enough to pick operations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> Option<&'a T> {
-        if v.is_empty() { None } else { Some(&v[self.below(v.len())]) }
-    }
-}
+use mirror_protocol::fuzz::Rng;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum M {
@@ -96,7 +76,7 @@ fn random_op(rng: &mut Rng, root: &Path, model: &mut Model, tops: &[&str], log: 
                 return;
             }
             let len = if rng.chance(5) { 200_000 } else { rng.below(3000) };
-            let seed = rng.next();
+            let seed = rng.next_u64();
             let content: Vec<u8> = (0..len).map(|i| (seed as usize).wrapping_add(i * 31) as u8).collect();
             if matches!(model.get(&p), Some(M::Link(_))) {
                 fs::remove_file(root.join(&p)).unwrap();
@@ -108,7 +88,7 @@ fn random_op(rng: &mut Rng, root: &Path, model: &mut Model, tops: &[&str], log: 
         }
         35..=44 => {
             if let Some(p) = rng.pick(&files).cloned() {
-                let extra = format!("+{}", rng.next());
+                let extra = format!("+{}", rng.next_u64());
                 let mut f = fs::OpenOptions::new().append(true).open(root.join(&p)).unwrap();
                 std::io::Write::write_all(&mut f, extra.as_bytes()).unwrap();
                 if let Some(M::File { content, written, .. }) = model.get_mut(&p) {
