@@ -9,7 +9,7 @@
 //!   [`TEMP_PREFIX`](crate::rules::TEMP_PREFIX), are never synced, and are removed on drop
 //!   and at start-up.
 
-use crate::index::Stat;
+use crate::index::{S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, Stat};
 use crate::paths::{self, JailError, abs};
 use crate::rules::TEMP_PREFIX;
 use mirror_protocol::{RelPath, Timestamp};
@@ -133,12 +133,12 @@ impl TempFile {
         drop(file);
         verify(root, rel, expected)?;
         let target = abs(root, rel);
-        if expected.is_some_and(|s| s.mode & libc::S_IFMT == libc::S_IFDIR) {
+        if expected.is_some_and(|s| s.mode & S_IFMT == S_IFDIR) {
             fs::remove_dir(&target)?;
         }
         fs::rename(&self.path, &target)?;
         self.path = PathBuf::new();
-        Ok(stat_after(&target, libc::S_IFREG)?)
+        Ok(stat_after(&target, S_IFREG)?)
     }
 }
 
@@ -190,7 +190,7 @@ pub fn remove(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<()> 
     verify(root, rel, expected)?;
     let Some(s) = expected else { return Ok(()) };
     let path = abs(root, rel);
-    if s.mode & libc::S_IFMT == libc::S_IFDIR {
+    if s.mode & S_IFMT == S_IFDIR {
         fs::remove_dir(path)?
     } else {
         fs::remove_file(path)?
@@ -201,7 +201,7 @@ pub fn remove(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<()> 
 /// Creates a directory at `rel` (replacing a non-directory that is still `expected`).
 pub fn make_dir(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<Stat> {
     if let Some(s) = expected
-        && s.mode & libc::S_IFMT == libc::S_IFDIR
+        && s.mode & S_IFMT == S_IFDIR
     {
         verify(root, rel, expected)?;
         return Ok(s);
@@ -210,7 +210,7 @@ pub fn make_dir(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<St
     paths::create_parents(root, rel)?;
     let path = abs(root, rel);
     fs::create_dir(&path)?;
-    Ok(stat_after(&path, libc::S_IFDIR)?)
+    Ok(stat_after(&path, S_IFDIR)?)
 }
 
 /// Creates a symlink at `rel` pointing at `target` (never followed), atomically replacing what
@@ -223,12 +223,12 @@ pub fn make_symlink(root: &Path, rel: &RelPath, expected: Option<Stat>, target: 
     let guard = TempFile { path: tmp_path.clone(), file: None };
     verify(root, rel, expected)?;
     let path = abs(root, rel);
-    if expected.is_some_and(|s| s.mode & libc::S_IFMT == libc::S_IFDIR) {
+    if expected.is_some_and(|s| s.mode & S_IFMT == S_IFDIR) {
         fs::remove_dir(&path)?;
     }
     fs::rename(&tmp_path, &path)?;
     std::mem::forget(guard);
-    Ok(stat_after(&path, libc::S_IFLNK)?)
+    Ok(stat_after(&path, S_IFLNK)?)
 }
 
 /// Moves `from` (still `expected`) to `to`, which must not exist.
@@ -276,11 +276,11 @@ pub fn unstash(
     drop(f);
     verify(root, rel, expected)?;
     let target = abs(root, rel);
-    if expected.is_some_and(|s| s.mode & libc::S_IFMT == libc::S_IFDIR) {
+    if expected.is_some_and(|s| s.mode & S_IFMT == S_IFDIR) {
         fs::remove_dir(&target)?;
     }
     fs::rename(from, &target)?;
-    Ok(stat_after(&target, libc::S_IFREG)?)
+    Ok(stat_after(&target, S_IFREG)?)
 }
 
 /// Removes `dir/name` if it is a temp file a crash left behind. Returns whether it did.

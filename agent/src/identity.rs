@@ -122,6 +122,19 @@ pub struct Identity {
     pub id: DeviceId,
 }
 
+/// A new self-signed certificate and its PKCS#8 key, both DER.
+#[cfg(feature = "ring")]
+fn generate() -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let ck = rcgen::generate_simple_self_signed(vec!["mirror-agent".to_string()]).map_err(io::Error::other)?;
+    Ok((ck.cert.der().to_vec(), ck.signing_key.serialize_der()))
+}
+
+/// See `tls::provider`: a build without `ring` is only type-checked, never run.
+#[cfg(not(feature = "ring"))]
+fn generate() -> io::Result<(Vec<u8>, Vec<u8>)> {
+    Err(io::Error::other("built without a crypto provider (cargo feature `ring`)"))
+}
+
 impl Identity {
     /// Loads the identity in `state_dir`, generating it on first use.
     pub fn load_or_create(state_dir: &Path) -> io::Result<Identity> {
@@ -132,9 +145,7 @@ impl Identity {
             return Ok(Identity { cert_der, key_der, id });
         }
         fs::create_dir_all(&dir)?;
-        let ck = rcgen::generate_simple_self_signed(vec!["mirror-agent".to_string()]).map_err(io::Error::other)?;
-        let cert_der = ck.cert.der().to_vec();
-        let key_der = ck.signing_key.serialize_der();
+        let (cert_der, key_der) = generate()?;
         write_private(&key_path, &key_der)?;
         crate::store::write_atomic(&cert_path, &cert_der)?;
         let id = DeviceId::of_cert(&cert_der);

@@ -9,6 +9,13 @@ use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 
+/// File-type bits of `Stat::mode`. POSIX fixes these values on every Unix; `libc` has them as
+/// `mode_t`, which is `u16` on macOS and `u32` on Linux, so they are spelled out once here.
+pub const S_IFMT: u32 = 0o170_000;
+pub const S_IFDIR: u32 = 0o040_000;
+pub const S_IFREG: u32 = 0o100_000;
+pub const S_IFLNK: u32 = 0o120_000;
+
 /// The parts of `lstat` that say whether a path changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stat {
@@ -48,4 +55,17 @@ pub type Index = BTreeMap<RelPath, LocalEntry>;
 /// The paths at or beneath `dir`, in order.
 pub fn subtree<'a>(index: &'a Index, dir: &'a RelPath) -> impl Iterator<Item = (&'a RelPath, &'a LocalEntry)> + 'a {
     index.range(dir.clone()..).take_while(move |(p, _)| p.starts_with(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[allow(clippy::useless_conversion)] // `mode_t` is `u32` here, `u16` on macOS
+    fn file_type_bits_are_this_platforms() {
+        let lib = |v: libc::mode_t| u32::from(v);
+        assert_eq!(super::S_IFMT, lib(libc::S_IFMT));
+        assert_eq!(super::S_IFDIR, lib(libc::S_IFDIR));
+        assert_eq!(super::S_IFREG, lib(libc::S_IFREG));
+        assert_eq!(super::S_IFLNK, lib(libc::S_IFLNK));
+    }
 }

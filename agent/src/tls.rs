@@ -13,6 +13,18 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use std::sync::Arc;
 
+/// The crypto provider: ring. A build without the `ring` feature exists only to be type-checked for
+/// targets whose C toolchain this machine lacks, and refuses to make TLS.
+#[cfg(feature = "ring")]
+fn provider() -> Result<Arc<CryptoProvider>, rustls::Error> {
+    Ok(Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+#[cfg(not(feature = "ring"))]
+fn provider() -> Result<Arc<CryptoProvider>, rustls::Error> {
+    Err(rustls::Error::General("built without a crypto provider (cargo feature `ring`)".into()))
+}
+
 /// The TLS side of one agent: its identity and whom it trusts.
 #[derive(Debug, Clone)]
 pub struct Tls {
@@ -23,7 +35,7 @@ pub struct Tls {
 
 impl Tls {
     pub fn new(identity: &Identity, trust: Trust) -> Result<Tls, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = provider()?;
         let verifier = Arc::new(Pinned { trust, provider: provider.clone() });
         let cert = vec![CertificateDer::from(identity.cert_der.clone())];
         let key = || PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_der.clone()));
