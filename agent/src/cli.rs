@@ -26,7 +26,8 @@ pub struct Common {
     /// Log every decision about paths starting with this prefix (relative to the sync root).
     #[arg(long = "debug-prefix", value_name = "PATH", global = true)]
     pub debug_prefix: Option<String>,
-    /// File watching backend: inotify (default on Linux) or poll.
+    /// File watching backend: inotify (Linux), fsevents (macOS), kqueue (the BSDs; macOS on
+    /// request) or poll (anywhere, network mounts too). Default: the first this platform has.
     #[arg(long = "watcher", value_name = "BACKEND", global = true)]
     pub watcher: Option<String>,
     /// Scan interval of the poll watcher, in milliseconds.

@@ -25,7 +25,7 @@ use crate::scan::{self, Seen};
 use crate::status::{Status, unix_now};
 use crate::store::{CLOCK_BLOCK, Fingerprint, Store};
 use crossbeam_channel::{Receiver, Sender, bounded, never, select};
-use mirror_backends::{Backend, WatchConfig, WatchEvent, Watcher};
+use mirror_backends::{Backend, Checkpoint, WatchConfig, WatchEvent, Watcher};
 use mirror_protocol::{Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
@@ -44,6 +44,8 @@ const HOT_WINDOW: Duration = Duration::from_millis(50);
 const QUIET: Duration = Duration::from_millis(20);
 /// ...but never longer than this after its first event, so a file written forever still syncs.
 const MAX_DELAY: Duration = Duration::from_secs(1);
+/// How long a watcher's replayed event history may take before a full scan is done instead.
+const REPLAY_LIMIT: Duration = Duration::from_secs(60);
 /// How long a deleted file waits in the stash for a create of the same content. The other half
 /// of a rename comes in the same batch, or a few messages later for a large directory.
 const STASH_FOR: Duration = Duration::from_secs(2);
@@ -128,6 +130,21 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         }
         *h.finalize().as_bytes()
     };
+    // The watcher may replay what changed while we were stopped, instead of a full scan, only
+    // from a base that is whole and trusted: not halted, not `--resume`d, the same rules (paths
+    // ignored last time are nowhere in the history we would replay). A `.gitignore` edited
+    // while stopped is in that history and is handled as it would be live.
+    let resume = match &loaded.checkpoint {
+        Some(c)
+            if loaded.existed
+                && !cfg.resume
+                && loaded.rules
+                    == Some(rules_fingerprint(&patterns_key, &HashSet::new(), &cfg.root, &loaded.index)) =>
+        {
+            Some(Checkpoint(c.clone()))
+        }
+        _ => None,
+    };
     let clock_next = loaded.clock_start.max(mine) + 1;
     let clock_reserved = clock_next + CLOCK_BLOCK;
     store.reserve_clock(clock_reserved)?;
@@ -141,6 +158,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
             r.has_includes() || !r.is_ignored(rel, true)
         }),
         poll_interval: cfg.poll_interval,
+        resume,
     };
     let watcher = mirror_backends::start(cfg.backend, wcfg, watch_tx)?;
     // Small on purpose: a data chunk is up to 256 KiB, so this bounds what a fast sender can
@@ -184,6 +202,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         by_fold: HashMap::new(),
         fetch_fold: HashMap::new(),
         collided: HashSet::new(),
+        checkpoint: None,
     };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()
@@ -298,6 +317,8 @@ struct Engine {
     fetch_fold: HashMap<Vec<u8>, RelPath>,
     /// Folded names a peer offered a second spelling of: when ours goes, theirs is offered again.
     collided: HashSet<Vec<u8>>,
+    /// The watcher's last history position, saved once every hint before it was acted on.
+    checkpoint: Option<Checkpoint>,
 }
 
 /// A connection-fatal problem with what a peer sent.
@@ -324,7 +345,10 @@ impl Engine {
                 self.by_fold.insert(self.folding.key(&p), p);
             }
         }
-        self.full_scan(true);
+        let replayed = watcher.replaying() && self.replay(&watch_rx);
+        if !replayed {
+            self.full_scan(true);
+        }
         self.initial = false;
         self.outbox.clear(); // nobody is connected yet; each session gets the index
         // Rules other than last time (edited while we were stopped): ask peers for everything.
@@ -334,10 +358,11 @@ impl Engine {
             s.set_scanned();
         }
         log::info!(
-            "watching {} ({} entries, {} backend, scanned in {:.0?})",
+            "watching {} ({} entries, {} backend, {} in {:.0?})",
             self.root.display(),
             self.index.values().filter(|l| !l.entry.kind.is_deleted()).count(),
             watcher.backend().name(),
+            if replayed { "caught up from its event history" } else { "scanned" },
             started.elapsed()
         );
         let mut watch_rx = watch_rx;
@@ -404,6 +429,71 @@ impl Engine {
         }
     }
 
+    /// Start-up from the watcher's event history instead of a full scan: every path the history
+    /// names is read again, exactly as if the events were live, then the pair goes on. Returns
+    /// false, leaving a full scan to the caller, when the history loses events, points at the
+    /// whole root, or does not end within [`REPLAY_LIMIT`].
+    fn replay(&mut self, watch_rx: &Receiver<WatchEvent>) -> bool {
+        let end = Instant::now() + REPLAY_LIMIT;
+        let mut hints = 0usize;
+        let fallback = |this: &mut Self, why: &str| {
+            log::info!("{}: {why}; scanning everything instead", this.root.display());
+            this.dirty.clear();
+            this.full_rescan = false;
+            false
+        };
+        loop {
+            let ev = match watch_rx.recv_deadline(end) {
+                Ok(ev) => ev,
+                Err(_) => return fallback(self, "the event history did not end in time"),
+            };
+            match ev {
+                WatchEvent::Replayed => break,
+                WatchEvent::Overflow => return fallback(self, "the event history lost events"),
+                WatchEvent::Checkpoint(c) => self.checkpoint = Some(c),
+                // A crash's leftover temp file: no transfer is under way yet, so it goes.
+                WatchEvent::Dirty(p) | WatchEvent::Settled(p) if is_temp(&p) => {
+                    let abs = self.root.join(&p);
+                    if let (Some(dir), Some(name)) = (abs.parent(), abs.file_name()) {
+                        executor::remove_stale_temp(dir, name);
+                    }
+                }
+                ev => {
+                    hints += 1;
+                    self.on_watch(ev);
+                }
+            }
+            if self.halted.is_some() {
+                return true;
+            }
+            if self.full_rescan {
+                return fallback(self, "the event history names the whole root");
+            }
+        }
+        // An emptied root halts, as a full scan would: an unmounted disk looks the same.
+        let live = self.index.values().filter(|l| !l.entry.kind.is_deleted()).count();
+        if live > 0 && std::fs::read_dir(&self.root).is_ok_and(|mut d| d.next().is_none()) {
+            self.halt(format!(
+                "sync root {} is empty, but {live} paths were synced from it; halting instead of \
+                 deleting them everywhere",
+                self.root.display()
+            ));
+            return true;
+        }
+        log::debug!("{}: {hints} hints from the event history", self.root.display());
+        // Read everything named now (no settling: nothing is being written by us yet). A
+        // `.gitignore` among them marks its directory again, and `.git/info/exclude` the root.
+        for _ in 0..8 {
+            if self.dirty.is_empty() && !self.full_rescan {
+                break;
+            }
+            let now = Instant::now();
+            self.dirty.values_mut().for_each(|d| d.due = now);
+            self.process_dirty();
+        }
+        true
+    }
+
     /// Updates what `status` shows: pending work, conflicts, and when we were last in sync.
     fn report(&self) {
         let Some(s) = &self.status else { return };
@@ -451,6 +541,8 @@ impl Engine {
                 "sync root {} vanished or was unmounted; halting this pair instead of propagating deletions",
                 self.root.display()
             )),
+            WatchEvent::Checkpoint(c) => self.checkpoint = Some(c),
+            WatchEvent::Replayed => {}
         }
     }
 
@@ -562,6 +654,14 @@ impl Engine {
     /// A failure to persist halts the pair: syncing on without a base risks what the base is for.
     fn persist(&mut self) {
         self.advance_peers();
+        // Every hint before the watcher's last checkpoint has been acted on once nothing is left
+        // to read: the entries written now (before it) cover its history up to there.
+        if self.dirty.is_empty()
+            && !self.full_rescan
+            && let Some(c) = self.checkpoint.take()
+        {
+            self.store.set_checkpoint(c.0);
+        }
         if self.unsaved.is_empty() && !self.store.has_pending() {
             if let Err(e) = self.store.sync() {
                 self.halt(format!("cannot write the sync state in {}: {e}", self.store.dir().display()));
@@ -1025,26 +1125,7 @@ impl Engine {
     /// A fingerprint of what decides which peer entries we skip: the `-i`/`-e` patterns,
     /// `.git/info/exclude`, every `.gitignore` in the index, and the names skipped as collisions.
     fn rules_fingerprint(&self) -> Fingerprint {
-        let mut h = blake3::Hasher::new();
-        h.update(&self.patterns_key);
-        let mut collided: Vec<&Vec<u8>> = self.collided.iter().collect();
-        collided.sort();
-        for k in collided {
-            h.update(b"c").update(k).update(&[0]);
-        }
-        if let Ok(b) = std::fs::read(self.root.join(".git/info/exclude")) {
-            h.update(b"x").update(&b);
-        }
-        for (p, l) in &self.index {
-            if let Kind::File { hash, .. } = &l.entry.kind
-                && is_rules_file(p)
-            {
-                h.update(p.as_bytes()).update(&[0]).update(hash);
-            }
-        }
-        let mut fp = Fingerprint::default();
-        fp.copy_from_slice(&h.finalize().as_bytes()[..16]);
-        fp
+        rules_fingerprint(&self.patterns_key, &self.collided, &self.root, &self.index)
     }
 
     fn on_message(&mut self, conn: ConnId, msg: Message) -> Result<(), PeerError> {
@@ -1723,6 +1804,31 @@ pub fn order_for_apply(mut entries: Vec<Entry>) -> Vec<Entry> {
 }
 
 /// Device and inode of the root directory.
+/// What decides which paths are synced: the command line's patterns, the name collisions
+/// reported, `.git/info/exclude` and every `.gitignore` in `index`.
+fn rules_fingerprint(patterns_key: &[u8; 32], collided: &HashSet<Vec<u8>>, root: &Path, index: &Index) -> Fingerprint {
+    let mut h = blake3::Hasher::new();
+    h.update(patterns_key);
+    let mut collided: Vec<&Vec<u8>> = collided.iter().collect();
+    collided.sort();
+    for k in collided {
+        h.update(b"c").update(k).update(&[0]);
+    }
+    if let Ok(b) = std::fs::read(root.join(".git/info/exclude")) {
+        h.update(b"x").update(&b);
+    }
+    for (p, l) in index {
+        if let Kind::File { hash, .. } = &l.entry.kind
+            && is_rules_file(p)
+        {
+            h.update(p.as_bytes()).update(&[0]).update(hash);
+        }
+    }
+    let mut fp = Fingerprint::default();
+    fp.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    fp
+}
+
 fn root_identity(root: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(root)?;

@@ -28,6 +28,12 @@
 //! reconnect the peer sends only what changed since then. A `Have` is appended after the entries
 //! it covers, so a torn tail can only lose it together with them. A `Rules` record (the ignore
 //! rules changed) voids every earlier `Have`: entries skipped under the old rules may be wanted.
+//! A `Checkpoint` record is the watcher's position in its event history (FSEvents) up to which
+//! every change is in the entries before it; it too is appended after them.
+//!
+//! # Formats
+//! 3 added `Checkpoint` records; 2 added counters, `Have` and `Rules`. Formats 1 and 2 are still
+//! read; a file of a newer format is refused with a clear error rather than half read.
 //! Format 1 files (no counters) are still read; their entries count as changed at 0.
 
 use crate::index::{Index, LocalEntry, Stat};
@@ -38,10 +44,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-const SNAP_MAGIC: &[u8; 8] = b"MIRBASE2";
-const LOG_MAGIC: &[u8; 8] = b"MIRJRNL2";
-const SNAP_MAGIC_V1: &[u8; 8] = b"MIRBASE1";
-const LOG_MAGIC_V1: &[u8; 8] = b"MIRJRNL1";
+const SNAP_MAGIC: &[u8; 8] = b"MIRBASE3";
+const LOG_MAGIC: &[u8; 8] = b"MIRJRNL3";
 /// Counters reserved per clock write.
 pub const CLOCK_BLOCK: u64 = 10_000;
 /// Records that fit in memory at once while loading; bounds a corrupt length prefix.
@@ -53,7 +57,7 @@ struct Header {
     generation: u64,
 }
 
-/// One record of a snapshot or journal (format 2).
+/// One record of a snapshot or journal (formats 2 and 3; new variants go at the end).
 #[derive(Serialize, Deserialize)]
 enum Record {
     /// A path as this replica knows it, with the change counter it was last changed at.
@@ -62,6 +66,8 @@ enum Record {
     Have { peer: ReplicaId, seq: u64 },
     /// The ignore rules in force from here on (a fingerprint); voids every earlier `Have`.
     Rules { fingerprint: Fingerprint },
+    /// The watcher's history position that the entries so far cover (format 3).
+    Checkpoint { text: String },
 }
 
 /// A record of format 1: entries only.
@@ -80,6 +86,7 @@ struct Replayed {
     index: Index,
     have: BTreeMap<ReplicaId, u64>,
     rules: Option<Fingerprint>,
+    checkpoint: Option<String>,
 }
 
 impl Replayed {
@@ -95,6 +102,7 @@ impl Replayed {
                 self.have.clear();
                 self.rules = Some(fingerprint);
             }
+            Record::Checkpoint { text } => self.checkpoint = Some(text),
         }
     }
 }
@@ -136,6 +144,10 @@ pub struct Loaded {
     pub clock_start: u64,
     pub root_id: Option<(u64, u64)>,
     pub halted: Option<String>,
+    /// The ignore rules in force when the pair last ran.
+    pub rules: Option<Fingerprint>,
+    /// The watcher's history position the base covers (see [`Store::set_checkpoint`]).
+    pub checkpoint: Option<String>,
 }
 
 #[derive(Debug)]
@@ -152,7 +164,8 @@ pub struct Store {
     /// Per peer replica, the counter up to which everything was taken in.
     have: BTreeMap<ReplicaId, u64>,
     rules: Option<Fingerprint>,
-    /// `Have`/`Rules` records waiting for the next [`append`](Self::append).
+    checkpoint: Option<String>,
+    /// `Have`/`Rules`/`Checkpoint` records waiting for the next [`append`](Self::append).
     pending: Vec<u8>,
     _lock: File,
 }
@@ -207,7 +220,7 @@ impl Store {
         let mut state = Replayed::default();
         let (header, existed) = match File::open(&snap_path) {
             Ok(f) => {
-                let (h, recs) = read_file(f, [SNAP_MAGIC, SNAP_MAGIC_V1], true).map_err(|e| err(&snap_path, e))?;
+                let (h, recs) = read_file(f, SNAP_MAGIC, true).map_err(|e| err(&snap_path, e))?;
                 recs.into_iter().for_each(|r| state.apply(r));
                 (h, true)
             }
@@ -221,7 +234,7 @@ impl Store {
         let log_path = dir.join("base.log");
         let mut existed = existed;
         if let Ok(f) = File::open(&log_path) {
-            match read_file(f, [LOG_MAGIC, LOG_MAGIC_V1], false) {
+            match read_file(f, LOG_MAGIC, false) {
                 Ok((h, recs)) if h.generation == header.generation && h.replica == header.replica => {
                     existed = true;
                     recs.into_iter().for_each(|r| state.apply(r));
@@ -230,7 +243,7 @@ impl Store {
                 Err(e) => log::warn!("{}: {e}; ignoring the journal", log_path.display()),
             }
         }
-        let Replayed { index, have, rules } = state;
+        let Replayed { index, have, rules, checkpoint } = state;
         let loaded = Loaded {
             replica: header.replica,
             existed,
@@ -238,11 +251,13 @@ impl Store {
             root_id: meta.root_id,
             halted,
             index,
+            rules,
+            checkpoint: checkpoint.clone(),
         };
         // Start a fresh generation: the loaded state as a snapshot, an empty journal.
         let generation = header.generation + 1;
         let log =
-            write_snapshot(&dir, header.replica, generation, &loaded.index, &have, rules).map_err(|e| err(&dir, e))?;
+            write_snapshot(&dir, header.replica, generation, &loaded.index, &have, rules, checkpoint.as_deref()).map_err(|e| err(&dir, e))?;
         let store = Store {
             log: BufWriter::new(log),
             dir,
@@ -254,6 +269,7 @@ impl Store {
             unsynced: false,
             have,
             rules,
+            checkpoint,
             pending: Vec::new(),
             _lock: lock,
         };
@@ -334,12 +350,30 @@ impl Store {
         }
     }
 
+    /// Records the watcher's history position that the entries appended so far (and with the
+    /// next [`append`](Self::append)) cover; written by that append, after them.
+    pub fn set_checkpoint(&mut self, text: String) {
+        if self.checkpoint.as_ref() != Some(&text) {
+            encode_record(&mut self.pending, &Record::Checkpoint { text: text.clone() });
+            self.checkpoint = Some(text);
+            self.records_since_snapshot += 1;
+        }
+    }
+
     /// Writes `index` as the new snapshot and starts an empty journal.
     pub fn snapshot(&mut self, index: &Index) -> io::Result<()> {
         let generation = self.generation + 1;
         // The snapshot holds the `Have`/`Rules` state itself: nothing is pending after it.
         self.pending.clear();
-        self.log = BufWriter::new(write_snapshot(&self.dir, self.replica, generation, index, &self.have, self.rules)?);
+        self.log = BufWriter::new(write_snapshot(
+            &self.dir,
+            self.replica,
+            generation,
+            index,
+            &self.have,
+            self.rules,
+            self.checkpoint.as_deref(),
+        )?);
         self.generation = generation;
         self.records_since_snapshot = 0;
         self.live_at_snapshot = index.values().filter(|l| !l.entry.kind.is_deleted()).count();
@@ -390,6 +424,7 @@ fn write_snapshot(
     index: &Index,
     have: &BTreeMap<ReplicaId, u64>,
     rules: Option<Fingerprint>,
+    checkpoint: Option<&str>,
 ) -> io::Result<File> {
     let header = postcard::to_stdvec(&Header { replica, generation }).map_err(io::Error::other)?;
     let mut buf = Vec::with_capacity(64 + index.len() * 96);
@@ -403,6 +438,9 @@ fn write_snapshot(
     }
     for l in index.values() {
         encode_record(&mut buf, &entry_record(l));
+    }
+    if let Some(text) = checkpoint {
+        encode_record(&mut buf, &Record::Checkpoint { text: text.to_string() });
     }
     write_atomic(&dir.join("base.snap"), &buf)?;
     let mut log = LOG_MAGIC.to_vec();
@@ -437,14 +475,23 @@ fn encode_record(out: &mut Vec<u8>, r: &Record) {
 
 /// Reads a snapshot or journal: magic (`[current, format 1]`), header record, then records up to
 /// the first invalid one. A snapshot must be whole (`strict`); a journal may end in a torn record.
-fn read_file(mut f: File, magic: [&[u8; 8]; 2], strict: bool) -> io::Result<(Header, Vec<Record>)> {
+/// Reads a snapshot or journal whose current magic is `magic`; its last byte is the format, and
+/// every earlier format is read too.
+fn read_file(mut f: File, magic: &[u8; 8], strict: bool) -> io::Result<(Header, Vec<Record>)> {
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes)?;
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let v1 = bytes.len() >= 8 && &bytes[..8] == magic[1];
-    if bytes.len() < 8 || (&bytes[..8] != magic[0] && !v1) {
+    if bytes.len() < 8 || bytes[..7] != magic[..7] || bytes[7] < b'1' {
         return Err(bad("not a mirror-agent state file"));
     }
+    if bytes[7] > magic[7] {
+        return Err(bad(&format!(
+            "written by a newer mirror-agent (state format {}, this one reads up to {})",
+            char::from(bytes[7]),
+            char::from(magic[7])
+        )));
+    }
+    let v1 = bytes[7] == b'1';
     let mut pos = 8;
     let next = |pos: &mut usize| -> Option<&[u8]> {
         let rest = &bytes[*pos..];
@@ -501,6 +548,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
     use mirror_protocol::{Kind, RelPath, Timestamp, VersionVector};
+
+    const SNAP_MAGIC_V1: &[u8; 8] = b"MIRBASE1";
+    const LOG_MAGIC_V1: &[u8; 8] = b"MIRJRNL1";
 
     fn entry(p: &str, n: u64) -> LocalEntry {
         LocalEntry {
@@ -650,6 +700,72 @@ mod tests {
                 assert_eq!(s.have(7), 100);
             }
         }
+    }
+
+    #[test]
+    fn the_watcher_checkpoint_persists_after_the_entries_it_covers() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Path::new("/r");
+        let dir;
+        {
+            let (mut s, l) = Store::open(d.path(), root).unwrap();
+            assert_eq!(l.checkpoint, None);
+            s.set_checkpoint("fsevents U 10".into());
+            s.append([entry("a", 1)].iter()).unwrap();
+            dir = s.dir().to_path_buf();
+        }
+        let log = fs::read(dir.join("base.log")).unwrap();
+        let snap = fs::read(dir.join("base.snap")).unwrap();
+        // `[header][entry a][checkpoint]`: no cut keeps the checkpoint without the entry.
+        for cut in 0..=log.len() {
+            fs::write(dir.join("base.log"), &log[..cut]).unwrap();
+            fs::write(dir.join("base.snap"), &snap).unwrap();
+            let (_s, l) = Store::open(d.path(), root).unwrap();
+            if l.checkpoint.is_some() {
+                assert!(l.index.contains_key(&RelPath::new("a").unwrap()), "cut {cut}");
+            }
+            assert_eq!(l.checkpoint.is_some(), cut == log.len(), "cut {cut}");
+        }
+        // Kept through the snapshot written at open, and replaced by a newer one.
+        let (mut s, l) = Store::open(d.path(), root).unwrap();
+        assert_eq!(l.checkpoint.as_deref(), Some("fsevents U 10"));
+        s.set_checkpoint("fsevents U 10".into());
+        assert!(!s.has_pending(), "the same checkpoint is not written twice");
+        s.set_checkpoint("fsevents U 11".into());
+        s.append(std::iter::empty()).unwrap();
+        s.snapshot(&Index::new()).unwrap();
+        drop(s);
+        let (_s, l) = Store::open(d.path(), root).unwrap();
+        assert_eq!(l.checkpoint.as_deref(), Some("fsevents U 11"));
+    }
+
+    #[test]
+    fn a_format_2_state_is_read_and_a_newer_format_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Path::new("/r");
+        let dir;
+        {
+            let (mut s, _) = Store::open(d.path(), root).unwrap();
+            s.set_have(7, 100);
+            s.append([entry("a", 1)].iter()).unwrap();
+            dir = s.dir().to_path_buf();
+        }
+        // Format 2 is format 3 without checkpoints: the same records under the older magic.
+        for name in ["base.snap", "base.log"] {
+            let mut b = fs::read(dir.join(name)).unwrap();
+            b[7] = b'2';
+            fs::write(dir.join(name), b).unwrap();
+        }
+        let (s, l) = Store::open(d.path(), root).unwrap();
+        assert_eq!((s.have(7), l.index.len()), (100, 1));
+        drop(s);
+        assert_eq!(&fs::read(dir.join("base.snap")).unwrap()[..8], SNAP_MAGIC);
+        // A state written by a later version is refused, not half read.
+        let mut b = fs::read(dir.join("base.snap")).unwrap();
+        b[7] = b'9';
+        fs::write(dir.join("base.snap"), b).unwrap();
+        let e = Store::open(d.path(), root).unwrap_err();
+        assert!(e.what.contains("newer mirror-agent (state format 9"), "{e}");
     }
 
     #[test]

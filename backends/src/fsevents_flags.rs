@@ -29,6 +29,10 @@ pub(crate) const ITEM_IS_DIR: u32 = 0x0002_0000;
 
 /// The hints for one event at absolute path `abs` under the watched `root`.
 pub(crate) fn decode(root: &Path, abs: &Path, flags: u32) -> Vec<WatchEvent> {
+    if flags & HISTORY_DONE != 0 {
+        // The sentinel after the replayed history (its path means nothing).
+        return vec![WatchEvent::Replayed];
+    }
     if flags & (USER_DROPPED | KERNEL_DROPPED | EVENT_IDS_WRAPPED) != 0 {
         // Events were lost (or ids can no longer be compared): everything must be looked at.
         return vec![WatchEvent::Overflow];
@@ -47,9 +51,6 @@ pub(crate) fn decode(root: &Path, abs: &Path, flags: u32) -> Vec<WatchEvent> {
     }
     if flags & MUST_SCAN_SUB_DIRS != 0 || flags & (MOUNT | UNMOUNT) != 0 {
         return vec![WatchEvent::RescanSubtree(rel)];
-    }
-    if flags & HISTORY_DONE != 0 && flags & !HISTORY_DONE == 0 {
-        return Vec::new();
     }
     let structural = ITEM_CREATED | ITEM_REMOVED | ITEM_RENAMED;
     if flags & ITEM_IS_DIR != 0 {
@@ -127,6 +128,12 @@ mod tests {
         assert_eq!(d("/Users/me/work/new", ITEM_CREATED | ITEM_IS_DIR), [WatchEvent::RescanSubtree(p("new"))]);
         assert_eq!(d("/Users/me/work/old", ITEM_RENAMED | ITEM_IS_DIR), [WatchEvent::RescanSubtree(p("old"))]);
         assert_eq!(d("/Users/me/work/dir", ITEM_INODE_META_MOD | ITEM_IS_DIR), [WatchEvent::Settled(p("dir"))]);
-        assert!(d("/Users/me/work", HISTORY_DONE).is_empty());
+    }
+
+    #[test]
+    fn the_end_of_the_replayed_history_is_marked_wherever_its_path_points() {
+        for path in ["/Users/me/work", "/", "", "/Users/other"] {
+            assert_eq!(d(path, HISTORY_DONE), [WatchEvent::Replayed], "{path:?}");
+        }
     }
 }

@@ -28,6 +28,7 @@ mod inotify;
 #[cfg(kqueue)]
 mod kqueue;
 mod poll;
+mod resume;
 #[cfg(target_os = "linux")]
 mod walk;
 
@@ -47,7 +48,21 @@ pub enum WatchEvent {
     Overflow,
     /// The root itself was deleted, moved or unmounted.
     RootGone,
+    /// Every hint up to an event-history position was sent (backends with a history: FSEvents).
+    /// A consumer that has acted on all hints before it, and saved the result, may save this and
+    /// pass it as [`WatchConfig::resume`] to a later start, which then replays only what
+    /// happened since.
+    Checkpoint(Checkpoint),
+    /// The history since [`WatchConfig::resume`] was replayed (when [`Watcher::replaying`]);
+    /// what follows is live.
+    Replayed,
 }
+
+/// A position in a backend's event history, saved by the consumer with its own state. Its text
+/// belongs to the backend that sent it; any other backend, or a history that was reset since,
+/// just starts fresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint(pub String);
 
 /// Decides whether a directory is watched and descended into. Gets the path relative to the root.
 pub type DirFilter = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
@@ -60,6 +75,9 @@ pub struct WatchConfig {
     pub descend: DirFilter,
     /// Scan interval of the poll backend.
     pub poll_interval: Duration,
+    /// Where the last run's hints were acted on up to (a [`WatchEvent::Checkpoint`]); a backend
+    /// that can, replays the history since then. See [`Watcher::replaying`].
+    pub resume: Option<Checkpoint>,
 }
 
 impl fmt::Debug for WatchConfig {
@@ -67,6 +85,7 @@ impl fmt::Debug for WatchConfig {
         f.debug_struct("WatchConfig")
             .field("root", &self.root)
             .field("poll_interval", &self.poll_interval)
+            .field("resume", &self.resume)
             .finish_non_exhaustive()
     }
 }
@@ -74,7 +93,7 @@ impl fmt::Debug for WatchConfig {
 impl WatchConfig {
     /// Watch every directory under `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), descend: Arc::new(|_| true), poll_interval: Duration::from_millis(500) }
+        Self { root: root.into(), descend: Arc::new(|_| true), poll_interval: Duration::from_millis(500), resume: None }
     }
 }
 
@@ -87,6 +106,12 @@ pub trait Watcher: Send + fmt::Debug {
     fn refresh(&self, path: &Path);
     /// Stops the watcher and joins its thread.
     fn stop(&mut self);
+    /// Whether this watcher is replaying its history since [`WatchConfig::resume`]: hints for
+    /// what changed while nobody watched come first, then [`WatchEvent::Replayed`]. When false,
+    /// the consumer must scan the whole tree itself.
+    fn replaying(&self) -> bool {
+        false
+    }
 }
 
 /// The watching mechanisms.

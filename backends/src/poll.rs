@@ -26,6 +26,7 @@ struct Stamp {
 pub(crate) struct PollWatcher {
     thread: Option<JoinHandle<()>>,
     control: Sender<Control>,
+    replaying: bool,
 }
 
 enum Control {
@@ -37,18 +38,26 @@ impl PollWatcher {
     pub(crate) fn start(config: WatchConfig, sink: Sender<WatchEvent>) -> Result<Self, WatchError> {
         let first = snapshot(&config.root, &config.descend)
             .map_err(|source| WatchError::Io { path: config.root.clone(), source })?;
+        let replaying = match std::env::var_os("MIRROR_TEST_HISTORY") {
+            Some(file) => test_history(Path::new(&file), config.resume.as_ref(), &sink),
+            None => false,
+        };
         let (control, rx) = crossbeam_channel::bounded(4);
         let thread = std::thread::Builder::new()
             .name("watch-poll".into())
             .spawn(move || run(config, first, sink, rx))
             .map_err(|source| WatchError::Io { path: PathBuf::new(), source })?;
-        Ok(Self { thread: Some(thread), control })
+        Ok(Self { thread: Some(thread), control, replaying })
     }
 }
 
 impl Watcher for PollWatcher {
     fn backend(&self) -> crate::Backend {
         crate::Backend::Poll
+    }
+
+    fn replaying(&self) -> bool {
+        self.replaying
     }
 
     fn refresh(&self, _path: &Path) {
@@ -127,6 +136,36 @@ fn snapshot(root: &Path, descend: &DirFilter) -> std::io::Result<HashMap<PathBuf
         }
     }
     Ok(out)
+}
+
+/// Test hook, read from the environment: `MIRROR_TEST_HISTORY=<file>` gives this backend an
+/// event history to resume from, the way FSEvents keeps one per volume, so that a consumer's
+/// resume path (checkpoints saved, history replayed instead of a full scan) runs on Linux. The
+/// test plays the volume: the file's first line is `uuid <U>`, then one `<id> <path>` line per
+/// change (ids rising, paths relative to the root). The same [`crate::resume::decide`] as
+/// FSEvents judges the consumer's checkpoint. Returns whether the history was replayed.
+fn test_history(file: &Path, resume: Option<&crate::Checkpoint>, sink: &Sender<WatchEvent>) -> bool {
+    use crate::resume::{self, Position, Start};
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut lines = text.lines();
+    let uuid = lines.next().and_then(|l| l.strip_prefix("uuid ")).map(str::to_string);
+    let events: Vec<(u64, &str)> =
+        lines.filter_map(|l| l.split_once(' ')).filter_map(|(id, p)| Some((id.parse().ok()?, p))).collect();
+    let current = events.iter().map(|e| e.0).max().unwrap_or(0);
+    let start = resume::decide("history", resume, uuid.as_deref(), current);
+    if let Start::Replay(since) = start {
+        for (_, p) in events.iter().filter(|e| e.0 > since) {
+            let _ = sink.send(WatchEvent::Dirty(PathBuf::from(p)));
+        }
+    }
+    if let Some(uuid) = uuid {
+        let _ = sink.send(WatchEvent::Checkpoint(resume::encode("history", &Position { uuid, id: current })));
+    }
+    let replaying = matches!(start, Start::Replay(_));
+    if replaying {
+        let _ = sink.send(WatchEvent::Replayed);
+    }
+    replaying
 }
 
 const fn libc_s_ifmt() -> u32 {

@@ -37,7 +37,7 @@ fn covers(ev: &WatchEvent, p: &Path) -> bool {
         WatchEvent::Dirty(d) | WatchEvent::Settled(d) => d == p,
         WatchEvent::RescanSubtree(d) => p.starts_with(d),
         WatchEvent::Overflow => true,
-        WatchEvent::RootGone => false,
+        WatchEvent::RootGone | WatchEvent::Checkpoint(_) | WatchEvent::Replayed => false,
     }
 }
 
