@@ -46,6 +46,8 @@ const QUIET: Duration = Duration::from_millis(20);
 const MAX_DELAY: Duration = Duration::from_secs(1);
 /// How long a watcher's replayed event history may take before a full scan is done instead.
 const REPLAY_LIMIT: Duration = Duration::from_secs(60);
+/// How often a watcher checkpoint is written when no entry changed with it.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// How long a deleted file waits in the stash for a create of the same content. The other half
 /// of a rename comes in the same batch, or a few messages later for a large directory.
 const STASH_FOR: Duration = Duration::from_secs(2);
@@ -203,6 +205,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         fetch_fold: HashMap::new(),
         collided: HashSet::new(),
         checkpoint: None,
+        checkpoint_due: Instant::now(),
     };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()
@@ -319,6 +322,8 @@ struct Engine {
     collided: HashSet<Vec<u8>>,
     /// The watcher's last history position, saved once every hint before it was acted on.
     checkpoint: Option<Checkpoint>,
+    /// When a checkpoint may next be written on its own.
+    checkpoint_due: Instant,
 }
 
 /// A connection-fatal problem with what a peer sent.
@@ -420,6 +425,7 @@ impl Engine {
             self.report();
         }
         watcher.stop();
+        self.checkpoint_due = Instant::now();
         self.persist();
         self.purge_stash(Duration::ZERO);
         self.sessions.clear(); // drops temp files of unfinished transfers
@@ -656,11 +662,16 @@ impl Engine {
         self.advance_peers();
         // Every hint before the watcher's last checkpoint has been acted on once nothing is left
         // to read: the entries written now (before it) cover its history up to there.
+        // It rides along with entries; alone, it is written now and then (an older one is just
+        // more history to replay).
+        let now = Instant::now();
         if self.dirty.is_empty()
             && !self.full_rescan
+            && (!self.unsaved.is_empty() || now >= self.checkpoint_due)
             && let Some(c) = self.checkpoint.take()
         {
             self.store.set_checkpoint(c.0);
+            self.checkpoint_due = now + CHECKPOINT_EVERY;
         }
         if self.unsaved.is_empty() && !self.store.has_pending() {
             if let Err(e) = self.store.sync() {

@@ -256,8 +256,8 @@ impl Store {
         };
         // Start a fresh generation: the loaded state as a snapshot, an empty journal.
         let generation = header.generation + 1;
-        let log =
-            write_snapshot(&dir, header.replica, generation, &loaded.index, &have, rules, checkpoint.as_deref()).map_err(|e| err(&dir, e))?;
+        let log = write_snapshot(&dir, header.replica, generation, &loaded.index, &have, rules, checkpoint.as_deref())
+            .map_err(|e| err(&dir, e))?;
         let store = Store {
             log: BufWriter::new(log),
             dir,

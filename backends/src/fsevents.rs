@@ -145,7 +145,13 @@ impl FsEventsWatcher {
 
 /// Creates, runs and tears down the stream on this thread's run loop until `stop` is set. With
 /// `since`, the stream first replays the volume's history after that event id.
-fn run_stream(root: &CStr, since: Option<u64>, ctx: Box<Context>, stop: &AtomicBool, ready: &Sender<Result<(), String>>) {
+fn run_stream(
+    root: &CStr,
+    since: Option<u64>,
+    ctx: Box<Context>,
+    stop: &AtomicBool,
+    ready: &Sender<Result<(), String>>,
+) {
     let info = Box::into_raw(ctx);
     // SAFETY: every CoreFoundation object created here is released here; `info` outlives the
     // stream (it is freed after the stream is invalidated and released); the callback only

@@ -45,8 +45,9 @@ fn a_restart_replays_the_event_history_and_a_reset_history_means_a_full_scan() {
     assert_eq!(fs::read(c.join("b.txt")).unwrap(), b"before", "the history was replayed, not a full scan");
     assert_eq!(server.agent.terminate(), Some(0));
 
-    // The volume's history was reset (another UUID): the saved checkpoint is void, so a full scan.
-    write(&history, "uuid B\n1 marker\n");
+    // The volume's history was reset (another UUID): the saved checkpoint is void, so a full scan
+    // (its ids go on past the saved one, so only the UUID tells).
+    write(&history, "uuid B\n7 marker\n");
     let server = Server::start_env(&area.server_root(), &listen, &opts, &env);
     server.agent.wait_log("scanned in");
     wait_content(&c.join("b.txt"), b"changed while stopped, not in the history");
