@@ -11,11 +11,20 @@
 //!
 //! Descriptors are the limit: `RLIMIT_NOFILE` is raised to its hard limit at start, and running
 //! out is a clear error that names `--watcher poll` (which needs no descriptors).
+//!
+//! The `kqueue` crate makes the queue; registration and reading are done here with `kevent`
+//! itself (through `kqueue-sys`), because the crate's `Watcher` re-registers every descriptor it
+//! holds on each `watch()` and looks each event's descriptor up by a linear search: both O(files
+//! watched), per new file and per event. Here a new descriptor is one `kevent` call, events are
+//! read in batches, and a descriptor maps to its path through a hash map. Closing a descriptor
+//! removes its registration.
+#![allow(unsafe_code)] // kevent(2)
 
 use crate::dirdiff::{self, Listing, Step};
+use crate::kqueue_flags::{self, Act};
 use crate::{DirFilter, WatchConfig, WatchError, WatchEvent, Watcher};
 use crossbeam_channel::{Receiver, Sender};
-use kqueue::{EventData, EventFilter, FilterFlag, Ident, Vnode};
+use kqueue::{EventFilter, EventFlag, FilterFlag};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
@@ -29,13 +38,51 @@ use std::time::Duration;
 /// How often the thread looks at its stop flag and refresh requests.
 const TICK: Duration = Duration::from_millis(100);
 
-fn flags() -> FilterFlag {
-    FilterFlag::NOTE_DELETE
-        | FilterFlag::NOTE_WRITE
-        | FilterFlag::NOTE_EXTEND
-        | FilterFlag::NOTE_ATTRIB
-        | FilterFlag::NOTE_RENAME
-        | FilterFlag::NOTE_REVOKE
+/// Events read per `kevent` call.
+const BATCH: usize = 256;
+
+// The flag values the decoder was written against are this platform's.
+const _: () = {
+    assert!(FilterFlag::NOTE_DELETE.bits() == kqueue_flags::NOTE_DELETE);
+    assert!(FilterFlag::NOTE_WRITE.bits() == kqueue_flags::NOTE_WRITE);
+    assert!(FilterFlag::NOTE_EXTEND.bits() == kqueue_flags::NOTE_EXTEND);
+    assert!(FilterFlag::NOTE_ATTRIB.bits() == kqueue_flags::NOTE_ATTRIB);
+    assert!(FilterFlag::NOTE_LINK.bits() == kqueue_flags::NOTE_LINK);
+    assert!(FilterFlag::NOTE_RENAME.bits() == kqueue_flags::NOTE_RENAME);
+    assert!(FilterFlag::NOTE_REVOKE.bits() == kqueue_flags::NOTE_REVOKE);
+};
+
+/// Registers descriptor `fd` with the queue `kq` for the vnode events the backend decodes.
+fn register(kq: RawFd, fd: RawFd) -> std::io::Result<()> {
+    let ident = usize::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+    let change = kqueue_sys::kevent::new(
+        ident,
+        EventFilter::EVFILT_VNODE,
+        EventFlag::EV_ADD | EventFlag::EV_CLEAR,
+        FilterFlag::from_bits_truncate(kqueue_flags::WATCHED),
+    );
+    // SAFETY: one initialized change record and no event list; kevent only reads `change`.
+    let r = unsafe { kqueue_sys::kevent(kq, &change, 1, std::ptr::null_mut(), 0, std::ptr::null()) };
+    if r == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Waits up to `timeout` for events on `kq`; returns those read (at most [`BATCH`]).
+fn wait(kq: RawFd, timeout: Duration, buf: &mut [kqueue_sys::kevent; BATCH]) -> std::io::Result<&[kqueue_sys::kevent]> {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        // Below 10^9, so it fits `c_long` on every target (32 bits on some).
+        tv_nsec: libc::c_long::from(i32::try_from(timeout.subsec_nanos()).unwrap_or(0)),
+    };
+    let cap = kqueue_sys::EventListSize::try_from(BATCH).map_err(std::io::Error::other)?;
+    // SAFETY: `buf` has room for `cap` records, which the kernel fills; `ts` outlives the call.
+    let n = unsafe { kqueue_sys::kevent(kq, std::ptr::null(), 0, buf.as_mut_ptr(), cap, &ts) };
+    match usize::try_from(n) {
+        Ok(n) => Ok(&buf[..n.min(BATCH)]),
+        Err(_) => {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted { Ok(&buf[..0]) } else { Err(e) }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -55,8 +102,6 @@ struct State {
     watched: BTreeMap<PathBuf, File>,
     by_fd: HashMap<RawFd, PathBuf>,
     limit_reported: bool,
-    /// Descriptors were added since the last `kevent` registration.
-    unregistered: bool,
 }
 
 /// `O_EVTONLY`: a descriptor for event notifications only (macOS).
@@ -79,11 +124,9 @@ impl KqueueWatcher {
             watched: BTreeMap::new(),
             by_fd: HashMap::new(),
             limit_reported: false,
-            unregistered: false,
         };
         // Watches are in place before start() returns: a change made after it is never missed.
         state.watch_tree(Path::new(""))?;
-        state.kq.watch().map_err(io)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (refresh_tx, refresh_rx) = crossbeam_channel::bounded(64);
         let thread = {
@@ -121,6 +164,8 @@ impl Drop for KqueueWatcher {
 }
 
 fn run(mut state: State, sink: Sender<WatchEvent>, refresh: Receiver<PathBuf>, stop: Arc<AtomicBool>) {
+    let mut buf =
+        [kqueue_sys::kevent::new(0, EventFilter::EVFILT_VNODE, EventFlag::empty(), FilterFlag::empty()); BATCH];
     while !stop.load(Ordering::SeqCst) {
         let mut out = Vec::new();
         while let Ok(path) = refresh.try_recv() {
@@ -129,19 +174,33 @@ fn run(mut state: State, sink: Sender<WatchEvent>, refresh: Receiver<PathBuf>, s
             }
             out.push(WatchEvent::RescanSubtree(path));
         }
-        if let Some(ev) = state.kq.poll(Some(TICK)) {
-            state.handle(ev, &mut out);
-            // Take whatever else is queued before acting on it.
-            while let Some(ev) = state.kq.poll(Some(Duration::ZERO)) {
-                state.handle(ev, &mut out);
+        let mut timeout = TICK;
+        // Take whatever else is queued (without waiting) before acting on it.
+        for _ in 0..64 {
+            let evs: Vec<(RawFd, u32, bool)> = match wait(state.kq.as_raw_fd(), timeout, &mut buf) {
+                Ok(evs) => evs
+                    .iter()
+                    .map(|e| {
+                        let fd = RawFd::try_from(e.ident).unwrap_or(-1);
+                        (fd, e.fflags.bits(), e.flags.contains(EventFlag::EV_ERROR))
+                    })
+                    .collect(),
+                Err(e) => {
+                    // The queue itself failed (not one watch): watching is over. The consumer
+                    // rescans once and learns, from the closed channel, that nothing is watched.
+                    log::error!("kqueue watcher: reading the queue failed: {e}; watching stops");
+                    let _ = sink.send(WatchEvent::Overflow);
+                    return;
+                }
+            };
+            let full = evs.len() == BATCH;
+            for (fd, fflags, error) in evs {
+                state.handle(fd, fflags, error, &mut out);
             }
-        }
-        // The crate registers every descriptor it holds at once: only when some were added.
-        if std::mem::take(&mut state.unregistered)
-            && let Err(e) = state.kq.watch()
-        {
-            log::error!("kqueue watcher: cannot register new watches: {e}; reporting overflow");
-            out.push(WatchEvent::Overflow);
+            if !full {
+                break;
+            }
+            timeout = Duration::ZERO;
         }
         let gone = out.contains(&WatchEvent::RootGone);
         for ev in out {
@@ -156,26 +215,23 @@ fn run(mut state: State, sink: Sender<WatchEvent>, refresh: Receiver<PathBuf>, s
 }
 
 impl State {
-    fn handle(&mut self, ev: kqueue::Event, out: &mut Vec<WatchEvent>) {
-        let Ident::Fd(fd) = &ev.ident else { return };
-        let Some(rel) = self.by_fd.get(fd).cloned() else { return };
-        let EventData::Vnode(what) = ev.data else {
-            if let EventData::Error(e) = ev.data {
-                log::warn!("kqueue watcher: {e} at {}; rescanning it", rel.display());
-                out.push(WatchEvent::RescanSubtree(rel));
-            }
+    /// One event: `fflags` raised on descriptor `fd`, or (`error`) a failed registration.
+    fn handle(&mut self, fd: RawFd, fflags: u32, error: bool, out: &mut Vec<WatchEvent>) {
+        // A descriptor closed since the event was queued (its path unwatched): nothing to do.
+        let Some(rel) = self.by_fd.get(&fd).cloned() else { return };
+        if error {
+            log::warn!("kqueue watcher: an event failed at {}; rescanning it", rel.display());
+            out.push(WatchEvent::RescanSubtree(rel));
             return;
-        };
+        }
         let is_dir = self.dirs.contains_key(&rel);
-        let root = rel.as_os_str().is_empty();
-        match what {
-            Vnode::Delete | Vnode::Rename | Vnode::Revoke if root => out.push(WatchEvent::RootGone),
-            // The parent's NOTE_WRITE lists it as gone (or moved) and unwatches it.
-            Vnode::Delete | Vnode::Rename | Vnode::Revoke => out.push(WatchEvent::Settled(rel)),
-            Vnode::Write | Vnode::Link if is_dir => self.relist(&rel, out),
-            Vnode::Write | Vnode::Extend | Vnode::Truncate => out.push(WatchEvent::Dirty(rel)),
-            Vnode::Attrib | Vnode::CloseWrite => out.push(WatchEvent::Settled(rel)),
-            _ => {}
+        match kqueue_flags::decode(fflags, is_dir, rel.as_os_str().is_empty()) {
+            Act::RootGone => out.push(WatchEvent::RootGone),
+            // Gone: the parent's NOTE_WRITE lists it as gone (or moved) and unwatches it.
+            Act::Settled => out.push(WatchEvent::Settled(rel)),
+            Act::Relist => self.relist(&rel, out),
+            Act::Dirty => out.push(WatchEvent::Dirty(rel)),
+            Act::Nothing => {}
         }
     }
 
@@ -243,15 +299,15 @@ impl State {
     fn watch_one(&mut self, rel: &Path, is_dir: bool) -> Result<(), WatchError> {
         let abs = crate::join(&self.root, rel);
         self.unwatch_one(rel);
+        let kq = self.kq.as_raw_fd();
         let added = Self::open(&abs).and_then(|f| match f {
-            Some(f) => self.kq.add_file(&f, EventFilter::EVFILT_VNODE, flags()).map(|()| Some(f)),
+            Some(f) => register(kq, f.as_raw_fd()).map(|()| Some(f)),
             None => Ok(None),
         });
         match added {
             Ok(None) => Ok(()),
             Ok(Some(file)) => {
                 self.by_fd.insert(file.as_raw_fd(), rel.to_path_buf());
-                self.unregistered = true;
                 self.watched.insert(rel.to_path_buf(), file);
                 if is_dir {
                     match dirdiff::list(&abs) {
@@ -278,9 +334,8 @@ impl State {
 
     fn unwatch_one(&mut self, rel: &Path) {
         if let Some(file) = self.watched.remove(rel) {
-            let _ = self.kq.remove_file(&file, EventFilter::EVFILT_VNODE);
             self.by_fd.remove(&file.as_raw_fd());
-            // Dropping the file closes the descriptor.
+            // Dropping the file closes the descriptor, which removes its registration.
         }
         self.dirs.remove(rel);
     }

@@ -27,6 +27,8 @@ mod fsevents_flags;
 mod inotify;
 #[cfg(kqueue)]
 mod kqueue;
+#[cfg_attr(not(kqueue), allow(dead_code))]
+mod kqueue_flags;
 mod poll;
 mod resume;
 #[cfg(target_os = "linux")]
