@@ -3,7 +3,7 @@
 //! speed (the smoke test only checks that each benchmark runs and converges).
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up its files has nothing to report
 
-use mirror_tests::{Area, Server, secure_client, secure_server, wait_same, write};
+use mirror_tests::{Agent, Area, Server, secure_client, secure_server, wait_same, write};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -157,4 +157,60 @@ pub fn throughput(mib: usize) -> (Duration, Duration) {
         drop((client, server));
     }
     (out[0], out[1])
+}
+
+/// Time from a client's start until it watches a tree of `files` files it synced before, when it
+/// catches up from its watcher's event history (one path changed while it was stopped) and when
+/// it walks the whole tree (the history was reset). Linux has no event history: the poll
+/// backend's test hook plays one (`MIRROR_TEST_HISTORY`), as FSEvents keeps one on macOS.
+pub fn startup(files: usize) -> (Duration, Duration) {
+    let area = Area::new();
+    let src = area.path("client");
+    make_tree(&src, files);
+    let history = area.path("history");
+    write(&history, "uuid A\n1 pkg000/mod00/file0.rs\n");
+    let server = Server::start(&area.server_root(), &["-q"]);
+    let state = area.path("state-client");
+    let start = || {
+        let port = server.port.to_string();
+        let args = [
+            "client",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-l",
+            src.to_str().unwrap_or_default(),
+            "-r",
+            "tree",
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+            "--insecure",
+            "--watcher",
+            "poll",
+            "--poll-interval-ms",
+            "60000",
+        ];
+        let t = Instant::now();
+        let agent = Agent::spawn_cmd(
+            "client",
+            Command::new(mirror_tests::bin()).args(args).env("MIRROR_TEST_HISTORY", &history),
+        );
+        agent.wait_log("watching ");
+        (agent, t.elapsed())
+    };
+    let (mut first, _) = start();
+    wait_same(&src, &area.path("server/tree"));
+    first.terminate();
+    write(&src.join("pkg000/mod00/file0.rs"), "changed while stopped");
+    write(&history, "uuid A\n1 pkg000/mod00/file0.rs\n2 pkg000/mod00/file0.rs\n");
+    let (mut replay, replayed) = start();
+    assert!(replay.log().contains("caught up from its event history"), "{}", replay.log());
+    replay.terminate();
+    write(&history, "uuid B\n3 pkg000/mod00/file0.rs\n");
+    let (mut scan, scanned) = start();
+    assert!(scan.log().contains("scanned in"), "{}", scan.log());
+    wait_same(&src, &area.path("server/tree"));
+    scan.terminate();
+    (scanned, replayed)
 }

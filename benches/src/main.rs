@@ -27,6 +27,12 @@ fn main() {
         Some(r) => println!("| rsync -a over a pipe transport (same tree, same run) | {} |", ms(r)),
         None => println!("| rsync -a | not installed |"),
     }
+    let (scanned, replayed) = mirror_benches::startup(files);
+    println!();
+    println!("| restart of a client with {files} synced files | to watching |");
+    println!("| --- | --- |");
+    println!("| walks the whole tree (no usable event history) | {} |", ms(scanned));
+    println!("| replays its event history (one path changed) | {} |", ms(replayed));
     let (plain, tls) = mirror_benches::throughput(mib);
     let rate = |d: std::time::Duration| mib as f64 / d.as_secs_f64();
     println!();

@@ -13,6 +13,12 @@ fn initial_sync_benchmark_converges() {
 }
 
 #[test]
+fn startup_benchmark_catches_up_from_the_history_and_by_a_scan() {
+    let (scanned, replayed) = mirror_benches::startup(50);
+    assert!(scanned.as_nanos() > 0 && replayed.as_nanos() > 0);
+}
+
+#[test]
 fn throughput_benchmark_moves_the_file_both_ways_of_transport() {
     let (plain, tls) = mirror_benches::throughput(4);
     assert!(plain.as_nanos() > 0 && tls.as_nanos() > 0);
