@@ -195,13 +195,8 @@ fn random_message_sequences_never_take_the_server_down() {
     std::os::unix::fs::symlink(&outside, area.path("server/proj/link")).unwrap();
     write(&area.path("server/proj/real.txt"), "real");
     let server = Server::start(&area.server_root(), &[]);
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut rnd = move |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n.max(1)
-    };
+    let mut rng = mirror_protocol::fuzz::Rng(0x2545_f491_4f6c_dd1d);
+    let mut rnd = move |n: u64| rng.next_u64() % n.max(1);
     for _ in 0..sessions {
         let mut bytes = hello("proj");
         for _ in 0..rnd(12) + 1 {
