@@ -241,7 +241,8 @@ extern "C" fn callback(
         }
         // Every hint of this batch is on its way: the consumer may save this position once it
         // has acted on them.
-        if let (Some(uuid), Some(&id)) = (&ctx.uuid, ids.iter().max()) {
+        // (An id of 0 says nothing of a position: no checkpoint from it; the last one stands.)
+        if let (Some(uuid), Some(id)) = (&ctx.uuid, ids.iter().copied().filter(|&i| i != 0).max()) {
             let c: Checkpoint = resume::encode(NAME, &Position { uuid: uuid.clone(), id });
             if ctx.sink.send(WatchEvent::Checkpoint(c)).is_err() {
                 ctx.done.store(true, Ordering::SeqCst);
