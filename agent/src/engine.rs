@@ -206,6 +206,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         collided: HashSet::new(),
         checkpoint: None,
         checkpoint_due: Instant::now(),
+        clean_temp: false,
     };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()
@@ -324,6 +325,8 @@ struct Engine {
     checkpoint: Option<Checkpoint>,
     /// When a checkpoint may next be written on its own.
     checkpoint_due: Instant,
+    /// Start-up from a replayed history: walks also remove temp files a crash left behind.
+    clean_temp: bool,
 }
 
 /// A connection-fatal problem with what a peer sent.
@@ -489,6 +492,7 @@ impl Engine {
         log::debug!("{}: {hints} hints from the event history", self.root.display());
         // Read everything named now (no settling: nothing is being written by us yet). A
         // `.gitignore` among them marks its directory again, and `.git/info/exclude` the root.
+        self.clean_temp = true;
         for _ in 0..8 {
             if self.dirty.is_empty() && !self.full_rescan {
                 break;
@@ -497,6 +501,7 @@ impl Engine {
             self.dirty.values_mut().for_each(|d| d.due = now);
             self.process_dirty();
         }
+        self.clean_temp = false;
         true
     }
 
@@ -661,12 +666,16 @@ impl Engine {
     fn persist(&mut self) {
         self.advance_peers();
         // Every hint before the watcher's last checkpoint has been acted on once nothing is left
-        // to read: the entries written now (before it) cover its history up to there.
-        // It rides along with entries; alone, it is written now and then (an older one is just
-        // more history to replay).
+        // to read: the entries written now (before it) cover its history up to there. And no
+        // temp file of ours may exist (no transfer under way, nothing stashed): one left by a
+        // crash is then newer than the checkpoint, so the replay at the next start names it and
+        // it is removed. The checkpoint rides along with entries; alone, it is written now and
+        // then (an older one is just more history to replay).
         let now = Instant::now();
         if self.dirty.is_empty()
             && !self.full_rescan
+            && self.fetching.is_empty()
+            && self.stash.is_empty()
             && (!self.unsaved.is_empty() || now >= self.checkpoint_due)
             && let Some(c) = self.checkpoint.take()
         {
@@ -765,7 +774,7 @@ impl Engine {
             && std::fs::symlink_metadata(abs(&self.root, rel)).is_ok_and(|m| m.is_dir());
         if (is_dir && (deep || !was_dir)) || ignored_dir {
             let mut seen = BTreeSet::new();
-            self.walk_from(Some(rel.clone()), ignored_dir, false, &mut seen);
+            self.walk_from(Some(rel.clone()), ignored_dir, self.clean_temp, &mut seen);
             let gone: Vec<RelPath> = subtree(&self.index, rel)
                 .filter(|(p, l)| *p != rel && !l.entry.kind.is_deleted() && !seen.contains(*p))
                 .map(|(p, _)| p.clone())
