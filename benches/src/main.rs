@@ -2,13 +2,26 @@
 //!
 //! ```sh
 //! cargo build --release -p mirror-agent -p mirror-benches && target/release/mirror-bench [SAMPLES] [FILES] [MIB]
+//! target/release/mirror-bench startup [FILES]    # only the restart benchmark
 //! ```
 
 fn ms(d: std::time::Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+fn startup(files: usize) {
+    let (scanned, replayed) = mirror_benches::startup(files);
+    println!("| restart of a client with {files} synced files | to watching |");
+    println!("| --- | --- |");
+    println!("| walks the whole tree (no usable event history) | {} |", ms(scanned));
+    println!("| replays its event history (one path changed) | {} |", ms(replayed));
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("startup") {
+        startup(std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(10_000));
+        return;
+    }
     let mut args = std::env::args().skip(1);
     let samples = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let files = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
@@ -27,12 +40,8 @@ fn main() {
         Some(r) => println!("| rsync -a over a pipe transport (same tree, same run) | {} |", ms(r)),
         None => println!("| rsync -a | not installed |"),
     }
-    let (scanned, replayed) = mirror_benches::startup(files);
     println!();
-    println!("| restart of a client with {files} synced files | to watching |");
-    println!("| --- | --- |");
-    println!("| walks the whole tree (no usable event history) | {} |", ms(scanned));
-    println!("| replays its event history (one path changed) | {} |", ms(replayed));
+    startup(files);
     let (plain, tls) = mirror_benches::throughput(mib);
     let rate = |d: std::time::Duration| mib as f64 / d.as_secs_f64();
     println!();
