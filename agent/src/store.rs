@@ -566,6 +566,20 @@ mod tests {
         }
     }
 
+    /// Reopens the store of `root` with its journal cut at every length (and its snapshot as it
+    /// was), calling `check(cut, whole, store, loaded)` each time.
+    fn for_each_cut(state: &Path, root: &Path, mut check: impl FnMut(usize, bool, &Store, &Loaded)) {
+        let dir = pair_dir(state, root);
+        let log = fs::read(dir.join("base.log")).unwrap();
+        let snap = fs::read(dir.join("base.snap")).unwrap();
+        for cut in 0..=log.len() {
+            fs::write(dir.join("base.log"), &log[..cut]).unwrap();
+            fs::write(dir.join("base.snap"), &snap).unwrap();
+            let (s, l) = Store::open(state, root).unwrap();
+            check(cut, cut == log.len(), &s, &l);
+        }
+    }
+
     #[test]
     fn journal_survives_reopen_and_keeps_the_replica() {
         let d = tempfile::tempdir().unwrap();
@@ -589,26 +603,19 @@ mod tests {
     fn a_torn_journal_tail_is_dropped_and_the_rest_kept() {
         let d = tempfile::tempdir().unwrap();
         let root = Path::new("/r");
-        let dir;
         {
             let (mut s, _) = Store::open(d.path(), root).unwrap();
             s.append([entry("a", 1)].iter()).unwrap();
             s.append([entry("b", 2)].iter()).unwrap();
-            dir = s.dir().to_path_buf();
         }
         // Cut the journal at every length: each must load, keeping the whole records before the cut.
-        let full = fs::read(dir.join("base.log")).unwrap();
-        let snap = fs::read(dir.join("base.snap")).unwrap();
-        for cut in 0..=full.len() {
-            fs::write(dir.join("base.log"), &full[..cut]).unwrap();
-            fs::write(dir.join("base.snap"), &snap).unwrap();
-            let (_s, l) = Store::open(d.path(), root).unwrap();
+        for_each_cut(d.path(), root, |cut, whole, _, l| {
             let n = l.index.len();
             assert!(n <= 2, "cut {cut}");
-            if cut == full.len() {
+            if whole {
                 assert_eq!(n, 2);
             }
-        }
+        });
     }
 
     #[test]
@@ -679,53 +686,39 @@ mod tests {
     fn a_have_record_torn_off_with_its_entries_is_lost_with_them() {
         let d = tempfile::tempdir().unwrap();
         let root = Path::new("/r");
-        let dir;
         {
             let (mut s, _) = Store::open(d.path(), root).unwrap();
             s.set_have(7, 100);
             s.append([entry("a", 1)].iter()).unwrap();
-            dir = s.dir().to_path_buf();
         }
-        let log = fs::read(dir.join("base.log")).unwrap();
-        let snap = fs::read(dir.join("base.snap")).unwrap();
         // The journal is `[header][entry a][have]`: every cut keeps the have only with the entry.
-        for cut in 0..=log.len() {
-            fs::write(dir.join("base.log"), &log[..cut]).unwrap();
-            fs::write(dir.join("base.snap"), &snap).unwrap();
-            let (s, l) = Store::open(d.path(), root).unwrap();
+        for_each_cut(d.path(), root, |cut, whole, s, l| {
             if s.have(7) == 100 {
                 assert!(l.index.contains_key(&RelPath::new("a").unwrap()), "cut {cut}");
             }
-            if cut == log.len() {
+            if whole {
                 assert_eq!(s.have(7), 100);
             }
-        }
+        });
     }
 
     #[test]
     fn the_watcher_checkpoint_persists_after_the_entries_it_covers() {
         let d = tempfile::tempdir().unwrap();
         let root = Path::new("/r");
-        let dir;
         {
             let (mut s, l) = Store::open(d.path(), root).unwrap();
             assert_eq!(l.checkpoint, None);
             s.set_checkpoint("fsevents U 10".into());
             s.append([entry("a", 1)].iter()).unwrap();
-            dir = s.dir().to_path_buf();
         }
-        let log = fs::read(dir.join("base.log")).unwrap();
-        let snap = fs::read(dir.join("base.snap")).unwrap();
         // `[header][entry a][checkpoint]`: no cut keeps the checkpoint without the entry.
-        for cut in 0..=log.len() {
-            fs::write(dir.join("base.log"), &log[..cut]).unwrap();
-            fs::write(dir.join("base.snap"), &snap).unwrap();
-            let (_s, l) = Store::open(d.path(), root).unwrap();
+        for_each_cut(d.path(), root, |cut, whole, _, l| {
             if l.checkpoint.is_some() {
                 assert!(l.index.contains_key(&RelPath::new("a").unwrap()), "cut {cut}");
             }
-            assert_eq!(l.checkpoint.is_some(), cut == log.len(), "cut {cut}");
-        }
+            assert_eq!(l.checkpoint.is_some(), whole, "cut {cut}");
+        });
         // Kept through the snapshot written at open, and replaced by a newer one.
         let (mut s, l) = Store::open(d.path(), root).unwrap();
         assert_eq!(l.checkpoint.as_deref(), Some("fsevents U 10"));
