@@ -53,9 +53,11 @@ pub(crate) fn decode(root: &Path, abs: &Path, flags: u32) -> Vec<WatchEvent> {
         return vec![WatchEvent::RescanSubtree(rel)];
     }
     let structural = ITEM_CREATED | ITEM_REMOVED | ITEM_RENAMED;
+    let metadata = ITEM_INODE_META_MOD | ITEM_CHANGE_OWNER | ITEM_XATTR_MOD | ITEM_FINDER_INFO_MOD;
     if flags & ITEM_IS_DIR != 0 {
-        // A directory that came, went or moved: its whole subtree is in question.
-        return if flags & structural != 0 || at_root {
+        // A directory that came, went or moved: its whole subtree is in question. So is the
+        // root when the event says nothing more precise; its own metadata changing is not.
+        return if flags & structural != 0 || (at_root && flags & metadata == 0) {
             vec![WatchEvent::RescanSubtree(rel)]
         } else {
             vec![WatchEvent::Settled(rel)]
@@ -68,7 +70,7 @@ pub(crate) fn decode(root: &Path, abs: &Path, flags: u32) -> Vec<WatchEvent> {
         // Content written: maybe more to come (there is no close event); let it settle.
         return vec![WatchEvent::Dirty(rel)];
     }
-    if flags & (ITEM_INODE_META_MOD | ITEM_CHANGE_OWNER | ITEM_XATTR_MOD | ITEM_FINDER_INFO_MOD) != 0 {
+    if flags & metadata != 0 {
         return vec![WatchEvent::Settled(rel)];
     }
     // No item flags (directory-level events, or a flag we do not know): look at it.
@@ -128,6 +130,12 @@ mod tests {
         assert_eq!(d("/Users/me/work/new", ITEM_CREATED | ITEM_IS_DIR), [WatchEvent::RescanSubtree(p("new"))]);
         assert_eq!(d("/Users/me/work/old", ITEM_RENAMED | ITEM_IS_DIR), [WatchEvent::RescanSubtree(p("old"))]);
         assert_eq!(d("/Users/me/work/dir", ITEM_INODE_META_MOD | ITEM_IS_DIR), [WatchEvent::Settled(p("dir"))]);
+        // The root's own metadata (a chmod, a Finder tag) is no reason to walk the tree; an
+        // event on it that says nothing more is.
+        assert_eq!(d("/Users/me/work", ITEM_INODE_META_MOD | ITEM_IS_DIR), [WatchEvent::Settled(p(""))]);
+        assert_eq!(d("/Users/me/work", ITEM_XATTR_MOD | ITEM_IS_DIR), [WatchEvent::Settled(p(""))]);
+        assert_eq!(d("/Users/me/work", ITEM_IS_DIR), [WatchEvent::RescanSubtree(p(""))]);
+        assert_eq!(d("/Users/me/work", 0), [WatchEvent::RescanSubtree(p(""))]);
     }
 
     #[test]
