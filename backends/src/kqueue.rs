@@ -9,8 +9,10 @@
 //! re-registers the new inode. A file's `NOTE_WRITE`/`NOTE_EXTEND` marks it dirty; `NOTE_ATTRIB`
 //! settles it. The root being deleted, renamed or revoked (an unmount) is `RootGone`.
 //!
-//! Descriptors are the limit: `RLIMIT_NOFILE` is raised to its hard limit at start, and running
-//! out is a clear error that names `--watcher poll` (which needs no descriptors).
+//! Descriptors are the limit: `RLIMIT_NOFILE` is raised to its hard limit at start. Running out
+//! for the root is a clear error that names `--watcher poll` (which needs no descriptors); for
+//! anything else it is logged once, as clearly, and what could not be watched (a file, or a
+//! directory with its subtree) is polled every `poll_interval` instead ([`crate::poll::Coverage`]).
 //!
 //! The `kqueue` crate makes the queue; registration and reading are done here with `kevent`
 //! itself (through `kqueue-sys`), because the crate's `Watcher` re-registers every descriptor it
@@ -22,6 +24,7 @@
 
 use crate::dirdiff::{self, Listing, Step};
 use crate::kqueue_flags::{self, Act};
+use crate::poll::Coverage;
 use crate::{DirFilter, WatchConfig, WatchError, WatchEvent, Watcher};
 use crossbeam_channel::{Receiver, Sender};
 use kqueue::{EventFilter, EventFlag, FilterFlag};
@@ -33,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the thread looks at its stop flag and refresh requests.
 const TICK: Duration = Duration::from_millis(100);
@@ -51,6 +54,11 @@ const _: () = {
     assert!(FilterFlag::NOTE_RENAME.bits() == kqueue_flags::NOTE_RENAME);
     assert!(FilterFlag::NOTE_REVOKE.bits() == kqueue_flags::NOTE_REVOKE);
 };
+
+/// EMFILE, ENFILE: out of descriptors (for this process, or the whole system).
+fn is_limit(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
 
 /// Registers descriptor `fd` with the queue `kq` for the vnode events the backend decodes.
 fn register(kq: RawFd, fd: RawFd) -> std::io::Result<()> {
@@ -102,6 +110,10 @@ struct State {
     watched: BTreeMap<PathBuf, File>,
     by_fd: HashMap<RawFd, PathBuf>,
     limit_reported: bool,
+    /// What could not be watched for want of descriptors, polled instead.
+    coverage: Coverage,
+    poll_interval: Duration,
+    polled_at: Instant,
 }
 
 /// `O_EVTONLY`: a descriptor for event notifications only (macOS).
@@ -124,6 +136,9 @@ impl KqueueWatcher {
             watched: BTreeMap::new(),
             by_fd: HashMap::new(),
             limit_reported: false,
+            coverage: Coverage::new(&config.root, config.descend.clone()),
+            poll_interval: config.poll_interval.max(Duration::from_millis(10)),
+            polled_at: Instant::now(),
         };
         // Watches are in place before start() returns: a change made after it is never missed.
         state.watch_tree(Path::new(""))?;
@@ -201,6 +216,10 @@ fn run(mut state: State, sink: Sender<WatchEvent>, refresh: Receiver<PathBuf>, s
                 break;
             }
             timeout = Duration::ZERO;
+        }
+        if !state.coverage.is_empty() && state.polled_at.elapsed() >= state.poll_interval {
+            state.polled_at = Instant::now();
+            out.extend(state.coverage.scan().into_iter().map(WatchEvent::Dirty));
         }
         let gone = out.contains(&WatchEvent::RootGone);
         for ev in out {
@@ -320,15 +339,21 @@ impl State {
                 }
                 Ok(())
             }
-            Err(e) => crate::watch_failure(
-                rel,
-                abs,
-                e,
-                &mut self.limit_reported,
-                // EMFILE, ENFILE: out of descriptors.
-                |e| matches!(e.raw_os_error(), Some(24 | 23)),
-                |path| WatchError::DescriptorLimit { path },
-            ),
+            // Out of descriptors below the root: say so once, and poll what cannot be watched.
+            Err(e) if is_limit(&e) && !rel.as_os_str().is_empty() => {
+                self.coverage.cover(rel);
+                if !std::mem::replace(&mut self.limit_reported, true) {
+                    log::error!(
+                        "{}; until then, what cannot be watched is polled every {:?}",
+                        WatchError::DescriptorLimit { path: abs },
+                        self.poll_interval
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => crate::watch_failure(rel, abs, e, &mut self.limit_reported, is_limit, |path| {
+                WatchError::DescriptorLimit { path }
+            }),
         }
     }
 
@@ -341,6 +366,7 @@ impl State {
     }
 
     fn unwatch_tree(&mut self, rel: &Path) {
+        self.coverage.uncover_tree(rel);
         let gone: Vec<PathBuf> = self
             .watched
             .range(rel.to_path_buf()..)

@@ -5,7 +5,7 @@
 
 use crate::{DirFilter, WatchConfig, WatchError, WatchEvent, Watcher};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -92,19 +92,51 @@ fn run(config: WatchConfig, mut prev: HashMap<PathBuf, Stamp>, sink: Sender<Watc
                 return;
             }
         };
-        let mut changed: Vec<PathBuf> = next
-            .iter()
-            .filter(|(p, s)| prev.get(*p) != Some(s))
-            .map(|(p, _)| p.clone())
-            .chain(prev.keys().filter(|p| !next.contains_key(*p)).cloned())
-            .collect();
-        changed.sort();
-        for p in changed {
+        for p in changed(&prev, &next) {
             if sink.send(WatchEvent::Dirty(p)).is_err() {
                 return;
             }
         }
         prev = next;
+    }
+}
+
+/// The paths whose stamp differs between two scans, or that are in only one, in order.
+fn changed(prev: &HashMap<PathBuf, Stamp>, next: &HashMap<PathBuf, Stamp>) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = next
+        .iter()
+        .filter(|(p, s)| prev.get(*p) != Some(s))
+        .map(|(p, _)| p.clone())
+        .chain(prev.keys().filter(|p| !next.contains_key(*p)).cloned())
+        .collect();
+    out.sort();
+    out
+}
+
+fn stamp(m: &std::fs::Metadata) -> Stamp {
+    Stamp {
+        kind: m.mode() & libc_s_ifmt(),
+        size: m.size(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+        ino: m.ino(),
+        mode: m.mode(),
+    }
+}
+
+/// Adds every path beneath directory `start` (relative to `root`) with its stamp to `out`.
+fn walk_into(root: &Path, start: &Path, descend: &DirFilter, out: &mut HashMap<PathBuf, Stamp>) {
+    let mut stack = vec![start.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(crate::join(root, &dir)) else { continue };
+        for ent in rd.flatten() {
+            let rel = dir.join(ent.file_name());
+            let Ok(m) = ent.metadata() else { continue };
+            if m.is_dir() && descend(&rel) {
+                stack.push(rel.clone());
+            }
+            out.insert(rel, stamp(&m));
+        }
     }
 }
 
@@ -115,27 +147,75 @@ fn snapshot(root: &Path, descend: &DirFilter) -> std::io::Result<HashMap<PathBuf
         return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "root is not a directory"));
     }
     let mut out = HashMap::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(crate::join(root, &dir)) else { continue };
-        for ent in rd.flatten() {
-            let rel = dir.join(ent.file_name());
-            let Ok(m) = ent.metadata() else { continue };
-            let stamp = Stamp {
-                kind: m.mode() & libc_s_ifmt(),
-                size: m.size(),
-                mtime: (m.mtime(), m.mtime_nsec()),
-                ctime: (m.ctime(), m.ctime_nsec()),
-                ino: m.ino(),
-                mode: m.mode(),
-            };
-            if m.is_dir() && descend(&rel) {
-                stack.push(rel.clone());
-            }
-            out.insert(rel, stamp);
+    walk_into(root, Path::new(""), descend, &mut out);
+    Ok(out)
+}
+
+#[cfg_attr(not(kqueue), allow(dead_code))]
+/// `rel` (a file, or a directory and everything beneath it that `descend` accepts) with stamps;
+/// empty when nothing is there.
+fn stamps_of(root: &Path, rel: &Path, descend: &DirFilter) -> HashMap<PathBuf, Stamp> {
+    let mut out = HashMap::new();
+    if let Ok(m) = std::fs::symlink_metadata(crate::join(root, rel)) {
+        out.insert(rel.to_path_buf(), stamp(&m));
+        if m.is_dir() {
+            walk_into(root, rel, descend, &mut out);
         }
     }
-    Ok(out)
+    out
+}
+
+/// Paths another backend could not watch (kqueue out of descriptors), scanned every interval
+/// instead: each covered path, a file or a directory with everything beneath it, is stamped
+/// again and compared with its last stamps. Overlapping covers only repeat hints.
+#[cfg_attr(not(kqueue), allow(dead_code))]
+pub(crate) struct Coverage {
+    root: PathBuf,
+    descend: DirFilter,
+    covered: BTreeMap<PathBuf, HashMap<PathBuf, Stamp>>,
+}
+
+#[cfg_attr(not(kqueue), allow(dead_code))]
+impl Coverage {
+    pub(crate) fn new(root: &Path, descend: DirFilter) -> Self {
+        Self { root: root.to_path_buf(), descend, covered: BTreeMap::new() }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.covered.is_empty()
+    }
+
+    /// Covers `rel` from now on: what changes after this call is reported by the next scan.
+    pub(crate) fn cover(&mut self, rel: &Path) {
+        let stamps = stamps_of(&self.root, rel, &self.descend);
+        self.covered.insert(rel.to_path_buf(), stamps);
+    }
+
+    /// Stops covering `rel` and everything beneath it (it was moved away or deleted).
+    pub(crate) fn uncover_tree(&mut self, rel: &Path) {
+        self.covered.retain(|p, _| !p.starts_with(rel));
+    }
+
+    /// Stamps every covered path again; returns what changed, came or went since the last scan.
+    /// A covered path that is gone is reported, then no longer covered.
+    pub(crate) fn scan(&mut self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (rel, old) in &mut self.covered {
+            let new = stamps_of(&self.root, rel, &self.descend);
+            out.extend(changed(old, &new));
+            if new.is_empty() {
+                gone.push(rel.clone());
+            }
+            *old = new;
+        }
+        for rel in gone {
+            self.covered.remove(&rel);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 /// Test hook, read from the environment: `MIRROR_TEST_HISTORY=<file>` gives this backend an
@@ -170,4 +250,47 @@ fn test_history(file: &Path, resume: Option<&crate::Checkpoint>, sink: &Sender<W
 
 const fn libc_s_ifmt() -> u32 {
     0o170000
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::fs;
+    use std::sync::Arc;
+
+    #[test]
+    fn covered_paths_are_scanned_for_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("big/sub")).unwrap();
+        fs::write(root.join("big/sub/a"), "a").unwrap();
+        fs::write(root.join("big/b"), "b").unwrap();
+        fs::write(root.join("lone"), "1").unwrap();
+        fs::write(root.join("watched"), "w").unwrap();
+        let p = |s: &str| PathBuf::from(s);
+        let mut c = Coverage::new(root, Arc::new(|_: &Path| true));
+        assert!(c.is_empty());
+        c.cover(Path::new("big"));
+        c.cover(Path::new("lone"));
+        assert_eq!(c.scan(), Vec::<PathBuf>::new(), "nothing changed yet");
+        fs::write(root.join("big/sub/a"), "changed").unwrap();
+        fs::write(root.join("big/sub/new"), "n").unwrap();
+        fs::remove_file(root.join("big/b")).unwrap();
+        fs::write(root.join("lone"), "22").unwrap();
+        fs::write(root.join("watched"), "not covered").unwrap();
+        let want = [p("big"), p("big/b"), p("big/sub"), p("big/sub/a"), p("big/sub/new"), p("lone")];
+        assert_eq!(c.scan(), want, "directories whose entries changed, too");
+        assert_eq!(c.scan(), Vec::<PathBuf>::new(), "each change is reported once");
+        // A covered path that goes is reported, then dropped.
+        fs::remove_file(root.join("lone")).unwrap();
+        assert_eq!(c.scan(), [p("lone")]);
+        fs::write(root.join("lone"), "back").unwrap();
+        assert_eq!(c.scan(), Vec::<PathBuf>::new(), "no longer covered");
+        // Uncovered with its subtree (moved away): silent from then on.
+        c.uncover_tree(Path::new("big"));
+        fs::write(root.join("big/sub/a"), "again").unwrap();
+        assert_eq!(c.scan(), Vec::<PathBuf>::new());
+        assert!(c.is_empty());
+    }
 }
