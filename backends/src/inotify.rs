@@ -10,7 +10,12 @@
 //!   `TO` is a creation to scan.
 //! - **The queue is finite**: `IN_Q_OVERFLOW` becomes [`WatchEvent::Overflow`], after which the
 //!   watches are re-walked so that directories created during the flood are watched too.
+//!
+//! Watches are finite too (`max_user_watches`): the root unwatchable is an error; any other
+//! directory is logged once (with how to raise the limit) and polled instead
+//! ([`crate::poll::Coverage`]), so a tree that outgrows the limit keeps syncing, more slowly.
 
+use crate::poll::Coverage;
 use crate::{DirFilter, WatchConfig, WatchError, WatchEvent, Watcher, walk};
 use crossbeam_channel::{Receiver, Sender};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
@@ -23,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 const INOTIFY: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -58,6 +64,10 @@ struct State {
     by_path: HashMap<PathBuf, WatchDescriptor>,
     /// Set once the watch limit was hit, so the user is told once, not per directory.
     limit_reported: bool,
+    /// Directories left unwatched by the watch limit, polled instead.
+    coverage: Coverage,
+    poll_interval: Duration,
+    polled_at: Instant,
 }
 
 /// Hints gathered from one drain of the inotify queue, deduplicated, in order.
@@ -100,6 +110,9 @@ impl InotifyWatcher {
             by_wd: HashMap::new(),
             by_path: HashMap::new(),
             limit_reported: false,
+            coverage: Coverage::new(&config.root, config.descend.clone()),
+            poll_interval: config.poll_interval.max(Duration::from_millis(10)),
+            polled_at: Instant::now(),
         };
         // Watches are in place before start() returns: a change made after it is never missed.
         state.add_tree(Path::new(""))?;
@@ -152,7 +165,10 @@ fn run(mut state: State, mut poll: Poll, sink: Sender<WatchEvent>, refresh: Rece
     // for its TO: the very next event either is that TO, or proves it will never come.
     let mut pending_from: Option<(u32, PathBuf, bool)> = None;
     while !stop.load(Ordering::SeqCst) {
-        if let Err(e) = poll.poll(&mut events, None) {
+        // Unwatched directories (the watch limit) are polled: wake up for them.
+        let timeout = (!state.coverage.is_empty())
+            .then(|| state.poll_interval.saturating_sub(state.polled_at.elapsed()).max(Duration::from_millis(1)));
+        if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == ErrorKind::Interrupted {
                 continue;
             }
@@ -186,6 +202,12 @@ fn run(mut state: State, mut poll: Poll, sink: Sender<WatchEvent>, refresh: Rece
         // The queue is empty and no TO followed: the entry left the tree.
         if let Some(from) = pending_from.take() {
             state.moved_away(&mut batch, from);
+        }
+        if !state.coverage.is_empty() && state.polled_at.elapsed() >= state.poll_interval {
+            state.polled_at = Instant::now();
+            for p in state.coverage.scan() {
+                batch.push(WatchEvent::Dirty(p));
+            }
         }
         let out = if batch.root_gone {
             vec![WatchEvent::RootGone]
@@ -331,6 +353,18 @@ impl State {
                 }
                 Ok(())
             }
+            // The watch limit below the root: say so once, and poll what cannot be watched.
+            Err(e) if e.raw_os_error() == Some(libc_enospc()) && !rel.as_os_str().is_empty() => {
+                self.coverage.cover(rel);
+                if !std::mem::replace(&mut self.limit_reported, true) {
+                    log::error!(
+                        "{}; until then, what cannot be watched is polled every {:?}",
+                        WatchError::WatchLimit { path: abs },
+                        self.poll_interval
+                    );
+                }
+                Ok(())
+            }
             Err(e) => crate::watch_failure(
                 rel,
                 abs,
@@ -355,6 +389,7 @@ impl State {
     }
 
     fn remove_tree(&mut self, rel: &Path) {
+        self.coverage.uncover_tree(rel);
         let gone: Vec<PathBuf> = self.by_path.keys().filter(|p| p.starts_with(rel)).cloned().collect();
         for p in gone {
             if let Some(wd) = self.by_path.remove(&p)

@@ -165,9 +165,10 @@ fn stamps_of(root: &Path, rel: &Path, descend: &DirFilter) -> HashMap<PathBuf, S
     out
 }
 
-/// Paths another backend could not watch (kqueue out of descriptors), scanned every interval
-/// instead: each covered path, a file or a directory with everything beneath it, is stamped
-/// again and compared with its last stamps. Overlapping covers only repeat hints.
+/// Paths another backend could not watch (inotify's watch limit, kqueue out of descriptors),
+/// scanned every interval instead: each covered path, a file or a directory with everything
+/// beneath it, is stamped again and compared with its last stamps. A path beneath a covered
+/// directory is not covered twice.
 #[cfg_attr(not(kqueue), allow(dead_code))]
 pub(crate) struct Coverage {
     root: PathBuf,
@@ -187,8 +188,17 @@ impl Coverage {
 
     /// Covers `rel` from now on: what changes after this call is reported by the next scan.
     pub(crate) fn cover(&mut self, rel: &Path) {
+        if rel.ancestors().any(|a| self.covered.contains_key(a)) {
+            return;
+        }
+        self.uncover_tree(rel);
         let stamps = stamps_of(&self.root, rel, &self.descend);
         self.covered.insert(rel.to_path_buf(), stamps);
+    }
+
+    /// How many paths are covered (each directory counting once).
+    pub(crate) fn len(&self) -> usize {
+        self.covered.len()
     }
 
     /// Stops covering `rel` and everything beneath it (it was moved away or deleted).
@@ -271,8 +281,11 @@ mod tests {
         let p = |s: &str| PathBuf::from(s);
         let mut c = Coverage::new(root, Arc::new(|_: &Path| true));
         assert!(c.is_empty());
+        c.cover(Path::new("big/sub"));
         c.cover(Path::new("big"));
+        c.cover(Path::new("big/sub/a"));
         c.cover(Path::new("lone"));
+        assert_eq!(c.len(), 2, "what is beneath a covered directory is covered by it");
         assert_eq!(c.scan(), Vec::<PathBuf>::new(), "nothing changed yet");
         fs::write(root.join("big/sub/a"), "changed").unwrap();
         fs::write(root.join("big/sub/new"), "n").unwrap();

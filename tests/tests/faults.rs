@@ -106,31 +106,62 @@ fn an_unreadable_file_is_logged_and_skipped_while_the_rest_syncs() {
     assert!(!s.join("secret.txt").exists());
 }
 
-#[test]
-fn running_out_of_inotify_watches_is_a_clear_error() {
-    // A private user namespace has its own inotify limits: lower them there, not system-wide.
-    let probe =
-        Command::new("unshare").args(["-U", "-r", "sh", "-c", "echo 8 > /proc/sys/user/max_inotify_watches"]).status();
+/// A client in a private user namespace, which has its own inotify limits (set there, not
+/// system-wide), to `limit` watches; `None` if this machine cannot make one.
+fn client_with_inotify_limit(limit: u32, server_port: u16, local: &Path) -> Option<Agent> {
+    let set = format!("echo {limit} > /proc/sys/user/max_inotify_watches");
+    let probe = Command::new("unshare").args(["-U", "-r", "sh", "-c", &set]).status();
     if !probe.is_ok_and(|s| s.success()) {
         eprintln!("SKIP: cannot set inotify limits in a user namespace here");
-        return;
+        return None;
     }
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-U", "-r", "sh", "-c", &format!("{set} && exec \"$0\" \"$@\"")])
+        .arg(bin())
+        .args(["client", "-h", "127.0.0.1", "-p", &server_port.to_string(), "-l"])
+        .arg(local)
+        .args(["-r", "p", "--insecure", "--poll-interval-ms", "100"]);
+    Some(Agent::spawn_cmd("client", &mut cmd))
+}
+
+#[test]
+fn no_inotify_watch_for_the_root_is_a_clear_error() {
     let area = Area::new();
     fs::set_permissions(area.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let c = area.path("client");
-    for i in 0..20 {
-        fs::create_dir_all(c.join(format!("d{i}"))).unwrap();
-    }
-    let mut cmd = Command::new("unshare");
-    cmd.args(["-U", "-r", "sh", "-c", "echo 8 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\""])
-        .arg(bin())
-        .args(["client", "-h", "127.0.0.1", "-p", "9", "-l"])
-        .arg(&c)
-        .args(["-r", "p", "--insecure"]);
-    let mut client = Agent::spawn_cmd("client", &mut cmd);
+    fs::create_dir_all(&c).unwrap();
+    let Some(mut client) = client_with_inotify_limit(0, 9, &c) else { return };
     assert_eq!(client.wait_exit(), Some(1));
     let log = client.log();
     assert!(log.contains("fs.inotify.max_user_watches") && log.contains("--watcher poll"), "{log}");
+}
+
+#[test]
+fn past_the_inotify_watch_limit_the_rest_is_polled_and_syncs() {
+    let area = Area::new();
+    fs::set_permissions(area.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    for i in 0..20 {
+        write(&c.join(format!("d{i}/sub/f.txt")), format!("{i}"));
+    }
+    let server = Server::start(&area.server_root(), &[]);
+    let Some(client) = client_with_inotify_limit(8, server.port, &c) else { return };
+    let log = client.wait_log("what cannot be watched is polled");
+    assert!(log.contains("fs.inotify.max_user_watches") && log.contains("--watcher poll"), "{log}");
+    wait_same(&c, &s);
+    // Every directory, watched or not, still syncs both ways: live edits deep in all of them.
+    for i in 0..20 {
+        write(&c.join(format!("d{i}/sub/new.txt")), format!("new {i}"));
+        write(&s.join(format!("d{i}/from-server.txt")), format!("s {i}"));
+    }
+    wait_same(&c, &s);
+    assert_eq!(fs::read(c.join("d19/from-server.txt")).unwrap(), b"s 19");
+    assert_eq!(fs::read(s.join("d19/sub/new.txt")).unwrap(), b"new 19");
+    // A directory made past the limit: seen when it appears, and polled for what follows.
+    write(&c.join("late/deep/x.txt"), "x");
+    wait_content(&s.join("late/deep/x.txt"), b"x");
+    write(&c.join("late/deep/y.txt"), "y");
+    wait_content(&s.join("late/deep/y.txt"), b"y");
 }
 
 #[test]
