@@ -151,7 +151,7 @@ fn snapshot(root: &Path, descend: &DirFilter) -> std::io::Result<HashMap<PathBuf
     Ok(out)
 }
 
-#[cfg_attr(not(kqueue), allow(dead_code))]
+#[cfg_attr(not(any(target_os = "linux", kqueue)), allow(dead_code))]
 /// `rel` (a file, or a directory and everything beneath it that `descend` accepts) with stamps;
 /// empty when nothing is there.
 fn stamps_of(root: &Path, rel: &Path, descend: &DirFilter) -> HashMap<PathBuf, Stamp> {
@@ -169,14 +169,14 @@ fn stamps_of(root: &Path, rel: &Path, descend: &DirFilter) -> HashMap<PathBuf, S
 /// scanned every interval instead: each covered path, a file or a directory with everything
 /// beneath it, is stamped again and compared with its last stamps. A path beneath a covered
 /// directory is not covered twice.
-#[cfg_attr(not(kqueue), allow(dead_code))]
+#[cfg_attr(not(any(target_os = "linux", kqueue)), allow(dead_code))]
 pub(crate) struct Coverage {
     root: PathBuf,
     descend: DirFilter,
     covered: BTreeMap<PathBuf, HashMap<PathBuf, Stamp>>,
 }
 
-#[cfg_attr(not(kqueue), allow(dead_code))]
+#[cfg_attr(not(any(target_os = "linux", kqueue)), allow(dead_code))]
 impl Coverage {
     pub(crate) fn new(root: &Path, descend: DirFilter) -> Self {
         Self { root: root.to_path_buf(), descend, covered: BTreeMap::new() }
@@ -197,6 +197,7 @@ impl Coverage {
     }
 
     /// How many paths are covered (each directory counting once).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.covered.len()
     }
