@@ -161,6 +161,12 @@ impl Backend {
         matches!(self, Backend::Inotify)
     }
 
+    /// Whether this backend keeps an event history it can replay from a [`Checkpoint`]
+    /// (FSEvents keeps one per volume).
+    pub fn keeps_history(self) -> bool {
+        matches!(self, Backend::FsEvents)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Backend::Inotify => "inotify",

@@ -237,6 +237,46 @@ fn a_finished_write_is_eventually_reported_settled_where_supported() {
     });
 }
 
+/// A backend with an event history (FSEvents) hands out checkpoints, and a watcher started from
+/// one replays what changed while none was running, then says the replay is done.
+#[test]
+fn a_start_from_a_checkpoint_replays_what_changed_where_supported() {
+    each_backend(|b| {
+        if !b.keeps_history() {
+            return;
+        }
+        let mut f = fixture(b, |r| fs::write(r.join("old"), "o").unwrap(), 1024);
+        fs::write(f.root.join("seen"), "1").unwrap();
+        expect_covered(&f, b, &["seen"]);
+        let end = Instant::now() + DEADLINE;
+        let checkpoint = loop {
+            match f.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok(WatchEvent::Checkpoint(c)) => break c,
+                Ok(_) => {}
+                Err(_) => panic!("{b:?}: no checkpoint after a change"),
+            }
+        };
+        f.watcher.stop();
+        fs::write(f.root.join("while-stopped"), "2").unwrap();
+        fs::remove_file(f.root.join("old")).unwrap();
+        let (tx, rx) = bounded(1024);
+        let mut cfg = WatchConfig::new(&f.root);
+        cfg.resume = Some(checkpoint);
+        let watcher = start(b, cfg, tx).expect("restart watcher");
+        assert!(watcher.replaying(), "{b:?}: a fresh checkpoint of the same volume is not replayed");
+        let f = Fixture { rx, watcher, ..f };
+        expect_covered(&f, b, &["while-stopped", "old"]);
+        let end = Instant::now() + DEADLINE;
+        loop {
+            match f.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok(WatchEvent::Replayed) => break,
+                Ok(_) => {}
+                Err(_) => panic!("{b:?}: the replay never ended"),
+            }
+        }
+    });
+}
+
 #[test]
 fn stop_joins_promptly() {
     each_backend(|b| {
