@@ -340,6 +340,12 @@ impl State {
                 Ok(())
             }
             // Out of descriptors below the root: say so once, and poll what cannot be watched.
+            // A file we may not open is polled too (its `lstat` still works).
+            Err(e) if crate::is_denied(&e) && !is_dir && !rel.as_os_str().is_empty() => {
+                log::debug!("cannot watch {}: {e}; polling it instead", abs.display());
+                self.coverage.cover(rel);
+                Ok(())
+            }
             Err(e) if is_limit(&e) && !rel.as_os_str().is_empty() => {
                 self.coverage.cover(rel);
                 if !std::mem::replace(&mut self.limit_reported, true) {

@@ -224,14 +224,9 @@ impl fmt::Display for WatchError {
     }
 }
 
-impl std::error::Error for WatchError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+/// The I/O error's text is part of the message already, so it is not also a `source` (which
+/// error reporters print after the message a second time).
+impl std::error::Error for WatchError {}
 
 /// Starts a watcher of the given backend; hints go to `sink`.
 ///
@@ -276,7 +271,17 @@ pub(crate) fn watch_failure(
     if !is_root && matches!(err.raw_os_error(), Some(2 | 20)) {
         return Ok(());
     }
+    // EACCES, EPERM: a directory we may not read is no reason to stop watching the rest.
+    if !is_root && is_denied(&err) {
+        log::warn!("cannot watch {}: {err}; what changes in it is not seen while it stays unreadable", abs.display());
+        return Ok(());
+    }
     Err(WatchError::Io { path: abs, source: err })
+}
+
+/// EACCES, EPERM: not allowed to open or watch it.
+pub(crate) fn is_denied(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(13 | 1))
 }
 
 /// Joins a relative path onto a root; the empty relative path is the root itself.

@@ -68,7 +68,7 @@ fn a_full_disk_leaves_no_partial_file_and_the_transfer_is_retried() {
 }
 
 #[test]
-fn an_unreadable_file_is_logged_and_skipped_while_the_rest_syncs() {
+fn an_unreadable_file_or_directory_is_logged_and_skipped_while_the_rest_syncs() {
     let area = Area::new();
     fs::set_permissions(area.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let c = area.path("client");
@@ -76,6 +76,9 @@ fn an_unreadable_file_is_logged_and_skipped_while_the_rest_syncs() {
     write(&c.join("readable.txt"), "ok");
     write(&c.join("secret.txt"), "no");
     fs::set_permissions(c.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    // A directory it may not even list (it cannot be watched either).
+    write(&c.join("locked/inner.txt"), "no");
+    fs::set_permissions(c.join("locked"), fs::Permissions::from_mode(0o700)).unwrap();
     // The client runs as nobody, owning its tree except the secret.
     let chown = Command::new("chown").args(["65534:65534"]).arg(&c).arg(c.join("readable.txt")).status();
     let setpriv = Command::new("setpriv").arg("--version").output();
@@ -99,11 +102,13 @@ fn an_unreadable_file_is_logged_and_skipped_while_the_rest_syncs() {
         .env("HOME", area.dir.path());
     let client = Agent::spawn_cmd("client", &mut cmd);
     client.wait_log("cannot read secret.txt");
+    client.wait_log("cannot watch");
     wait_content(&s.join("readable.txt"), b"ok");
     write(&c.join("later.txt"), "later");
     let _ = Command::new("chown").args(["65534:65534"]).arg(c.join("later.txt")).status();
     wait_content(&s.join("later.txt"), b"later");
     assert!(!s.join("secret.txt").exists());
+    assert!(!s.join("locked/inner.txt").exists());
 }
 
 /// A client in a private user namespace, which has its own inotify limits (set there, not
