@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const INOTIFY: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -62,12 +62,8 @@ struct State {
     descend: DirFilter,
     by_wd: HashMap<WatchDescriptor, PathBuf>,
     by_path: HashMap<PathBuf, WatchDescriptor>,
-    /// Set once the watch limit was hit, so the user is told once, not per directory.
-    limit_reported: bool,
     /// Directories left unwatched by the watch limit, polled instead.
     coverage: Coverage,
-    poll_interval: Duration,
-    polled_at: Instant,
 }
 
 /// Hints gathered from one drain of the inotify queue, deduplicated, in order.
@@ -109,10 +105,7 @@ impl InotifyWatcher {
             descend: config.descend.clone(),
             by_wd: HashMap::new(),
             by_path: HashMap::new(),
-            limit_reported: false,
-            coverage: Coverage::new(&config.root, config.descend.clone()),
-            poll_interval: config.poll_interval.max(Duration::from_millis(10)),
-            polled_at: Instant::now(),
+            coverage: Coverage::new(&config.root, config.descend.clone(), config.poll_interval),
         };
         // Watches are in place before start() returns: a change made after it is never missed.
         state.add_tree(Path::new(""))?;
@@ -166,8 +159,7 @@ fn run(mut state: State, mut poll: Poll, sink: Sender<WatchEvent>, refresh: Rece
     let mut pending_from: Option<(u32, PathBuf, bool)> = None;
     while !stop.load(Ordering::SeqCst) {
         // Unwatched directories (the watch limit) are polled: wake up for them.
-        let timeout = (!state.coverage.is_empty())
-            .then(|| state.poll_interval.saturating_sub(state.polled_at.elapsed()).max(Duration::from_millis(1)));
+        let timeout = state.coverage.wait().map(|w| w.max(Duration::from_millis(1)));
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == ErrorKind::Interrupted {
                 continue;
@@ -203,11 +195,8 @@ fn run(mut state: State, mut poll: Poll, sink: Sender<WatchEvent>, refresh: Rece
         if let Some(from) = pending_from.take() {
             state.moved_away(&mut batch, from);
         }
-        if !state.coverage.is_empty() && state.polled_at.elapsed() >= state.poll_interval {
-            state.polled_at = Instant::now();
-            for p in state.coverage.scan() {
-                batch.push(WatchEvent::Dirty(p));
-            }
+        for p in state.coverage.scan_if_due() {
+            batch.push(WatchEvent::Dirty(p));
         }
         let out = if batch.root_gone {
             vec![WatchEvent::RootGone]
@@ -353,23 +342,11 @@ impl State {
                 }
                 Ok(())
             }
-            // The watch limit below the root: say so once, and poll what cannot be watched.
-            Err(e) if e.raw_os_error() == Some(libc_enospc()) && !rel.as_os_str().is_empty() => {
-                self.coverage.cover(rel);
-                if !std::mem::replace(&mut self.limit_reported, true) {
-                    log::error!(
-                        "{}; until then, what cannot be watched is polled every {:?}",
-                        WatchError::WatchLimit { path: abs },
-                        self.poll_interval
-                    );
-                }
-                Ok(())
-            }
             Err(e) => crate::watch_failure(
                 rel,
                 abs,
                 e,
-                &mut self.limit_reported,
+                &mut self.coverage,
                 |e| e.raw_os_error() == Some(libc_enospc()),
                 |path| WatchError::WatchLimit { path },
             ),

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often the thread looks at its stop flag and refresh requests.
 const TICK: Duration = Duration::from_millis(100);
@@ -109,11 +109,8 @@ struct State {
     /// Every watched path (files and directories, relative to the root) and its descriptor.
     watched: BTreeMap<PathBuf, File>,
     by_fd: HashMap<RawFd, PathBuf>,
-    limit_reported: bool,
     /// What could not be watched for want of descriptors, polled instead.
     coverage: Coverage,
-    poll_interval: Duration,
-    polled_at: Instant,
 }
 
 /// `O_EVTONLY`: a descriptor for event notifications only (macOS).
@@ -135,10 +132,7 @@ impl KqueueWatcher {
             dirs: HashMap::new(),
             watched: BTreeMap::new(),
             by_fd: HashMap::new(),
-            limit_reported: false,
-            coverage: Coverage::new(&config.root, config.descend.clone()),
-            poll_interval: config.poll_interval.max(Duration::from_millis(10)),
-            polled_at: Instant::now(),
+            coverage: Coverage::new(&config.root, config.descend.clone(), config.poll_interval),
         };
         // Watches are in place before start() returns: a change made after it is never missed.
         state.watch_tree(Path::new(""))?;
@@ -189,7 +183,8 @@ fn run(mut state: State, sink: Sender<WatchEvent>, refresh: Receiver<PathBuf>, s
             }
             out.push(WatchEvent::RescanSubtree(path));
         }
-        let mut timeout = TICK;
+        // Wake up for the next poll of what could not be watched, if it comes before a tick.
+        let mut timeout = state.coverage.wait().map_or(TICK, |w| w.min(TICK));
         // Take whatever else is queued (without waiting) before acting on it.
         for _ in 0..64 {
             let evs: Vec<(RawFd, u32, bool)> = match wait(state.kq.as_raw_fd(), timeout, &mut buf) {
@@ -217,10 +212,7 @@ fn run(mut state: State, sink: Sender<WatchEvent>, refresh: Receiver<PathBuf>, s
             }
             timeout = Duration::ZERO;
         }
-        if !state.coverage.is_empty() && state.polled_at.elapsed() >= state.poll_interval {
-            state.polled_at = Instant::now();
-            out.extend(state.coverage.scan().into_iter().map(WatchEvent::Dirty));
-        }
+        out.extend(state.coverage.scan_if_due().into_iter().map(WatchEvent::Dirty));
         let gone = out.contains(&WatchEvent::RootGone);
         for ev in out {
             if sink.send(ev).is_err() {
@@ -339,25 +331,14 @@ impl State {
                 }
                 Ok(())
             }
-            // Out of descriptors below the root: say so once, and poll what cannot be watched.
-            // A file we may not open is polled too (its `lstat` still works).
+            // A file we may not open is polled (its `lstat` still works); running out of
+            // descriptors below the root, too (see `watch_failure`).
             Err(e) if crate::is_denied(&e) && !is_dir && !rel.as_os_str().is_empty() => {
                 log::debug!("cannot watch {}: {e}; polling it instead", abs.display());
                 self.coverage.cover(rel);
                 Ok(())
             }
-            Err(e) if is_limit(&e) && !rel.as_os_str().is_empty() => {
-                self.coverage.cover(rel);
-                if !std::mem::replace(&mut self.limit_reported, true) {
-                    log::error!(
-                        "{}; until then, what cannot be watched is polled every {:?}",
-                        WatchError::DescriptorLimit { path: abs },
-                        self.poll_interval
-                    );
-                }
-                Ok(())
-            }
-            Err(e) => crate::watch_failure(rel, abs, e, &mut self.limit_reported, is_limit, |path| {
+            Err(e) => crate::watch_failure(rel, abs, e, &mut self.coverage, is_limit, |path| {
                 WatchError::DescriptorLimit { path }
             }),
         }

@@ -247,24 +247,24 @@ pub fn start(backend: Backend, config: WatchConfig, sink: Sender<WatchEvent>) ->
 }
 
 /// What a failed watch of `rel` (at `abs`) means. Running into the kernel's limit (`is_limit`)
-/// is an error for the root and, once, for the first other path (`limit_reported`): the user is
-/// told, and the rest goes on unwatched. A path gone (or replaced by a file) since it was listed
-/// is no error: its parent's events cover it.
+/// is an error for the root; any other path is polled instead (`coverage`, which tells the user
+/// once). A path gone (or replaced by a file) since it was listed is no error: its parent's
+/// events cover it.
 #[cfg_attr(not(any(target_os = "linux", kqueue)), allow(dead_code))]
 pub(crate) fn watch_failure(
     rel: &Path,
     abs: PathBuf,
     err: std::io::Error,
-    limit_reported: &mut bool,
+    coverage: &mut poll::Coverage,
     is_limit: impl Fn(&std::io::Error) -> bool,
     limit: impl Fn(PathBuf) -> WatchError,
 ) -> Result<(), WatchError> {
     let is_root = rel.as_os_str().is_empty();
     if is_limit(&err) {
-        if is_root || !*limit_reported {
-            *limit_reported = true;
+        if is_root {
             return Err(limit(abs));
         }
+        coverage.cover_past_limit(rel, limit(abs));
         return Ok(());
     }
     // ENOENT, ENOTDIR.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a scan remembers of each path: enough to notice any content or metadata change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,9 +151,9 @@ fn snapshot(root: &Path, descend: &DirFilter) -> std::io::Result<HashMap<PathBuf
     Ok(out)
 }
 
-#[cfg_attr(not(any(target_os = "linux", kqueue)), allow(dead_code))]
 /// `rel` (a file, or a directory and everything beneath it that `descend` accepts) with stamps;
 /// empty when nothing is there.
+#[cfg_attr(not(any(target_os = "linux", kqueue)), allow(dead_code))]
 fn stamps_of(root: &Path, rel: &Path, descend: &DirFilter) -> HashMap<PathBuf, Stamp> {
     let mut out = HashMap::new();
     if let Ok(m) = std::fs::symlink_metadata(crate::join(root, rel)) {
@@ -174,12 +174,48 @@ pub(crate) struct Coverage {
     root: PathBuf,
     descend: DirFilter,
     covered: BTreeMap<PathBuf, HashMap<PathBuf, Stamp>>,
+    interval: Duration,
+    scanned_at: Instant,
+    /// The user was told that a limit was reached (once is enough).
+    limit_told: bool,
 }
 
 #[cfg_attr(not(any(target_os = "linux", kqueue)), allow(dead_code))]
 impl Coverage {
-    pub(crate) fn new(root: &Path, descend: DirFilter) -> Self {
-        Self { root: root.to_path_buf(), descend, covered: BTreeMap::new() }
+    /// Coverage of paths under `root`, scanned every `interval` (10 ms at the least).
+    pub(crate) fn new(root: &Path, descend: DirFilter, interval: Duration) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            descend,
+            covered: BTreeMap::new(),
+            interval: interval.max(Duration::from_millis(10)),
+            scanned_at: Instant::now(),
+            limit_told: false,
+        }
+    }
+
+    /// Covers `rel`, which could not be watched because a limit (`why`) was reached; the first
+    /// time, tells the user.
+    pub(crate) fn cover_past_limit(&mut self, rel: &Path, why: WatchError) {
+        self.cover(rel);
+        if !std::mem::replace(&mut self.limit_told, true) {
+            log::error!("{why}; until then, what cannot be watched is polled every {:?}", self.interval);
+        }
+    }
+
+    /// How long until the next [`scan_if_due`](Self::scan_if_due) has work; `None` while
+    /// nothing is covered.
+    pub(crate) fn wait(&self) -> Option<Duration> {
+        (!self.is_empty()).then(|| self.interval.saturating_sub(self.scanned_at.elapsed()))
+    }
+
+    /// [`scan`](Self::scan) when an interval has passed since the last one; nothing otherwise.
+    pub(crate) fn scan_if_due(&mut self) -> Vec<PathBuf> {
+        if self.is_empty() || self.scanned_at.elapsed() < self.interval {
+            return Vec::new();
+        }
+        self.scanned_at = Instant::now();
+        self.scan()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -280,7 +316,7 @@ mod tests {
         fs::write(root.join("lone"), "1").unwrap();
         fs::write(root.join("watched"), "w").unwrap();
         let p = |s: &str| PathBuf::from(s);
-        let mut c = Coverage::new(root, Arc::new(|_: &Path| true));
+        let mut c = Coverage::new(root, Arc::new(|_: &Path| true), Duration::from_millis(500));
         assert!(c.is_empty());
         c.cover(Path::new("big/sub"));
         c.cover(Path::new("big"));
