@@ -223,10 +223,26 @@ enum Purpose {
     KeepRemoteCopy { at: RelPath },
 }
 
+/// A transfer under way or queued for a path.
+#[derive(Debug)]
+struct Pending {
+    conn: ConnId,
+    id: u64,
+    version: VersionVector,
+    /// Entries of this version (or older) other sessions offered while it was under way: not
+    /// fetched twice, but not forgotten either. When the transfer ends, however it ends, they
+    /// are looked at again (and come to nothing if it was installed).
+    also: Vec<(ConnId, Entry)>,
+}
+
 #[derive(Debug)]
 struct Fetch {
     entry: Entry,
     purpose: Purpose,
+    /// Our version of the path when the transfer was decided. The install happens only if it is
+    /// still the one: a local change scanned meanwhile means deciding again, never installing
+    /// over it (issue 11, item 3).
+    decided: Option<VersionVector>,
     tmp: Option<TempFile>,
     hasher: blake3::Hasher,
     received: u64,
@@ -297,8 +313,9 @@ struct Engine {
     by_ino: HashMap<u64, RelPath>,
     /// Files deleted here a moment ago, by inode: the other half of a rename may come next.
     gone_inodes: HashMap<u64, (Stat, Hash, Instant)>,
-    /// The transfer under way or queued for each path: which session, which request.
-    fetching: HashMap<RelPath, (ConnId, u64, VersionVector)>,
+    /// The transfer under way or queued for each path: which session, which request, and the
+    /// other sessions that offered the same version meanwhile (owed again if this one fails).
+    fetching: HashMap<RelPath, Pending>,
     halted: Option<String>,
     /// During the initial scan every path is "new": log them at debug level only.
     initial: bool,
@@ -1048,6 +1065,16 @@ impl Engine {
                     self.net.send(ToNet::Close { conn, reason: reason.clone() });
                     return false;
                 }
+                // The same replica again, while its old connection still looks alive (a one-way
+                // dead link, a client restarted before its old socket timed out): the new one
+                // replaces it, and what the old one owed is asked for again below.
+                let old: Vec<ConnId> =
+                    self.sessions.iter().filter(|(_, s)| s.peer_replica == peer_replica).map(|(c, _)| *c).collect();
+                for c in old {
+                    log::info!("{peer_host}: connection {c} replaced by a new connection from the same replica");
+                    self.end_session(c);
+                    self.net.send(ToNet::Close { conn: c, reason: "replaced by a newer connection".into() });
+                }
                 // Only what changed since the last session we took in whole, if we know the peer.
                 let since = self.store.have(peer_replica);
                 let s = Session {
@@ -1067,12 +1094,10 @@ impl Engine {
                 self.net.send(ToNet::Send { conn, msg: Message::IndexFrom { since } });
             }
             ToEngine::Disconnected { conn, reason } => {
-                if let Some(s) = self.sessions.remove(&conn) {
+                if let Some(s) = self.sessions.get(&conn) {
                     log::info!("{} disconnected: {reason}", s.peer_host);
                 }
-                self.retries.retain(|r| r.1 != conn);
-                self.deferred.retain(|d| d.0 != conn);
-                self.forget_fetches_of(conn);
+                self.end_session(conn);
             }
             ToEngine::Message { conn, msg } => {
                 if !self.sessions.contains_key(&conn) {
@@ -1089,9 +1114,22 @@ impl Engine {
     fn drop_session(&mut self, conn: ConnId, reason: String) {
         let host = self.sessions.get(&conn).map(|s| s.peer_host.clone()).unwrap_or_default();
         log::error!("closing connection to {host}: {reason}");
-        self.sessions.remove(&conn);
-        self.forget_fetches_of(conn);
+        self.end_session(conn);
         self.net.send(ToNet::Close { conn, reason });
+    }
+
+    /// Forgets a session and everything it had pending (invariant 9). What it owed is not lost:
+    /// its peer's high-water mark never moved over it (see [`advance_peers`](Self::advance_peers)),
+    /// so the peer's next session is asked for it again; entries other sessions offered for the
+    /// same transfers are looked at again now.
+    fn end_session(&mut self, conn: ConnId) {
+        self.sessions.remove(&conn);
+        self.retries.retain(|r| r.1 != conn);
+        self.deferred.retain(|d| d.0 != conn);
+        for p in self.fetching.values_mut() {
+            p.also.retain(|(c, _)| *c != conn);
+        }
+        self.forget_fetches_of(conn);
     }
 
     /// Our counter: every change of the index so far has a `seq` at most this.
@@ -1128,15 +1166,21 @@ impl Engine {
         if self.halted.is_some() {
             return;
         }
-        let busy: BTreeSet<ConnId> =
-            self.retries.iter().map(|r| r.1).chain(self.deferred.iter().map(|d| d.0)).collect();
-        for (conn, s) in &self.sessions {
-            if s.index_done
-                && s.have > self.store.have(s.peer_replica)
-                && s.in_flight.is_empty()
-                && s.queued.is_empty()
-                && !busy.contains(conn)
-            {
+        let busy: BTreeSet<ConnId> = self
+            .retries
+            .iter()
+            .map(|r| r.1)
+            .chain(self.deferred.iter().map(|d| d.0))
+            .chain(self.fetching.values().flat_map(|p| p.also.iter().map(|(c, _)| *c)))
+            .chain(
+                self.sessions.iter().filter(|(_, s)| !s.in_flight.is_empty() || !s.queued.is_empty()).map(|(c, _)| *c),
+            )
+            .collect();
+        // A replica is only as far as the least advanced of its sessions (normally one).
+        let busy_replicas: BTreeSet<ReplicaId> =
+            self.sessions.iter().filter(|(c, _)| busy.contains(*c)).map(|(_, s)| s.peer_replica).collect();
+        for s in self.sessions.values() {
+            if s.index_done && s.have > self.store.have(s.peer_replica) && !busy_replicas.contains(&s.peer_replica) {
                 self.store.set_have(s.peer_replica, s.have);
             }
         }
@@ -1192,8 +1236,19 @@ impl Engine {
                 if let Some(s) = self.sessions.get_mut(&conn)
                     && let Some(f) = s.in_flight.remove(&id)
                 {
-                    log::debug!("{}: peer could not send it ({reason}); waiting for its update", f.entry.path);
+                    // Unreadable for a moment, changed while being read, or superseded: asked
+                    // again later. Its update, if one is coming, supersedes it meanwhile; until
+                    // then the peer's high-water mark stays below it.
+                    let current = self.fetching.get(&f.entry.path).is_some_and(|p| p.conn == conn && p.id == id);
+                    log::info!(
+                        "{}: the peer could not send it ({reason}); asking again in {}s",
+                        f.entry.path,
+                        RETRY_AFTER.as_secs()
+                    );
                     self.fetch_done(&f.entry.path, conn, id);
+                    if current && !f.failed {
+                        self.retries.push((Instant::now() + RETRY_AFTER, conn, f.entry));
+                    }
                 }
             }
             Message::Ping | Message::Pong => {}
@@ -1246,7 +1301,17 @@ impl Engine {
                     self.retries.push((Instant::now() + Duration::from_millis(20), conn, e));
                     return Ok(());
                 }
-                _ => return Ok(()),
+                // The same version (or an older one) from another session: not fetched twice,
+                // but owed by that session until the transfer under way is in.
+                _ => {
+                    if let Some(p) = self.fetching.get_mut(&e.path)
+                        && p.conn != conn
+                    {
+                        p.also.retain(|(c, _)| *c != conn);
+                        p.also.push((conn, e));
+                    }
+                    return Ok(());
+                }
             }
         }
         // Executor discipline: what the user did since the last scan counts first. A pending
@@ -1338,15 +1403,16 @@ impl Engine {
     }
 
     fn pending_version(&self, path: &RelPath) -> Option<VersionVector> {
-        self.fetching.get(path).map(|(_, _, v)| v.clone())
+        self.fetching.get(path).map(|p| p.version.clone())
     }
 
     fn cancel_fetches(&mut self, path: &RelPath) {
-        let Some((conn, id, _)) = self.fetching.remove(path) else { return };
+        let Some(p) = self.fetching.remove(path) else { return };
         self.unclaim(path);
-        let Some(s) = self.sessions.get_mut(&conn) else { return };
-        s.queued.retain(|(qid, _)| *qid != id);
-        if let Some(f) = s.in_flight.get_mut(&id) {
+        self.reoffer(p.also);
+        let Some(s) = self.sessions.get_mut(&p.conn) else { return };
+        s.queued.retain(|(qid, _)| *qid != p.id);
+        if let Some(f) = s.in_flight.get_mut(&p.id) {
             f.failed = true; // ignore the rest of its data
             f.tmp = None;
         }
@@ -1354,19 +1420,29 @@ impl Engine {
 
     /// Forgets the transfer `id` of `conn` for `path` (finished, aborted or failed).
     fn fetch_done(&mut self, path: &RelPath, conn: ConnId, id: u64) {
-        if self.fetching.get(path).is_some_and(|(c, i, _)| *c == conn && *i == id) {
-            self.fetching.remove(path);
+        if self.fetching.get(path).is_some_and(|p| p.conn == conn && p.id == id)
+            && let Some(p) = self.fetching.remove(path)
+        {
             self.unclaim(path);
+            self.reoffer(p.also);
         }
     }
 
     fn forget_fetches_of(&mut self, conn: ConnId) {
-        let gone: Vec<RelPath> =
-            self.fetching.iter().filter(|(_, (c, _, _))| *c == conn).map(|(p, _)| p.clone()).collect();
-        for p in gone {
-            self.fetching.remove(&p);
-            self.unclaim(&p);
+        let gone: Vec<RelPath> = self.fetching.iter().filter(|(_, p)| p.conn == conn).map(|(p, _)| p.clone()).collect();
+        for path in gone {
+            if let Some(p) = self.fetching.remove(&path) {
+                self.unclaim(&path);
+                self.reoffer(p.also);
+            }
         }
+    }
+
+    /// Entries other sessions offered while a transfer of the same version was under way: looked
+    /// at again on the next turn (they come to nothing if that transfer was installed).
+    fn reoffer(&mut self, also: Vec<(ConnId, Entry)>) {
+        let now = Instant::now();
+        self.retries.extend(also.into_iter().map(|(c, e)| (now, c, e)));
     }
 
     /// A transfer of `path` ended: its spelling no longer claims the folded name.
@@ -1643,12 +1719,15 @@ impl Engine {
     fn enqueue(&mut self, conn: ConnId, entry: Entry, purpose: Purpose) {
         let id = self.next_id;
         self.next_id += 1;
+        let decided = self.index.get(&entry.path).map(|l| l.entry.version.clone());
         if let Some(s) = self.sessions.get_mut(&conn) {
-            self.fetching.insert(entry.path.clone(), (conn, id, entry.version.clone()));
+            let pending = Pending { conn, id, version: entry.version.clone(), also: Vec::new() };
+            self.fetching.insert(entry.path.clone(), pending);
             if self.folding.active() {
                 self.fetch_fold.entry(self.folding.key(&entry.path)).or_insert_with(|| entry.path.clone());
             }
-            let f = Fetch { entry, purpose, tmp: None, hasher: blake3::Hasher::new(), received: 0, failed: false };
+            let f =
+                Fetch { entry, purpose, decided, tmp: None, hasher: blake3::Hasher::new(), received: 0, failed: false };
             s.queued.push_back((id, f));
         }
     }
@@ -1770,6 +1849,16 @@ impl Engine {
                 }
             },
         };
+        // Our version moved on while the content travelled (a local save scanned meanwhile):
+        // what was decided no longer holds. Decide again from what is here now; installing
+        // would write over that save (issue 11, item 3).
+        if matches!(f.purpose, Purpose::Apply { .. })
+            && self.index.get(&f.entry.path).map(|l| &l.entry.version) != f.decided.as_ref()
+        {
+            log::debug!("{}: changed here while it was fetched; deciding again", f.entry.path);
+            drop(tmp);
+            return self.on_remote(conn, f.entry);
+        }
         match f.purpose {
             Purpose::Apply { keep_local_copy } => {
                 let local = self.index.get(&f.entry.path).cloned();

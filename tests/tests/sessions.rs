@@ -1,0 +1,249 @@
+//! What a connection owed when it dies or is replaced (PROTOCOL.md, "Pending transfers"), driven
+//! by a scripted peer speaking the protocol by hand: every race is played in a fixed order, so
+//! each test fails the same way every time on code that loses the owed work.
+#![allow(clippy::unwrap_used)]
+
+use mirror_protocol::{
+    Decoder, Entry, Hello, Kind, Message, Preamble, RelPath, ReplicaId, Timestamp, VersionVector, encode,
+};
+use mirror_tests::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// A hand-driven client: one TCP connection, the preamble and `Hello` sent, `Welcome` read.
+struct Peer {
+    s: TcpStream,
+    dec: Decoder,
+}
+
+impl Peer {
+    fn connect(port: u16, replica: ReplicaId, remote: &str) -> Peer {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut p = Peer { s, dec: Decoder::new() };
+        let mut first = Preamble::ours().encode().to_vec();
+        first.extend(encode(&Message::Hello(Hello {
+            replica,
+            host: format!("scripted-{replica}"),
+            remote: remote.as_bytes().to_vec(),
+            includes: vec![],
+            excludes: vec![],
+        })));
+        p.s.write_all(&first).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while p.dec.buffered() < mirror_protocol::PREAMBLE_LEN {
+            assert!(Instant::now() < deadline, "no preamble from the server");
+            p.fill();
+        }
+        p.dec.take_raw(mirror_protocol::PREAMBLE_LEN).unwrap();
+        match p.next(Duration::from_secs(10)) {
+            Some(Message::Welcome(_)) => p,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 65536];
+        match self.s.read(&mut buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.dec.extend(&buf[..n]);
+                true
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// The next message other than a heartbeat, or `None` if the connection closed or nothing
+    /// came within `within`.
+    fn next(&mut self, within: Duration) -> Option<Message> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.dec.decode().unwrap() {
+                Some(Message::Ping) => self.send(&Message::Pong),
+                Some(Message::Pong) => {}
+                Some(m) => return Some(m),
+                None => {
+                    if Instant::now() >= deadline || !self.fill() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for a message `pick` accepts, answering heartbeats and skipping the rest.
+    fn expect<T>(&mut self, what: &str, within: Duration, mut pick: impl FnMut(&Message) -> Option<T>) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left) {
+                Some(m) => {
+                    if let Some(t) = pick(&m) {
+                        return t;
+                    }
+                }
+                None => panic!("no {what} within {within:?}"),
+            }
+        }
+    }
+
+    fn send(&mut self, m: &Message) {
+        let _ = self.s.write_all(&encode(m));
+    }
+
+    /// The server's `IndexFrom`: what it asks of us.
+    fn asked_since(&mut self) -> u64 {
+        self.expect("IndexFrom", Duration::from_secs(10), |m| match m {
+            Message::IndexFrom { since } => Some(*since),
+            _ => None,
+        })
+    }
+
+    /// Offers `entries` as our whole index, with our counter at `seq`.
+    fn index(&mut self, entries: Vec<Entry>, seq: u64) {
+        self.send(&Message::IndexBatch { entries, last: true, seq });
+    }
+
+    /// Waits for the server to request `path`; returns the request id.
+    fn requested(&mut self, path: &str, within: Duration) -> u64 {
+        self.expect(&format!("request for {path}"), within, |m| match m {
+            Message::Request { id, path: p, .. } if p.as_bytes() == path.as_bytes() => Some(*id),
+            _ => None,
+        })
+    }
+
+    fn serve(&mut self, id: u64, content: &[u8]) {
+        self.send(&Message::Data { id, bytes: content.to_vec() });
+        self.send(&Message::DataEnd { id, size: content.len() as u64, hash: *blake3::hash(content).as_bytes() });
+    }
+
+    /// Whether the server closes this connection within `within` (reading and dropping the rest).
+    fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            self.dec = Decoder::new();
+            if !self.fill() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+fn entry(path: &str, content: &[u8], version: VersionVector, origin: &str) -> Entry {
+    Entry {
+        path: RelPath::new(path).unwrap(),
+        kind: Kind::File { size: content.len() as u64, hash: *blake3::hash(content).as_bytes(), executable: false },
+        mtime: Timestamp { secs: 1_700_000_000, nanos: 0 },
+        version,
+        origin: origin.into(),
+    }
+}
+
+/// Issue 11, item 1: the same replica reconnects while its old connection, with a request
+/// pending on it, still looks alive to the server. The new session's entry must be fetched (not
+/// dropped as "already being fetched"), the old connection closed, and the high-water mark
+/// must only move once the entry is in.
+#[test]
+fn a_reconnect_while_the_old_connection_lingers_fetches_what_the_old_one_owed() {
+    let area = Area::new();
+    let server = Server::start(&area.server_root(), &[]);
+    let content = b"written while the link was dying";
+    let e = entry("owed.txt", content, VersionVector::new().incremented(7), "scripted-7");
+
+    let mut old = Peer::connect(server.port, 7, "p");
+    assert_eq!(old.asked_since(), 0);
+    old.index(vec![e.clone()], 5);
+    old.requested("owed.txt", Duration::from_secs(10)); // and never answered: the link died
+
+    let mut new = Peer::connect(server.port, 7, "p");
+    assert_eq!(new.asked_since(), 0, "the server claims our changes although none was applied");
+    new.index(vec![e], 5);
+    let id = new.requested("owed.txt", Duration::from_secs(10));
+    new.serve(id, content);
+    wait_content(&area.path("server/p/owed.txt"), content);
+    assert!(old.closed_within(Duration::from_secs(10)), "the replaced connection was left open");
+    server.agent.wait_log("replaced");
+
+    // Everything is in now: the next session asks only for what came after.
+    drop(new);
+    let mut third = Peer::connect(server.port, 7, "p");
+    let since = third.asked_since();
+    assert_eq!(since, 5, "{}", server.agent.log());
+}
+
+/// Issue 11, item 1: an entry another peer offered while the same version was being fetched
+/// from a first one is fetched from the second when the first connection dies with it owed.
+#[test]
+fn an_entry_offered_by_two_peers_is_fetched_from_the_second_when_the_first_dies() {
+    let area = Area::new();
+    let server = Server::start(&area.server_root(), &[]);
+    let content = b"the same version, from two peers";
+    let e = entry("twice.txt", content, VersionVector::new().incremented(7), "scripted-7");
+
+    let mut first = Peer::connect(server.port, 7, "p");
+    first.asked_since();
+    first.index(vec![e.clone()], 3);
+    first.requested("twice.txt", Duration::from_secs(10));
+
+    let mut second = Peer::connect(server.port, 8, "p");
+    second.asked_since();
+    second.index(vec![e], 9);
+    // Nothing is asked of the second peer while the first one has it under way...
+    assert!(
+        second.next(Duration::from_millis(300)).is_none_or(|m| !matches!(m, Message::Request { .. })),
+        "fetched twice at once"
+    );
+    drop(first);
+    // ...and once the first is gone, the second one is asked.
+    let id = second.requested("twice.txt", Duration::from_secs(10));
+    second.serve(id, content);
+    wait_content(&area.path("server/p/twice.txt"), content);
+}
+
+/// Issue 11, item 7 (the receiving side): a peer that cannot read a file for a moment answers
+/// with `DataAbort`; the request is made again later instead of being forgotten, and the
+/// peer's high-water mark does not move past the entry meanwhile.
+#[test]
+fn a_transfer_the_peer_could_not_send_is_requested_again() {
+    let area = Area::new();
+    let server = Server::start(&area.server_root(), &[]);
+    let content = b"unreadable for a moment";
+    let e = entry("locked.txt", content, VersionVector::new().incremented(7), "scripted-7");
+
+    let mut peer = Peer::connect(server.port, 7, "p");
+    peer.asked_since();
+    peer.index(vec![e], 4);
+    let id = peer.requested("locked.txt", Duration::from_secs(10));
+    peer.send(&Message::DataAbort { id, reason: "read failed: Permission denied (os error 13)".into() });
+    let id = peer.requested("locked.txt", Duration::from_secs(20));
+    peer.serve(id, content);
+    wait_content(&area.path("server/p/locked.txt"), content);
+}
+
+/// Issue 11, item 1: the high-water mark is never advanced over an entry a dead connection
+/// left unapplied, so the next session is asked for it again.
+#[test]
+fn a_connection_that_dies_with_a_transfer_owed_is_asked_for_it_again() {
+    let area = Area::new();
+    let server = Server::start(&area.server_root(), &[]);
+    let content = b"owed by a dead connection";
+    let e = entry("again.txt", content, VersionVector::new().incremented(7), "scripted-7");
+
+    let mut a = Peer::connect(server.port, 7, "p");
+    a.asked_since();
+    a.index(vec![e.clone()], 6);
+    a.requested("again.txt", Duration::from_secs(10));
+    drop(a);
+    server.agent.wait_log("disconnected");
+
+    let mut b = Peer::connect(server.port, 7, "p");
+    assert_eq!(b.asked_since(), 0);
+    b.index(vec![e], 6);
+    let id = b.requested("again.txt", Duration::from_secs(10));
+    b.serve(id, content);
+    wait_content(&area.path("server/p/again.txt"), content);
+}
