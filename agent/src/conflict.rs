@@ -1,19 +1,27 @@
 //! Conflict copy names: `NAME.conflict-HOST-YYYYMMDD-HHMMSS-TAG.EXT`.
 //!
 //! HOST is the host that wrote the losing version and the time is that version's mtime (UTC), for
-//! people. TAG (four hex digits of a digest of the losing version's version vector) is for
-//! machines: the name must be the same on every replica that secures a given loser, so that two
-//! copies of one loser made independently meet as identical files, and it must differ between
-//! different losers, or copies of two of them (hosts of the same name, the same second) would
-//! collide and conflict in turn.
+//! people. TAG (four hex digits of a digest of the losing *content*) is for machines: the name
+//! must be the same on every replica that secures a given loser, so that two copies of one loser
+//! made independently meet as identical files, and it must differ between different losers, or
+//! copies of two of them (hosts of the same name, the same second) would collide and conflict in
+//! turn. The content, not the version vector: one content travels under several vectors (each
+//! merge of a conflict it won makes a new one), and a digest of the vector kept one save of ten
+//! racing writers under three names (issue 11, item 3).
 
-use mirror_protocol::{Entry, RelPath, Timestamp};
+use mirror_protocol::{Entry, Kind, RelPath, Timestamp};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
 /// Where the losing version `loser` is kept.
 pub fn conflict_path_of(loser: &Entry) -> RelPath {
-    let digest = blake3::hash(&postcard::to_stdvec(&loser.version).unwrap_or_default());
+    let key = match &loser.kind {
+        Kind::File { size, hash, executable } => postcard::to_stdvec(&(size, hash, executable)),
+        Kind::Symlink { target } => postcard::to_stdvec(target),
+        // Nothing is kept of these; the name only appears in the log.
+        Kind::Directory | Kind::Deleted => postcard::to_stdvec(&loser.version),
+    };
+    let digest = blake3::hash(&key.unwrap_or_default());
     let tag = format!("{:02x}{:02x}", digest.as_bytes()[0], digest.as_bytes()[1]);
     conflict_path(&loser.path, &loser.origin, loser.mtime, &tag)
 }
@@ -75,7 +83,7 @@ mod tests {
 
     #[test]
     fn different_losers_get_different_names_and_the_same_loser_the_same() {
-        use mirror_protocol::{Kind, VersionVector};
+        use mirror_protocol::VersionVector;
         let e = |replica| Entry {
             path: RelPath::new("f.txt").unwrap(),
             kind: Kind::Deleted,
@@ -85,6 +93,14 @@ mod tests {
         };
         assert_eq!(conflict_path_of(&e(1)), conflict_path_of(&e(1)));
         assert_ne!(conflict_path_of(&e(1)), conflict_path_of(&e(2)));
+        // A file's copy is named by its content: the same save under another version vector
+        // (merged after winning a conflict elsewhere) is the same copy, another save is not.
+        let file = |content: &[u8], replica| Entry {
+            kind: Kind::File { size: content.len() as u64, hash: *blake3::hash(content).as_bytes(), executable: false },
+            ..e(replica)
+        };
+        assert_eq!(conflict_path_of(&file(b"a", 1)), conflict_path_of(&file(b"a", 2)));
+        assert_ne!(conflict_path_of(&file(b"a", 1)), conflict_path_of(&file(b"b", 1)));
     }
 
     #[test]
