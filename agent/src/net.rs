@@ -29,17 +29,20 @@ pub const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
-/// A connection that received nothing for this long is sent a `Ping`...
+/// Every open connection is sent a `Ping` this often, whatever else it carries...
 const HEARTBEAT: Duration = Duration::from_secs(2);
-/// ...and one that received nothing for this long is considered dead.
+/// ...and one on which no byte moved for this long, either way, is considered dead: nothing
+/// arrived, and nothing we queued was taken off our hands (see [`Conn::last_drain`]).
 const DEAD_AFTER: Duration = Duration::from_secs(6);
+/// A connection must complete its handshake within this long of being opened, however slowly
+/// its bytes trickle in (a slowloris peer sending one byte a second is closed all the same).
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 /// The longest wait between reconnection attempts (before jitter).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// Uploads add chunks only while less than this is waiting to be written.
-const OUT_LOW_WATER: usize = 512 * 1024;
 /// Stop reading a connection whose undecoded input exceeds this (room for one largest frame).
 const IN_HIGH_WATER: usize = mirror_protocol::MAX_FRAME_LEN + 64 * 1024;
-const UPLOAD_CHUNK: usize = 256 * 1024;
+/// One upload frame: a control message waits behind at most one of these in our buffers.
+const UPLOAD_CHUNK: usize = 64 * 1024;
 
 /// Opens the engine serving a resolved directory (creating it on first use).
 /// Gets the engine of a resolved directory, starting it with the client's patterns on first use.
@@ -73,8 +76,12 @@ struct Conn {
     peer: String,
     state: State,
     dec: Decoder,
+    /// Frames being written, and how far; refilled from `ctrl` first, then with one upload chunk.
     out: Vec<u8>,
     out_pos: usize,
+    /// Control frames (everything but file data) waiting for `out`: they go ahead of bulk data,
+    /// so a heartbeat or a request never queues behind megabytes of a file.
+    ctrl: Vec<u8>,
     uploads: VecDeque<Upload>,
     parked: Option<ToEngine>,
     /// Close once everything queued is written.
@@ -86,6 +93,13 @@ struct Conn {
     /// When bytes last arrived, and when we last pinged.
     last_rx: Instant,
     last_ping: Instant,
+    /// When the socket last took bytes after pushing back: the peer acknowledged some of what
+    /// we sent, so the link moves even if the peer has nothing to say (a long upload on a slow
+    /// link, whose pings and pongs queue behind data in the network).
+    last_drain: Instant,
+    /// The socket pushed back (`WouldBlock`) on the last write.
+    blocked: bool,
+    opened: Instant,
 }
 
 impl Conn {
@@ -98,6 +112,7 @@ impl Conn {
             dec: Decoder::new(),
             out: first_out,
             out_pos: 0,
+            ctrl: Vec::new(),
             uploads: VecDeque::new(),
             parked: None,
             closing: false,
@@ -105,20 +120,50 @@ impl Conn {
             close_reason: None,
             last_rx: Instant::now(),
             last_ping: Instant::now(),
+            last_drain: Instant::now(),
+            blocked: false,
+            opened: Instant::now(),
         }
     }
 
+    /// Queues a control message (ahead of any file data not yet in `out`).
     fn send(&mut self, msg: &Message) {
-        if self.out_pos > 0 && self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-        }
-        encode_into(msg, &mut self.out);
+        encode_into(msg, &mut self.ctrl);
     }
 
     /// Bytes still to go out: our plaintext, plus (as 1) whatever TLS records wait in rustls.
     fn pending_out(&self) -> usize {
-        self.out.len() - self.out_pos + usize::from(self.tls.as_ref().is_some_and(|t| t.wants_write()))
+        self.out.len() - self.out_pos
+            + self.ctrl.len()
+            + usize::from(self.tls.as_ref().is_some_and(|t| t.wants_write()))
+    }
+
+    /// Once `out` is written: the queued control frames, or else the next chunk of the upload
+    /// under way. Returns whether `out` has something to write.
+    fn refill(&mut self) -> bool {
+        if self.out_pos < self.out.len() {
+            return true;
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        if !self.ctrl.is_empty() {
+            std::mem::swap(&mut self.out, &mut self.ctrl);
+            return true;
+        }
+        if let Some(msg) = next_chunk(&mut self.uploads) {
+            encode_into(&msg, &mut self.out);
+            return true;
+        }
+        false
+    }
+
+    /// A write attempt took `n` bytes (0: the socket pushed back).
+    fn wrote(&mut self, n: usize) {
+        if n == 0 {
+            self.blocked = true;
+        } else if std::mem::take(&mut self.blocked) {
+            self.last_drain = Instant::now();
+        }
     }
 
     /// The identity the peer proved, once the TLS handshake is done.
@@ -400,30 +445,34 @@ impl Net {
                 break;
             }
         }
-        // Heartbeat: ping a quiet peer; give up on a silent one. A connection we stopped reading
-        // (its engine is busy) is not the peer's fault and is left alone.
-        if !c.closing && c.parked.is_none() && matches!(c.state, State::Open(_)) {
-            let quiet = c.last_rx.elapsed();
-            if quiet >= DEAD_AFTER {
-                log::warn!("{}: nothing heard for {}s; the connection is dead", c.peer, quiet.as_secs());
+        // Heartbeat: a ping every HEARTBEAT, so the peer hears us even while it is the one
+        // sending (its own pings may be queued behind its data, in the network); a connection
+        // on which nothing moved either way for DEAD_AFTER is dead. One we stopped reading (its
+        // engine is busy) still pings, and is not judged: that is not the peer's fault.
+        if !c.closing && matches!(c.state, State::Open(_)) {
+            let quiet = c.last_rx.elapsed().min(c.last_drain.elapsed());
+            if c.parked.is_none() && quiet >= DEAD_AFTER {
+                log::warn!(
+                    "{}: nothing heard for {}s, and nothing we sent moved; the connection is dead",
+                    c.peer,
+                    quiet.as_secs()
+                );
                 c.lost(format!("no heartbeat for {}s", quiet.as_secs()));
-            } else if quiet >= HEARTBEAT && c.last_ping.elapsed() >= HEARTBEAT {
+            } else if c.last_ping.elapsed() >= HEARTBEAT {
                 c.send(&Message::Ping);
                 c.last_ping = Instant::now();
             }
-        } else if !c.closing && !matches!(c.state, State::Open(_)) && c.last_rx.elapsed() >= DEAD_AFTER * 2 {
-            log::warn!("{}: no complete handshake within {}s; closing", c.peer, (DEAD_AFTER * 2).as_secs());
+        } else if !c.closing && !matches!(c.state, State::Open(_)) && c.opened.elapsed() >= HANDSHAKE_LIMIT {
+            log::warn!("{}: no complete handshake within {}s; closing", c.peer, HANDSHAKE_LIMIT.as_secs());
             c.lost("handshake timed out".into());
         }
-        // Edge-triggered: keep filling while the socket takes everything, or no event would
-        // ever come back to continue an upload.
-        loop {
-            fill_uploads(&mut c);
-            flush(&mut c);
-            if c.dead || c.pending_out() > 0 || c.uploads.is_empty() {
-                break;
-            }
+        // A connection on its way out sends what is queued (a goodbye), not more file data.
+        if c.closing {
+            c.uploads.clear();
         }
+        // Edge-triggered: write until the socket pushes back or nothing is left, or no event
+        // would ever come back to continue an upload.
+        flush(&mut c);
         if c.dead || (c.closing && c.pending_out() == 0) {
             self.close(id, c);
         } else {
@@ -689,33 +738,32 @@ enum Offer {
     Gone,
 }
 
-/// Adds upload chunks while the socket keeps up.
-fn fill_uploads(c: &mut Conn) {
+/// The next frame of the upload under way: a chunk of data, or its end (`DataEnd`, or
+/// `DataAbort` if the file could not be read or grew).
+fn next_chunk(uploads: &mut VecDeque<Upload>) -> Option<Message> {
     let mut buf = Vec::new();
-    while c.pending_out() < OUT_LOW_WATER {
-        let Some(u) = c.uploads.front_mut() else { return };
-        let want = usize::try_from(u.size - u.sent).unwrap_or(usize::MAX).min(UPLOAD_CHUNK).min(MAX_CHUNK_LEN);
-        // At the declared size, probe one byte further: a file that grew is not sent as the old one.
-        buf.resize(want.max(1), 0);
-        let r = read_some(&mut u.file, &mut buf);
-        let (msg, done) = match r {
-            Ok(0) => {
-                let hash = *u.hash.finalize().as_bytes();
-                (Message::DataEnd { id: u.id, size: u.sent, hash }, true)
-            }
-            Ok(_) if want == 0 => (Message::DataAbort { id: u.id, reason: "file grew while being sent".into() }, true),
-            Ok(n) => {
-                u.hash.update(&buf[..n]);
-                u.sent += n as u64;
-                (Message::Data { id: u.id, bytes: buf[..n].to_vec() }, false)
-            }
-            Err(e) => (Message::DataAbort { id: u.id, reason: format!("read failed: {e}") }, true),
-        };
-        c.send(&msg);
-        if done {
-            c.uploads.pop_front();
+    let u = uploads.front_mut()?;
+    let want = usize::try_from(u.size - u.sent).unwrap_or(usize::MAX).min(UPLOAD_CHUNK).min(MAX_CHUNK_LEN);
+    // At the declared size, probe one byte further: a file that grew is not sent as the old one.
+    buf.resize(want.max(1), 0);
+    let (msg, done) = match read_some(&mut u.file, &mut buf) {
+        Ok(0) => {
+            let hash = *u.hash.finalize().as_bytes();
+            (Message::DataEnd { id: u.id, size: u.sent, hash }, true)
         }
+        Ok(_) if want == 0 => (Message::DataAbort { id: u.id, reason: "file grew while being sent".into() }, true),
+        Ok(n) => {
+            u.hash.update(&buf[..n]);
+            u.sent += n as u64;
+            buf.truncate(n);
+            (Message::Data { id: u.id, bytes: buf }, false)
+        }
+        Err(e) => (Message::DataAbort { id: u.id, reason: format!("read failed: {e}") }, true),
+    };
+    if done {
+        uploads.pop_front();
     }
+    Some(msg)
 }
 
 fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
@@ -727,18 +775,26 @@ fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Writes control frames first, then upload chunks, until the socket pushes back or nothing
+/// is left.
 fn flush(c: &mut Conn) {
     if c.tls.is_some() {
         return flush_tls(c);
     }
-    while c.pending_out() > 0 {
+    while c.refill() {
         match c.stream.write(&c.out[c.out_pos..]) {
             Ok(0) => {
                 c.lost("write returned 0".into());
                 return;
             }
-            Ok(n) => c.out_pos += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Ok(n) => {
+                c.out_pos += n;
+                c.wrote(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.wrote(0);
+                return;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 c.lost(e.to_string());
@@ -746,17 +802,16 @@ fn flush(c: &mut Conn) {
             }
         }
     }
-    c.out.clear();
-    c.out_pos = 0;
 }
 
 /// [`flush`] through TLS: plaintext into rustls (as much as its bounded buffer takes), records
 /// out to the socket, until the socket pushes back or all is sent.
 fn flush_tls(c: &mut Conn) {
-    let Some(tls) = c.tls.as_deref_mut() else { return };
     loop {
         let mut progress = false;
-        while c.out_pos < c.out.len() {
+        // Into rustls while its bounded buffer takes it: control frames first (refill).
+        while c.refill() {
+            let Some(tls) = c.tls.as_deref_mut() else { return };
             match tls.writer().write(&c.out[c.out_pos..]) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
@@ -765,14 +820,24 @@ fn flush_tls(c: &mut Conn) {
                 }
             }
         }
-        while tls.wants_write() {
+        loop {
+            let Some(tls) = c.tls.as_deref_mut() else { return };
+            if !tls.wants_write() {
+                break;
+            }
             match tls.write_tls(&mut c.stream) {
                 Ok(0) => {
                     c.lost("write returned 0".into());
                     return;
                 }
-                Ok(_) => progress = true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok(n) => {
+                    c.wrote(n);
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.wrote(0);
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     c.lost(e.to_string());
@@ -780,12 +845,7 @@ fn flush_tls(c: &mut Conn) {
                 }
             }
         }
-        if c.out_pos == c.out.len() {
-            c.out.clear();
-            c.out_pos = 0;
-            return;
-        }
-        if !progress {
+        if !progress || c.pending_out() == 0 {
             return;
         }
     }

@@ -393,6 +393,8 @@ pub struct FaultProxy {
     stop: Arc<std::sync::atomic::AtomicBool>,
     /// One-way latency added to every byte, in milliseconds.
     delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes per second each direction carries at most (0: unlimited).
+    rate: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FaultProxy {
@@ -405,7 +407,8 @@ impl FaultProxy {
         let frozen = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (c2, f2, s2, d2) = (conns.clone(), frozen.clone(), stop.clone(), delay_ms.clone());
+        let rate = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c2, f2, s2, d2, r2) = (conns.clone(), frozen.clone(), stop.clone(), delay_ms.clone(), rate.clone());
         std::thread::spawn(move || {
             while !s2.load(Ordering::SeqCst) {
                 let Ok((inbound, _)) = listener.accept() else {
@@ -420,21 +423,35 @@ impl FaultProxy {
                 {
                     let (frozen, stop, delay_ms) = (f2.clone(), s2.clone(), d2.clone());
                     // Bytes read are delivered by a second thread at read time + delay: latency
-                    // without a cap on throughput.
-                    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+                    // without a cap on throughput, unless a rate is set. The queue between the
+                    // two holds at most 256 reads (4 MiB): a slow link pushes back, as a real
+                    // one does once its buffers are full.
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<(Instant, Vec<u8>)>(256);
                     let mut writer = to.try_clone().unwrap();
+                    let rate = r2.clone();
                     std::thread::spawn(move || {
+                        let mut budget_at = Instant::now();
                         while let Ok((at, bytes)) = rx.recv() {
                             let wait = at.saturating_duration_since(Instant::now());
                             std::thread::sleep(wait.min(Duration::from_secs(5)));
-                            if std::io::Write::write_all(&mut writer, &bytes).is_err() {
-                                break;
+                            let r = rate.load(Ordering::SeqCst);
+                            for piece in bytes.chunks(if r == 0 { usize::MAX } else { 1460 }) {
+                                if r > 0 {
+                                    // Paced: each piece leaves when the link has carried the last.
+                                    budget_at = budget_at.max(Instant::now());
+                                    std::thread::sleep(budget_at.saturating_duration_since(Instant::now()));
+                                    budget_at += Duration::from_secs_f64(piece.len() as f64 / r as f64);
+                                }
+                                if std::io::Write::write_all(&mut writer, piece).is_err() {
+                                    let _ = writer.shutdown(std::net::Shutdown::Both);
+                                    return;
+                                }
                             }
                         }
                         let _ = writer.shutdown(std::net::Shutdown::Both);
                     });
                     std::thread::spawn(move || {
-                        let mut buf = [0u8; 65536];
+                        let mut buf = [0u8; 16384];
                         from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
                         while !stop.load(Ordering::SeqCst) {
                             if frozen.load(Ordering::SeqCst) {
@@ -463,7 +480,12 @@ impl FaultProxy {
                 }
             }
         });
-        FaultProxy { port, conns, frozen, stop, delay_ms }
+        FaultProxy { port, conns, frozen, stop, delay_ms, rate }
+    }
+
+    /// Caps each direction of every connection at `bytes_per_sec` (0: no cap): a slow link.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.rate.store(bytes_per_sec, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Adds `ms` milliseconds of latency each way to every connection.

@@ -252,3 +252,31 @@ fn a_link_with_half_a_second_of_round_trip_latency_syncs_both_ways() {
     assert!(!client.log().contains("nothing heard for"), "{}", client.log());
     assert_eq!(client.log().matches("connected to").count(), 1, "{}", client.log());
 }
+
+/// Issue 11, item 2: a healthy upload on a 1 Mbit/s link is not declared dead. The uploader
+/// hears nothing from a receiver busy receiving, and its own ping waits behind the data in the
+/// network; it used to give up 7 s into a moving upload, start over, and never finish. Now both
+/// sides ping every heartbeat, control frames go ahead of file data, and bytes leaving count as
+/// life.
+#[test]
+fn a_long_upload_on_a_slow_link_is_not_mistaken_for_a_dead_connection() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &[]);
+    let proxy = FaultProxy::start(server.port);
+    let client = insecure_client(proxy.port, &area, "client", "p");
+    proxy.set_rate(125_000);
+    let big: Vec<u8> = (0..1536 * 1024).map(|i| (i % 241) as u8).collect();
+    write(&c.join("big.bin"), &big);
+    for i in 0..100 {
+        write(&c.join(format!("small/{i}.txt")), format!("small {i}"));
+    }
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while snapshot(&c) != snapshot(&s) {
+        assert!(std::time::Instant::now() < end, "not in sync after 90 s:\n{}", client.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for (who, log) in [("client", client.log()), ("server", server.agent.log())] {
+        assert!(!log.contains("the connection is dead"), "the {who} gave up on a moving link:\n{log}");
+    }
+}
