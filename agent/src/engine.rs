@@ -51,8 +51,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// How long a deleted file waits in the stash for a create of the same content. The other half
 /// of a rename comes in the same batch, or a few messages later for a large directory.
 const STASH_FOR: Duration = Duration::from_secs(2);
-/// How long to wait before retrying a failed write (full disk, permission).
+/// How long to wait before retrying a failed write (full disk, permission)...
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// ...doubling with each failure in a row, up to this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -207,6 +209,9 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         checkpoint: None,
         checkpoint_due: Instant::now(),
         clean_temp: false,
+        told: HashSet::new(),
+        attempts: HashMap::new(),
+        shape_changed: false,
     };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()
@@ -269,6 +274,10 @@ struct Session {
     /// The peer's entries that our rules ignored, offered again when the rules change (a
     /// `.gitignore` arriving after the files it un-ignores, for instance).
     skipped: BTreeMap<RelPath, Entry>,
+    /// The peer's entries that cannot be applied here now (a symlink or a file where their
+    /// path needs a directory): refused alone, tried again when our tree changes shape. They
+    /// hold the peer's high-water mark back, so a later session offers them again.
+    refused: BTreeMap<RelPath, Entry>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -344,6 +353,12 @@ struct Engine {
     checkpoint_due: Instant,
     /// Start-up from a replayed history: walks also remove temp files a crash left behind.
     clean_temp: bool,
+    /// Paths that could not be synced, each reported once (log and `status`) until it syncs.
+    told: HashSet<RelPath>,
+    /// Failed attempts to apply a path in a row (full disk, name too long): the retry backs off.
+    attempts: HashMap<RelPath, u32>,
+    /// A directory or symlink changed here: refused peer entries may apply now.
+    shape_changed: bool,
 }
 
 /// A connection-fatal problem with what a peer sent.
@@ -432,6 +447,7 @@ impl Engine {
                 self.process_dirty();
                 self.process_retries();
                 self.reoffer_skipped();
+                self.reoffer_refused();
             }
             for dir in std::mem::take(&mut self.refresh) {
                 watcher.refresh(&dir);
@@ -972,6 +988,10 @@ impl Engine {
     /// Records `entry` with its disk stat and queues it for every session but `from`.
     fn set(&mut self, entry: Entry, stat: Option<Stat>, from: Option<ConnId>) {
         let seq = self.tick();
+        let was_file = self.index.get(&entry.path).is_none_or(|l| matches!(l.entry.kind, Kind::File { .. }));
+        if !(was_file && matches!(entry.kind, Kind::File { .. })) {
+            self.shape_changed = true;
+        }
         if self.folding.active() {
             let key = self.folding.key(&entry.path);
             if !entry.kind.is_deleted() {
@@ -1089,6 +1109,7 @@ impl Engine {
                     in_flight: HashMap::new(),
                     queued: VecDeque::new(),
                     skipped: BTreeMap::new(),
+                    refused: BTreeMap::new(),
                 };
                 self.sessions.insert(conn, s);
                 self.net.send(ToNet::Send { conn, msg: Message::IndexFrom { since } });
@@ -1173,7 +1194,10 @@ impl Engine {
             .chain(self.deferred.iter().map(|d| d.0))
             .chain(self.fetching.values().flat_map(|p| p.also.iter().map(|(c, _)| *c)))
             .chain(
-                self.sessions.iter().filter(|(_, s)| !s.in_flight.is_empty() || !s.queued.is_empty()).map(|(c, _)| *c),
+                self.sessions
+                    .iter()
+                    .filter(|(_, s)| !s.in_flight.is_empty() || !s.queued.is_empty() || !s.refused.is_empty())
+                    .map(|(c, _)| *c),
             )
             .collect();
         // A replica is only as far as the least advanced of its sessions (normally one).
@@ -1339,7 +1363,8 @@ impl Engine {
             && !e.kind.is_deleted()
             && let Err(err) = paths::check_parents(&self.root, &e.path)
         {
-            return Err(PeerError(err.to_string()));
+            self.refuse(conn, e, err.to_string());
+            return Ok(());
         }
         match action {
             Action::Nothing => {}
@@ -1559,6 +1584,8 @@ impl Engine {
                 let stat = if e.kind.is_deleted() { None } else { Some(stat) };
                 let rules_file = is_rules_file(&e.path);
                 let path = e.path.clone();
+                self.attempts.remove(&path);
+                self.told.remove(&path);
                 let to_source = if version == e.version { Some(conn) } else { None };
                 self.set(Entry { version, ..e }, stat, to_source);
                 // Journal it right away (fsync comes with the batch): if this process is killed
@@ -1591,14 +1618,58 @@ impl Engine {
                     self.retries.push((Instant::now() + Duration::from_millis(10), conn, e));
                 }
             }
+            ExecError::Jail(err) => self.refuse(conn, e, err.to_string()),
             err => {
-                log::error!(
-                    "cannot apply {} ({}): {err}; retrying in {}s",
-                    e.path,
-                    describe(&e.kind),
-                    RETRY_AFTER.as_secs()
-                );
-                self.retries.push((Instant::now() + RETRY_AFTER, conn, e));
+                // Reported once; retried with a growing delay (a full disk may take a while),
+                // and at once when the peer sends a newer version.
+                let n = self.attempts.entry(e.path.clone()).or_insert(0);
+                *n += 1;
+                let wait = (RETRY_AFTER * 2u32.pow((*n - 1).min(6))).min(MAX_RETRY_AFTER);
+                let why = format!("cannot apply {} ({}): {err}", e.path, describe(&e.kind));
+                if self.told.insert(e.path.clone()) {
+                    log::error!("{why}; retrying in {}s, then less often", wait.as_secs());
+                    self.tell(why);
+                } else {
+                    log::debug!("{why}; retrying in {}s", wait.as_secs());
+                }
+                self.retries.push((Instant::now() + wait, conn, e));
+            }
+        }
+    }
+
+    /// A peer's entry that cannot be applied here as our tree is now: reported once, kept, and
+    /// offered again when a directory or symlink changes here, or by the peer's next session.
+    /// The session goes on: one path never costs the others their sync.
+    fn refuse(&mut self, conn: ConnId, e: Entry, why: String) {
+        if self.told.insert(e.path.clone()) {
+            let msg = format!("not syncing {} here: {why}; tried again when that changes", e.path);
+            log::warn!("{msg}");
+            self.tell(msg);
+        }
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.refused.insert(e.path.clone(), e);
+        }
+    }
+
+    /// Puts a problem in `status` (its last error).
+    fn tell(&self, msg: String) {
+        if let Some(s) = &self.status {
+            s.update(|r| r.last_error = Some(msg));
+        }
+    }
+
+    fn reoffer_refused(&mut self) {
+        if !std::mem::take(&mut self.shape_changed) {
+            return;
+        }
+        let offers: Vec<(ConnId, Entry)> = self
+            .sessions
+            .iter_mut()
+            .flat_map(|(c, s)| std::mem::take(&mut s.refused).into_values().map(move |e| (*c, e)))
+            .collect();
+        for (conn, e) in offers {
+            if let Err(PeerError(reason)) = self.on_remote(conn, e) {
+                self.drop_session(conn, reason);
             }
         }
     }
@@ -1788,7 +1859,12 @@ impl Engine {
         if f.tmp.is_none() {
             match TempFile::create(&root, &target) {
                 Ok(t) => f.tmp = Some(t),
-                Err(ExecError::Jail(e)) => return Err(PeerError(e.to_string())),
+                Err(ExecError::Jail(e)) => {
+                    f.failed = true;
+                    let entry = f.entry.clone();
+                    self.refuse(conn, entry, e.to_string());
+                    return Ok(());
+                }
                 Err(e) => {
                     f.failed = true;
                     log::error!("cannot receive {target}: {e}; retrying in {}s", RETRY_AFTER.as_secs());
@@ -1842,7 +1918,10 @@ impl Engine {
             Some(t) => t,
             None => match TempFile::create(&root, &target) {
                 Ok(t) => t,
-                Err(ExecError::Jail(e)) => return Err(PeerError(e.to_string())),
+                Err(ExecError::Jail(e)) => {
+                    self.refuse(conn, f.entry, e.to_string());
+                    return Ok(());
+                }
                 Err(e) => {
                     self.exec_failed(conn, f.entry, e);
                     return Ok(());

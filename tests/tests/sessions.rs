@@ -247,3 +247,42 @@ fn a_connection_that_dies_with_a_transfer_owed_is_asked_for_it_again() {
     b.serve(id, content);
     wait_content(&area.path("server/p/again.txt"), content);
 }
+
+/// Issue 11, item 5: the server's user replaces `fill/` by a symlink while the laptop is still
+/// filling it. The laptop's new file under `fill/` cannot be applied on the server (it would
+/// pass through the symlink): that one path is refused and reported, the session goes on, and
+/// an unrelated file still arrives. The refusal used to close the connection, and every
+/// reconnect met it again (624 reconnects in 120 s).
+#[test]
+fn a_path_that_cannot_be_applied_is_refused_alone_and_the_session_goes_on() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &[]);
+    let client = server.client("client", &c, "p", &[]);
+    write(&c.join("fill/a.txt"), "a");
+    wait_content(&s.join("fill/a.txt"), b"a");
+
+    // The laptop is busy (stopped) while the server's user swaps the directory for a link;
+    // it writes one more file into its `fill/` meanwhile.
+    let kill = |sig: &str| {
+        assert!(std::process::Command::new("kill").args([sig, &client.pid().to_string()]).status().unwrap().success())
+    };
+    kill("-STOP");
+    std::fs::remove_dir_all(s.join("fill")).unwrap();
+    std::fs::create_dir_all(s.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", s.join("fill")).unwrap();
+    write(&c.join("fill/b.txt"), "written while the server swapped fill for a link");
+    kill("-CONT");
+
+    write(&c.join("unrelated.txt"), "still syncing");
+    wait_content(&s.join("unrelated.txt"), b"still syncing");
+    server.agent.wait_log("not syncing fill/b.txt here");
+    assert!(!s.join("elsewhere/b.txt").exists(), "written through the symlink");
+    let sessions = server.agent.log().matches(" syncs ").count();
+    assert_eq!(sessions, 1, "the client had to reconnect:\n{}", server.agent.log());
+    // Nothing the laptop wrote is lost: it is still there, or kept as a conflict copy.
+    let kept = snapshot(&c).into_keys().any(|p| {
+        std::fs::read(c.join(&p)).ok().as_deref() == Some(&b"written while the server swapped fill for a link"[..])
+    });
+    assert!(kept, "the laptop's fill/b.txt is gone: {:?}\n{}", snapshot(&c), client.log());
+}
