@@ -1788,6 +1788,19 @@ impl Engine {
     // ----- transfers -----------------------------------------------------------------------
 
     fn enqueue(&mut self, conn: ConnId, entry: Entry, purpose: Purpose) {
+        // A file that cannot fit is not requested (a peer announcing 2^62 bytes would otherwise
+        // fill the disk): reported once and tried again later, as a full disk is.
+        if let Kind::File { size, .. } = entry.kind
+            && let Some(free) = free_space(&self.root)
+            && size > free
+        {
+            let err = io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("no room for it (disk full): {size} bytes needed, {free} free"),
+            );
+            self.exec_failed(conn, entry, ExecError::Io(err));
+            return;
+        }
         let id = self.next_id;
         self.next_id += 1;
         let decided = self.index.get(&entry.path).map(|l| l.entry.version.clone());
@@ -2015,6 +2028,12 @@ fn rules_fingerprint(patterns_key: &[u8; 32], collided: &HashSet<Vec<u8>>, root:
     let mut fp = Fingerprint::default();
     fp.copy_from_slice(&h.finalize().as_bytes()[..16]);
     fp
+}
+
+/// Bytes this process may still write on the file system of `root`, if the system says.
+fn free_space(root: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(root).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 fn root_identity(root: &Path) -> io::Result<(u64, u64)> {

@@ -41,6 +41,18 @@ const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Stop reading a connection whose undecoded input exceeds this (room for one largest frame).
 const IN_HIGH_WATER: usize = mirror_protocol::MAX_FRAME_LEN + 64 * 1024;
+/// A connection is not read while this much of our output to it waits: a peer that sends
+/// (pings, requests) without reading the answers makes us hold no more than this.
+const OUT_HIGH_WATER: usize = 8 * 1024 * 1024;
+/// Uploads queued for one connection at most. Our peers keep 64 requests in flight; one with
+/// more open files waiting for it than this is cut off.
+const MAX_UPLOADS: usize = 256;
+/// Connections still in their handshake, from one address and in all: a slowloris peer cannot
+/// take every descriptor (the handshake also has an absolute deadline).
+const MAX_HANDSHAKING_PER_ADDR: usize = 16;
+const MAX_HANDSHAKING: usize = 256;
+/// Open connections in all.
+const MAX_CONNS: usize = 2048;
 /// One upload frame: a control message waits behind at most one of these in our buffers.
 const UPLOAD_CHUNK: usize = 64 * 1024;
 
@@ -74,6 +86,8 @@ struct Conn {
     /// The TLS session on top of `stream`, unless the agent runs `--insecure`.
     tls: Option<Box<rustls::Connection>>,
     peer: String,
+    /// The peer's address (accepted connections), for the per-address limit.
+    addr: Option<std::net::IpAddr>,
     state: State,
     dec: Decoder,
     /// Frames being written, and how far; refilled from `ctrl` first, then with one upload chunk.
@@ -108,6 +122,7 @@ impl Conn {
             stream,
             tls,
             peer,
+            addr: None,
             state: State::Preamble,
             dec: Decoder::new(),
             out: first_out,
@@ -216,6 +231,12 @@ impl Net {
         tls: Option<crate::tls::Tls>,
         status: Option<Status>,
     ) -> io::Result<Self> {
+        // Every connection and every file being sent is a descriptor: take what the system
+        // allows (the soft limit is often 1,024; on macOS 256).
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => log::debug!("descriptor limit {n}"),
+            Err(e) => log::warn!("cannot raise the descriptor limit: {e}"),
+        }
         let mut root_canon = None;
         if let Role::Server { listener, root, .. } = &mut role {
             poll.registry().register(listener, LISTENER, Interest::READABLE)?;
@@ -312,6 +333,22 @@ impl Net {
             let Role::Server { listener, .. } = &mut self.role else { return };
             match listener.accept() {
                 Ok((stream, addr)) => {
+                    let handshaking = self.conns.values().filter(|c| !matches!(c.state, State::Open(_)));
+                    let (mut from_here, mut all) = (0, 0);
+                    for c in handshaking {
+                        all += 1;
+                        from_here += usize::from(c.addr == Some(addr.ip()));
+                    }
+                    if self.conns.len() >= MAX_CONNS || all >= MAX_HANDSHAKING || from_here >= MAX_HANDSHAKING_PER_ADDR
+                    {
+                        log::warn!(
+                            "refusing a connection from {addr}: {} open, {all} in their handshake ({from_here} from \
+                             there); limits {MAX_CONNS}, {MAX_HANDSHAKING}, {MAX_HANDSHAKING_PER_ADDR}",
+                            self.conns.len()
+                        );
+                        drop(stream);
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let tls = match self.tls.as_ref().map(crate::tls::Tls::accept).transpose() {
                         Ok(t) => t.map(Box::new),
@@ -320,7 +357,11 @@ impl Net {
                             continue;
                         }
                     };
-                    self.add_conn(stream, tls, addr.to_string(), Preamble::ours().encode().to_vec());
+                    if let Some(id) = self.add_conn(stream, tls, addr.to_string(), Preamble::ours().encode().to_vec())
+                        && let Some(c) = self.conns.get_mut(&id)
+                    {
+                        c.addr = Some(addr.ip());
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -402,6 +443,13 @@ impl Net {
                 }
                 ToNet::Upload { conn, id, file, size } => {
                     if let Some(c) = self.conns.get_mut(&conn) {
+                        if c.uploads.len() >= MAX_UPLOADS {
+                            let reason = format!("more than {MAX_UPLOADS} requests in flight");
+                            log::error!("{}: {reason}; closing the connection", c.peer);
+                            c.send(&Message::Goodbye { reason: reason.clone() });
+                            c.fail(reason);
+                            continue;
+                        }
                         c.uploads.push_back(Upload { id, file, size, sent: 0, hash: blake3::Hasher::new() });
                     }
                 }
@@ -438,7 +486,7 @@ impl Net {
         // Edge-triggered: read until the kernel buffer is empty, or no readable event would ever
         // come back for what is left in it. Only engine back-pressure (a parked message) stops
         // this early, and the engine's wake-up resumes it.
-        while c.parked.is_none() && !c.closing {
+        while c.parked.is_none() && !c.closing && c.pending_out() < OUT_HIGH_WATER {
             let drained = self.read(&mut c);
             self.dispatch(id, &mut c);
             if drained {
@@ -638,6 +686,20 @@ impl Net {
     fn on_hello(&mut self, id: ConnId, c: &mut Conn, h: Hello) {
         let Role::Server { engines, .. } = &mut self.role else { return };
         let Some(root) = &self.root_canon else { return };
+        let count = h.includes.len() + h.excludes.len();
+        let bytes: usize = h.includes.iter().chain(&h.excludes).map(String::len).sum();
+        if count > mirror_protocol::MAX_PATTERNS || bytes > mirror_protocol::MAX_PATTERN_BYTES {
+            let reason = format!(
+                "too many include/exclude patterns ({count} patterns, {bytes} bytes; at most {} patterns of {} \
+                 bytes in all)",
+                mirror_protocol::MAX_PATTERNS,
+                mirror_protocol::MAX_PATTERN_BYTES
+            );
+            log::error!("{} ({}): {reason}", c.peer, h.host);
+            c.send(&Message::Goodbye { reason: reason.clone() });
+            c.fail(reason);
+            return;
+        }
         let target = match resolve_remote(root, &h.remote) {
             Ok(t) => t,
             Err(reason) => {

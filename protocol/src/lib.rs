@@ -32,5 +32,10 @@ pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
 /// The largest file-content chunk a [`Message::Data`] may carry.
 pub const MAX_CHUNK_LEN: usize = 1024 * 1024;
 
+/// The most include plus exclude patterns a `Hello` may carry, and their total length: a server
+/// builds matchers from them, and refuses a client asking for more (it says so in a `Goodbye`).
+pub const MAX_PATTERNS: usize = 1000;
+pub const MAX_PATTERN_BYTES: usize = 64 * 1024;
+
 /// Entries per index batch: keeps every batch far below [`MAX_FRAME_LEN`] even with long paths.
 pub const MAX_BATCH_ENTRIES: usize = 256;

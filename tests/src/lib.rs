@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 pub mod netns;
+pub mod peer;
 
 use std::collections::BTreeMap;
 use std::fs;
