@@ -30,6 +30,7 @@ use mirror_protocol::{Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, Re
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -80,6 +81,8 @@ pub struct EngineHandle {
     pub thread: JoinHandle<Result<(), String>>,
     /// The pair's replica id (persistent).
     pub replica: ReplicaId,
+    /// How many peer sessions are attached now (a server may restart an engine nobody uses).
+    pub attached: Arc<AtomicUsize>,
 }
 
 /// Starts the engine thread for `cfg.root`. Returns once the root is watched; the initial scan
@@ -168,7 +171,9 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
     // Small on purpose: a data chunk is up to 256 KiB, so this bounds what a fast sender can
     // queue in front of a slow disk to a few MiB.
     let (tx, rx) = bounded(16);
+    let attached = Arc::new(AtomicUsize::new(0));
     let engine = Engine {
+        attached: attached.clone(),
         me,
         root: cfg.root.clone(),
         host: cfg.host.clone(),
@@ -217,7 +222,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
     let thread = std::thread::Builder::new()
         .name(name.chars().take(15).collect())
         .spawn(move || engine.run(rx, watcher, watch_rx))?;
-    Ok(EngineHandle { tx, thread, replica: me })
+    Ok(EngineHandle { tx, thread, replica: me, attached })
 }
 
 #[derive(Debug)]
@@ -288,6 +293,8 @@ struct Dirty {
 }
 
 struct Engine {
+    /// Sessions attached, for [`EngineHandle::attached`].
+    attached: Arc<AtomicUsize>,
     me: ReplicaId,
     root: PathBuf,
     host: String,
@@ -1112,6 +1119,7 @@ impl Engine {
                     refused: BTreeMap::new(),
                 };
                 self.sessions.insert(conn, s);
+                self.attached.store(self.sessions.len(), Ordering::SeqCst);
                 self.net.send(ToNet::Send { conn, msg: Message::IndexFrom { since } });
             }
             ToEngine::Disconnected { conn, reason } => {
@@ -1145,6 +1153,7 @@ impl Engine {
     /// same transfers are looked at again now.
     fn end_session(&mut self, conn: ConnId) {
         self.sessions.remove(&conn);
+        self.attached.store(self.sessions.len(), Ordering::SeqCst);
         self.retries.retain(|r| r.1 != conn);
         self.deferred.retain(|d| d.0 != conn);
         for p in self.fetching.values_mut() {

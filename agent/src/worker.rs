@@ -161,9 +161,11 @@ pub fn run_server(
     log::info!("listening on {} (serving {})", listener.local_addr()?, root.display());
     status.set_scanned();
     status.set_state(State::Listening);
-    // One engine per served directory, shared by every client of that directory. It takes the
-    // patterns of the client that opened it; a later client with other patterns is warned (its
-    // own side still filters what it applies).
+    // One engine per served directory, shared by every client of that directory, with the
+    // patterns of the client that opened it. A client asking for the same directory with other
+    // patterns is refused with the reason while another client uses it (its patterns would
+    // silently not apply: issue 11, item 15); when nobody does, the engine is restarted with
+    // the new patterns (a user who changed their -e).
     type Served = (EngineHandle, Vec<String>, Vec<String>);
     let engines: Arc<Mutex<HashMap<PathBuf, Served>>> = Arc::default();
     let factory = {
@@ -175,15 +177,22 @@ pub fn run_server(
             if let Some((h, inc, exc)) = map.get(&path)
                 && !h.thread.is_finished()
             {
-                if *inc != hello.includes || *exc != hello.excludes {
-                    log::warn!(
-                        "{} asks for {} with other -i/-e patterns than the client that opened it; \
-                         keeping the first client's patterns ({inc:?} / {exc:?})",
-                        hello.host,
-                        path.display()
+                if *inc == hello.includes && *exc == hello.excludes {
+                    return Ok((h.tx.clone(), h.replica));
+                }
+                if h.attached.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                    anyhow::bail!(
+                        "another client syncs this directory with other patterns ({}); every client of \
+                         one directory must use the same -i/-e patterns (yours: {})",
+                        show_patterns(inc, exc),
+                        show_patterns(&hello.includes, &hello.excludes)
                     );
                 }
-                return Ok((h.tx.clone(), h.replica));
+                log::info!("{}: restarting its engine with the patterns of {}", path.display(), hello.host);
+                if let Some((old, _, _)) = map.remove(&path) {
+                    let _ = old.tx.send(ToEngine::Shutdown);
+                    let _ = old.thread.join();
+                }
             }
             let cfg = engine_cfg(&shared, path.clone(), hello.includes.clone(), hello.excludes.clone(), resume);
             let h = engine::spawn(cfg, handle.clone())?;
@@ -222,4 +231,11 @@ fn watch_engine(engine: EngineHandle, stop: Stopper, waker: Arc<Waker>) -> std::
         let _ = waker.wake();
         r
     })
+}
+
+/// `-i`/`-e` patterns as a user would type them.
+fn show_patterns(includes: &[String], excludes: &[String]) -> String {
+    let all: Vec<String> =
+        includes.iter().map(|p| format!("-i {p:?}")).chain(excludes.iter().map(|p| format!("-e {p:?}"))).collect();
+    if all.is_empty() { "no patterns".into() } else { all.join(" ") }
 }

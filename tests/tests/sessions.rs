@@ -161,3 +161,24 @@ fn a_path_that_cannot_be_applied_is_refused_alone_and_the_session_goes_on() {
     });
     assert!(kept, "the laptop's fill/b.txt is gone: {:?}\n{}", snapshot(&c), client.log());
 }
+
+/// Issue 11, item 15: a second client of one directory with other `-i`/`-e` patterns used to
+/// get the first client's patterns silently (its `b.log` never synced). It is refused with the
+/// reason now; once nobody else uses the directory, its patterns apply.
+#[test]
+fn a_client_with_other_patterns_for_a_served_directory_is_refused_with_the_reason() {
+    let area = Area::new();
+    let server = Server::start(&area.server_root(), &[]);
+    let mut first = server.client("first", &area.path("first"), "p", &["-e", "*.log"]);
+    let mut second = server.spawn_client("second", &area.path("second"), "p", &[]);
+    assert_eq!(second.wait_exit(), Some(1), "{}", second.log());
+    let log = second.log();
+    assert!(log.contains("other patterns") && log.contains(r#"-e "*.log""#), "{log}");
+
+    assert_eq!(first.terminate(), Some(0));
+    server.agent.wait_log("peer said goodbye"); // logged by the engine as it lets go of the session
+    let second = server.client("second", &area.path("second"), "p", &[]);
+    write(&area.path("second/b.log"), "wanted here");
+    wait_content(&area.path("server/p/b.log"), b"wanted here");
+    drop(second);
+}
