@@ -396,6 +396,10 @@ pub struct FaultProxy {
     delay_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Bytes per second each direction carries at most (0: unlimited).
     rate: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections up to this generation are black holes (see [`FaultProxy::blackhole`]).
+    dead_before: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections accepted so far (each one's generation).
+    accepted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FaultProxy {
@@ -409,7 +413,11 @@ impl FaultProxy {
         let stop = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let rate = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let dead_before = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (c2, f2, s2, d2, r2) = (conns.clone(), frozen.clone(), stop.clone(), delay_ms.clone(), rate.clone());
+        let db2 = dead_before.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let a2 = accepted.clone();
         std::thread::spawn(move || {
             while !s2.load(Ordering::SeqCst) {
                 let Ok((inbound, _)) = listener.accept() else {
@@ -418,11 +426,12 @@ impl FaultProxy {
                 };
                 let _ = inbound.set_nonblocking(false);
                 let Ok(outbound) = std::net::TcpStream::connect(("127.0.0.1", to)) else { continue };
+                let this = a2.fetch_add(1, Ordering::SeqCst) + 1;
                 c2.lock().unwrap().extend([inbound.try_clone().unwrap(), outbound.try_clone().unwrap()]);
                 for (mut from, to) in
                     [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap()), (outbound, inbound)]
                 {
-                    let (frozen, stop, delay_ms) = (f2.clone(), s2.clone(), d2.clone());
+                    let (frozen, stop, delay_ms, dead_before) = (f2.clone(), s2.clone(), d2.clone(), db2.clone());
                     // Bytes read are delivered by a second thread at read time + delay: latency
                     // without a cap on throughput, unless a rate is set. The queue between the
                     // two holds at most 256 reads (4 MiB): a slow link pushes back, as a real
@@ -461,6 +470,7 @@ impl FaultProxy {
                             }
                             match std::io::Read::read(&mut from, &mut buf) {
                                 Ok(0) => break,
+                                Ok(_) if this <= dead_before.load(Ordering::SeqCst) => {} // swallowed
                                 Ok(n) => {
                                     let at = Instant::now() + Duration::from_millis(delay_ms.load(Ordering::SeqCst));
                                     if tx.send((at, buf[..n].to_vec())).is_err() {
@@ -481,7 +491,17 @@ impl FaultProxy {
                 }
             }
         });
-        FaultProxy { port, conns, frozen, stop, delay_ms, rate }
+        FaultProxy { port, conns, frozen, stop, delay_ms, rate, dead_before, accepted }
+    }
+
+    /// Turns every connection open now into a black hole, both ways: bytes are read and
+    /// dropped, nothing is closed, so each end sees a peer gone silent (a dead NAT entry, a
+    /// laptop carried off). Later connections pass normally: a client that reconnects reaches
+    /// a server still holding its old, silent connection.
+    pub fn blackhole(&self) {
+        // Connections are numbered from 1 as they are accepted; a later accept gets a higher one.
+        let now = self.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        self.dead_before.store(now, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Caps each direction of every connection at `bytes_per_sec` (0: no cap): a slow link.

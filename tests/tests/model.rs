@@ -10,6 +10,15 @@
 //!   paths, then it comes back. Every content a side wrote in the round and still held at the
 //!   end must survive, at its path or in a conflict copy.
 //!
+//! - **race**: every agent is frozen (SIGSTOP) while the server and both clients write the same
+//!   names, then thawed: all those saves are concurrent, and each must end at its path or in
+//!   exactly one conflict copy, on every replica (issue 11, item 3).
+//!
+//! The first client reaches the server through a fault proxy with a delay chosen per seed, and
+//! now and then its link turns into a black hole and the client is restarted at once: its new
+//! connection arrives while the server still holds the old, silent one (issue 11, item 1). A
+//! second client is connected throughout and must converge too.
+//!
 //! After every round: the trees are identical and hold no temp files.
 //!
 //! CI runs a few seeds. More: `MIRROR_MODEL_SEEDS=1-200 cargo test --release -p mirror-tests
@@ -184,6 +193,8 @@ struct World {
     area: Area,
     server: Server,
     client: Option<Agent>,
+    client2: Option<Agent>,
+    proxy: FaultProxy,
     port: u16,
 }
 
@@ -194,8 +205,27 @@ impl World {
     fn s(&self) -> PathBuf {
         self.area.path("server/p")
     }
+    fn c2(&self) -> PathBuf {
+        self.area.path("client2")
+    }
     fn start_client(&mut self) {
-        self.client = Some(self.server.client("client", &self.c(), "p", &[]));
+        let state = self.area.path("state-client");
+        let a = spawn_client_to(self.proxy.port, "client", &self.c(), "p", &state, &["--insecure"]);
+        a.wait_log("connected to");
+        self.client = Some(a);
+    }
+    /// The client's link goes silent and the client restarts before the server notices.
+    fn reconnect_over_a_silent_link(&mut self) {
+        self.proxy.blackhole();
+        self.stop_client(true);
+        self.start_client();
+    }
+    fn agents(&self) -> Vec<u32> {
+        [Some(&self.server.agent), self.client.as_ref(), self.client2.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(Agent::pid)
+            .collect()
     }
     fn restart_server(&mut self, hard: bool) {
         if hard {
@@ -224,11 +254,20 @@ fn run_seed(seed: u64, rounds: usize, ops: usize) {
     }
     let server = Server::start(&area.server_root(), &[]);
     let port = server.port;
-    let mut w = World { area, server, client: None, port };
+    let proxy = FaultProxy::start(port);
+    let delay = rng.below(4) as u64 * 15;
+    proxy.set_delay(delay);
+    let client2 = Some(server.client("client2", &area.path("client2"), "p", &[]));
+    let mut w = World { area, server, client: None, client2, proxy, port };
     w.start_client();
     wait_same(&w.c(), &w.s());
-    let mut log = Vec::new();
+    wait_same(&w.c2(), &w.s());
+    let mut log = vec![format!("{delay} ms each way between the client and the server")];
     for round in 0..rounds {
+        if rng.chance(20) {
+            race_round(&mut rng, &w, seed, round, &mut log);
+            continue;
+        }
         let (mut mc, mut ms) = (load_model(&w.c()), load_model(&w.s()));
         let offline = rng.chance(35);
         let (mut mine, mut theirs): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
@@ -258,12 +297,16 @@ fn run_seed(seed: u64, rounds: usize, ops: usize) {
                 } else {
                     random_op(&mut rng, &w.s(), &mut ms, &theirs, &mut log);
                 }
-                if i == ops / 2 && rng.chance(40) {
-                    match rng.below(3) {
+                if i == ops / 2 && rng.chance(50) {
+                    match rng.below(4) {
                         0 => {
                             log.push("kill -9 client, restart".into());
                             w.stop_client(true);
                             w.start_client();
+                        }
+                        3 => {
+                            log.push("client link goes silent; kill -9 client, restart at once".into());
+                            w.reconnect_over_a_silent_link();
                         }
                         1 => {
                             log.push("kill -9 server, restart".into());
@@ -281,8 +324,6 @@ fn run_seed(seed: u64, rounds: usize, ops: usize) {
             }
         }
         converge(&w, seed, round, &log);
-        let temps = temp_files(&w.s());
-        assert!(temps.is_empty(), "temp files survive: {temps:?}");
         let fin = load_model(&w.c());
         if !offline {
             // No conflicts were possible: each top directory is exactly what its owner made it.
@@ -306,7 +347,7 @@ fn run_seed(seed: u64, rounds: usize, ops: usize) {
             // allowed; every path the owners expect must still be exactly right.
             let have: Model = fin
                 .iter()
-                .filter(|(p, _)| !is_top(p))
+                .filter(|(p, _)| !is_top(p) && under(p, &TOPS))
                 .filter(|(p, _)| want.contains_key(*p) || !p.to_string_lossy().contains(".conflict-"))
                 .map(plain)
                 .collect();
@@ -343,20 +384,67 @@ fn run_seed(seed: u64, rounds: usize, ops: usize) {
     }
 }
 
-/// Waits until both trees are the same; on time-out fails with the operations that led there.
+/// All agents frozen while the server and both clients save the same names: every one of
+/// those saves must survive exactly once, at its path or as a conflict copy, everywhere.
+fn race_round(rng: &mut Rng, w: &World, seed: u64, round: usize, log: &mut Vec<String>) {
+    log.push(format!("-- round {round} (race)"));
+    let signal = |sig: &str| {
+        for pid in w.agents() {
+            assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+        }
+    };
+    let names: Vec<String> = (0..1 + rng.below(3)).map(|i| format!("n{i}")).collect();
+    let mut saved = Vec::new();
+    signal("-STOP");
+    for (side, root) in [("server", w.s()), ("client", w.c()), ("client2", w.c2())] {
+        for n in &names {
+            if rng.chance(70) {
+                let content = format!("seed {seed} round {round}: {side} saves {n} ({})", rng.next_u64());
+                write(&root.join("race").join(format!("{n}.txt")), &content);
+                log.push(format!("{side}: save race/{n}.txt"));
+                saved.push((n.clone(), content));
+            }
+        }
+    }
+    signal("-CONT");
+    converge(w, seed, round, log);
+    for root in [w.s(), w.c(), w.c2()] {
+        let files = snapshot(&root.join("race"));
+        for (n, content) in &saved {
+            let found: Vec<&PathBuf> = files
+                .keys()
+                .filter(|p| p.to_string_lossy().starts_with(&format!("{n}.")))
+                .filter(|p| fs::read(root.join("race").join(p)).ok().as_deref() == Some(content.as_bytes()))
+                .collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "seed {seed} round {round}: {content:?} is at {found:?} in {}\n{}",
+                root.display(),
+                log.join("\n")
+            );
+        }
+    }
+}
+
+/// Waits until all trees are the same and hold no temp file; on time-out fails with the
+/// operations that led there.
 fn converge(w: &World, seed: u64, round: usize, log: &[String]) {
     let end = std::time::Instant::now() + DEADLINE;
     loop {
-        let (a, b) = (snapshot(&w.c()), snapshot(&w.s()));
-        if a == b {
+        let (a, b, c) = (snapshot(&w.c()), snapshot(&w.s()), snapshot(&w.c2()));
+        if a == b && b == c && [&w.c(), &w.s(), &w.c2()].iter().all(|r| temp_files(r).is_empty()) {
             return;
         }
         if std::time::Instant::now() > end {
             let diff: Vec<_> = a
                 .keys()
                 .chain(b.keys())
-                .filter(|k| a.get(*k) != b.get(*k))
-                .map(|k| format!("{} (client {:?}, server {:?})", k.display(), a.get(k), b.get(k)))
+                .chain(c.keys())
+                .filter(|k| a.get(*k) != b.get(*k) || b.get(*k) != c.get(*k))
+                .map(|k| {
+                    format!("{} (client {:?}, server {:?}, client2 {:?})", k.display(), a.get(k), b.get(k), c.get(k))
+                })
                 .collect();
             panic!("seed {seed} round {round}: no convergence; differing: {diff:#?}\n{}", log.join("\n"));
         }
