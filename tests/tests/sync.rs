@@ -320,3 +320,40 @@ fn sigterm_stops_both_agents_cleanly_mid_transfer() {
         assert!(b.iter().all(|x| *x == 7), "a torn file was installed");
     }
 }
+
+/// Issue 11 item 6: directories moved in at once, `new/` made in many of them right after and
+/// `new/late.txt` written 0.5 s later: every file reaches the other side (the watcher watched
+/// each directory before listing it, so no `new/` was left unwatched).
+#[test]
+fn files_in_new_directories_of_moved_in_directories_all_arrive() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    fs::create_dir_all(&c).unwrap();
+    let server = Server::start(&area.server_root(), &[]);
+    let _client = server.client("client", &c, "p", &[]);
+    write(&c.join("ready.txt"), "ready");
+    wait_content(&s.join("ready.txt"), b"ready");
+
+    let (dirs, with_new) = (1000, 100);
+    let staging = area.path("staging");
+    for i in 0..dirs {
+        fs::create_dir_all(staging.join(format!("d{i:04}"))).unwrap();
+    }
+    fs::rename(&staging, c.join("moved")).unwrap();
+    let every = dirs / with_new;
+    for i in (0..dirs).step_by(every) {
+        fs::create_dir(c.join(format!("moved/d{i:04}/new"))).unwrap();
+    }
+    // The scenario of the report: the files come half a second after their directories.
+    std::thread::sleep(Duration::from_millis(500));
+    let want: Vec<String> = (0..dirs).step_by(every).map(|i| format!("moved/d{i:04}/new/late.txt")).collect();
+    for rel in &want {
+        write(&c.join(rel), rel);
+    }
+    wait_until("every late.txt on the server", || {
+        let missing: Vec<&String> =
+            want.iter().filter(|rel| fs::read(s.join(rel)).ok().as_deref() != Some(rel.as_bytes())).collect();
+        missing.is_empty().then_some(())
+    });
+    wait_same(&c, &s);
+}
