@@ -176,8 +176,11 @@ fn random_op(rng: &mut Rng, root: &Path, model: &mut Model, tops: &[&str], log: 
     }
 }
 
+/// Temp files of ours, in the agent's directory or (wrongly) anywhere else.
 fn temp_files(root: &Path) -> Vec<PathBuf> {
-    snapshot(root).into_keys().filter(|p| p.to_string_lossy().contains(".mirror-tmp-")).collect()
+    let mut out = stray_temp_files(root);
+    out.extend(agent_files(root).into_iter().map(|p| Path::new(AGENT_DIR).join(p)));
+    out
 }
 
 struct World {
