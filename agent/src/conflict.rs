@@ -6,22 +6,28 @@
 //! copies of one loser made independently meet as identical files, and it must differ between
 //! different losers, or copies of two of them (hosts of the same name, the same second) would
 //! collide and conflict in turn.
+//!
+//! The name always fits the root's file system (`NAME_MAX`, at most 255 bytes): the stem is
+//! shortened, never the tag, and never inside a UTF-8 character. A copy whose name does not fit
+//! is no copy at all, and a lost version (issue 11 item 8).
 
 use mirror_protocol::{Entry, RelPath, Timestamp, path::MAX_COMPONENT_LEN};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-/// Where the losing version `loser` is kept.
-pub fn conflict_path_of(loser: &Entry) -> RelPath {
+/// Where the losing version `loser` is kept, its name at most `max` bytes (the root's
+/// [`name_limit`]).
+pub fn conflict_path_of(loser: &Entry, max: usize) -> RelPath {
     let digest = blake3::hash(&postcard::to_stdvec(&loser.version).unwrap_or_default());
     let tag = format!("{:02x}{:02x}", digest.as_bytes()[0], digest.as_bytes()[1]);
-    conflict_path(&loser.path, &loser.origin, loser.mtime, &tag)
+    conflict_path_within(&loser.path, &loser.origin, loser.mtime, &tag, max)
 }
 
-/// [`conflict_path_within`] for the longest name every replica accepts
-/// ([`MAX_COMPONENT_LEN`], `NAME_MAX` of the usual file systems).
-pub fn conflict_path(path: &RelPath, host: &str, mtime: Timestamp, tag: &str) -> RelPath {
-    conflict_path_within(path, host, mtime, tag, MAX_COMPONENT_LEN)
+/// The longest conflict-copy name to make under `root`: its file system's `NAME_MAX`, but
+/// never more than [`MAX_COMPONENT_LEN`] (what every replica takes, so that the name is the same
+/// everywhere) nor less than [`MIN_NAME_MAX`].
+pub fn name_limit(root: &std::path::Path) -> usize {
+    mirror_backends::name_max(root).map_or(MAX_COMPONENT_LEN, |n| n.clamp(MIN_NAME_MAX, MAX_COMPONENT_LEN))
 }
 
 /// The conflict copy's path for `path`, its name at most `max` bytes (at least
@@ -48,15 +54,10 @@ pub fn conflict_path_within(path: &RelPath, host: &str, mtime: Timestamp, tag: &
     with_name(path, &fit(stem, tag.as_bytes(), ext, max))
 }
 
-/// `path` with a numeric suffix before the extension, for when the conflict name is taken by
-/// different content; shortened like [`conflict_path`] to fit [`MAX_COMPONENT_LEN`].
-pub fn numbered(path: &RelPath, n: u32) -> RelPath {
-    numbered_within(path, n, MAX_COMPONENT_LEN)
-}
-
-/// [`numbered`] within `max` bytes: the suffix goes after the conflict tag (when there is one)
-/// and the part before the tag is shortened to make room.
-pub fn numbered_within(path: &RelPath, n: u32, max: usize) -> RelPath {
+/// `path` with a numeric suffix, for when the conflict name is taken by different content,
+/// within `max` bytes: the suffix goes after the conflict tag (when there is one), before the
+/// extension, and the part before the tag is shortened to make room.
+pub fn numbered(path: &RelPath, n: u32, max: usize) -> RelPath {
     let name = path.file_name();
     let suffix = format!("-{n}");
     // A conflict name: the suffix right after its tag, before whatever extension it kept (the
@@ -151,8 +152,8 @@ mod tests {
             version: VersionVector::new().incremented(replica),
             origin: "vm".into(),
         };
-        assert_eq!(conflict_path_of(&e(1)), conflict_path_of(&e(1)));
-        assert_ne!(conflict_path_of(&e(1)), conflict_path_of(&e(2)));
+        assert_eq!(conflict_path_of(&e(1), 255), conflict_path_of(&e(1), 255));
+        assert_ne!(conflict_path_of(&e(1), 255), conflict_path_of(&e(2), 255));
     }
 
     #[test]
@@ -165,12 +166,16 @@ mod tests {
             ("x.tar.gz", "my host/1", "x.tar.conflict-my_host_1-20231114-221320-ab12.gz"),
         ];
         for (p, host, want) in rows {
-            assert_eq!(conflict_path(&RelPath::new(p).unwrap(), host, t, "ab12"), RelPath::new(want).unwrap(), "{p}");
+            assert_eq!(
+                conflict_path_within(&RelPath::new(p).unwrap(), host, t, "ab12", 255),
+                RelPath::new(want).unwrap(),
+                "{p}"
+            );
         }
         let long = "n".repeat(255);
-        assert!(conflict_path(&RelPath::new(long).unwrap(), "h", t, "ab12").file_name().len() <= 255);
+        assert!(conflict_path_within(&RelPath::new(long).unwrap(), "h", t, "ab12", 255).file_name().len() <= 255);
         assert_eq!(
-            numbered(&RelPath::new("d/a.conflict-x.txt").unwrap(), 2),
+            numbered(&RelPath::new("d/a.conflict-x.txt").unwrap(), 2, 255),
             RelPath::new("d/a.conflict-x-2.txt").unwrap()
         );
     }
@@ -220,7 +225,7 @@ mod tests {
             // Numbered variants (the name taken by other content) fit too, and differ.
             let mut seen = std::collections::HashSet::new();
             for n in [2, 9, 10, 4_000_000_000] {
-                let num = numbered_within(&got, n, max);
+                let num = numbered(&got, n, max);
                 let num_name = num.file_name();
                 let shown = String::from_utf8_lossy(num_name);
                 assert!(num_name.len() <= max.min(255), "{shown}");
@@ -230,11 +235,14 @@ mod tests {
                 assert!(seen.insert(num));
             }
         }
-        // The 255-byte defaults (what the engine uses) fit the same way.
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(name_limit(d.path()), 255, "the usual file systems of a test host");
+        assert_eq!(name_limit(&d.path().join("missing")), 255);
+        // The usual limit, 255 bytes, with the report's 252-byte name.
         let p = RelPath::new(format!("{}.txt", "n".repeat(248))).unwrap();
-        let c = conflict_path(&p, "laptop", t, "ab12");
+        let c = conflict_path_within(&p, "laptop", t, "ab12", 255);
         assert_eq!(c.file_name().len(), 255);
-        assert_eq!(numbered(&c, 2).file_name().len(), 255);
-        assert!(numbered(&c, 2).file_name().ends_with(format!("{tag}-2.txt").as_bytes()));
+        assert_eq!(numbered(&c, 2, 255).file_name().len(), 255);
+        assert!(numbered(&c, 2, 255).file_name().ends_with(format!("{tag}-2.txt").as_bytes()));
     }
 }

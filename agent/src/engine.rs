@@ -207,6 +207,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         patterns_key,
         status: cfg.status,
         folding,
+        name_max: crate::conflict::name_limit(&cfg.root),
         by_fold: HashMap::new(),
         fetch_fold: HashMap::new(),
         collided: HashSet::new(),
@@ -321,6 +322,8 @@ struct Engine {
     /// How this file system compares names; with `by_fold`, the live path of each folded name
     /// (kept only when the file system folds anything).
     folding: Folding,
+    /// The longest conflict-copy name to make here ([`crate::conflict::name_limit`]).
+    name_max: usize,
     by_fold: HashMap<Vec<u8>, RelPath>,
     /// The same for files being fetched: the first spelling to arrive claims the name.
     fetch_fold: HashMap<Vec<u8>, RelPath>,
@@ -1519,7 +1522,7 @@ impl Engine {
     }
 
     fn move_local_aside(&mut self, l: &LocalEntry) -> Result<(), ExecError> {
-        let base = conflict_path_of(&l.entry);
+        let base = conflict_path_of(&l.entry, self.name_max);
         let mut to = base.clone();
         let mut n = 1;
         while let Some(there) = executor::current(&self.root, &to)? {
@@ -1537,7 +1540,7 @@ impl Engine {
                 return Ok(());
             }
             n += 1;
-            to = numbered(&base, n);
+            to = numbered(&base, n, self.name_max);
         }
         executor::move_aside(&self.root, &l.entry.path, l.stat, &to)?;
         self.conflicts += 1;
@@ -1551,7 +1554,7 @@ impl Engine {
     }
 
     fn keep_remote_copy(&mut self, conn: ConnId, e: Entry) {
-        let at = conflict_path_of(&e);
+        let at = conflict_path_of(&e, self.name_max);
         match &e.kind {
             Kind::File { .. } => self.enqueue(conn, e, Purpose::KeepRemoteCopy { at }),
             Kind::Symlink { target } => {
@@ -1570,7 +1573,7 @@ impl Engine {
                         break;
                     }
                     n += 1;
-                    dest = numbered(&at, n);
+                    dest = numbered(&at, n, self.name_max);
                 }
                 self.won_conflict(&e, &dest);
             }
@@ -1791,7 +1794,7 @@ impl Engine {
                         }
                         _ => {
                             n += 1;
-                            dest = numbered(&at, n);
+                            dest = numbered(&at, n, self.name_max);
                         }
                     }
                 }
