@@ -284,8 +284,13 @@ fn run_seed(seed: u64, rounds: usize, ops: usize) {
             }
         }
         converge(&w, seed, round, &log);
-        let temps = temp_files(&w.s());
-        assert!(temps.is_empty(), "temp files survive: {temps:?}");
+        // Nothing of ours stands in the user's view, and what is in the agent's directory (stash
+        // files a rename did not take) is gone once their moment has passed.
+        for root in [w.s(), w.c()] {
+            let stray = stray_temp_files(&root);
+            assert!(stray.is_empty(), "seed {seed}: temp files in the user's view: {stray:?}");
+            wait_until("the agent's directory to be emptied", || temp_files(&root).is_empty().then_some(()));
+        }
         let fin = load_model(&w.c());
         if !offline {
             // No conflicts were possible: each top directory is exactly what its owner made it.
