@@ -88,12 +88,20 @@ pub fn verify(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<()> 
     if current(root, rel)? == expected { Ok(()) } else { Err(ExecError::Changed) }
 }
 
+/// What the agent's directory holds so that git (`git status`) ignores it and all it holds: the
+/// directory ignores itself.
+const SELF_IGNORE: &str = ".gitignore";
+const SELF_IGNORE_TEXT: &str = "# mirror-agent's temp files, removed when it stops: ignore all of it\n*\n";
+
 /// The agent's directory in `root`, made (private to the user) if missing. Refused if something
 /// else has the name (a file, a symlink): we do not write through what we did not make.
 pub fn agent_dir(root: &Path) -> io::Result<PathBuf> {
     let dir = root.join(AGENT_DIR);
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
+        Ok(()) => {
+            // Best effort: without it, git lists one untracked directory while files are in it.
+            let _ = fs::write(dir.join(SELF_IGNORE), SELF_IGNORE_TEXT);
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
@@ -104,9 +112,10 @@ pub fn agent_dir(root: &Path) -> io::Result<PathBuf> {
     }
 }
 
-/// Removes everything in the agent's directory of `root` (what a crash or a kill left: temp
-/// files, stash files), and the temp files beside their destinations that it records. Returns
-/// how many entries went. A `.mirror-agent.tmp` that is not a directory is left alone.
+/// Removes the agent's directory of `root` with everything in it (what a crash or a kill left:
+/// temp files, stash files), and the temp files beside their destinations that it records.
+/// Returns how many files of ours went. A `.mirror-agent.tmp` that is not a directory is left
+/// alone.
 pub fn clean_agent_dir(root: &Path) -> io::Result<usize> {
     let dir = root.join(AGENT_DIR);
     match fs::symlink_metadata(&dir) {
@@ -121,6 +130,10 @@ pub fn clean_agent_dir(root: &Path) -> io::Result<usize> {
     for ent in fs::read_dir(&dir)? {
         let ent = ent?;
         let path = ent.path();
+        if ent.file_name() == SELF_IGNORE {
+            fs::remove_file(&path)?;
+            continue;
+        }
         if ent.file_name().as_bytes().starts_with(LEDGER_PREFIX.as_bytes())
             && let Ok(bytes) = fs::read(&path)
             && let Ok(rel) = RelPath::new(bytes)
@@ -136,12 +149,16 @@ pub fn clean_agent_dir(root: &Path) -> io::Result<usize> {
             n += 1;
         }
     }
+    fs::remove_dir(&dir)?;
     Ok(n)
 }
 
-/// Removes the agent's directory of `root` if it is empty (at stop: nothing of ours is pending).
+/// Removes the agent's directory of `root` if nothing of ours is left in it (at stop).
 pub fn leave_agent_dir(root: &Path) {
-    let _ = fs::remove_dir(root.join(AGENT_DIR));
+    let dir = root.join(AGENT_DIR);
+    if fs::remove_file(dir.join(SELF_IGNORE)).is_ok() && fs::remove_dir(&dir).is_err() {
+        let _ = fs::write(dir.join(SELF_IGNORE), SELF_IGNORE_TEXT); // still in use: keep ignoring
+    }
 }
 
 /// Whether `root` holds nothing but (maybe) the agent's directory.
@@ -437,7 +454,8 @@ mod tests {
         assert_eq!(fs::read(root.join("sub/f")).unwrap(), b"user's fresh write");
         let left: Vec<_> = fs::read_dir(root.join("sub")).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(left.len(), 1, "temp file left behind: {left:?}");
-        assert_eq!(fs::read_dir(root.join(AGENT_DIR)).unwrap().count(), 0, "temp file left behind");
+        let left: Vec<_> = fs::read_dir(root.join(AGENT_DIR)).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, [SELF_IGNORE], "temp file left behind");
     }
 
     /// Issue 11 items 9 and 10: temp and stash files live in the agent's directory only; start-up
@@ -467,12 +485,14 @@ mod tests {
             .unwrap();
         // A record naming a user's file that does not have our name is not obeyed.
         fs::write(root.join(AGENT_DIR).join("beside-0000000000000001"), "sub/.mirror-tmp-config").unwrap();
+        assert_eq!(fs::read_to_string(root.join(AGENT_DIR).join(SELF_IGNORE)).unwrap(), SELF_IGNORE_TEXT);
         assert_eq!(clean_agent_dir(root).unwrap(), 5);
-        assert_eq!(fs::read_dir(root.join(AGENT_DIR)).unwrap().count(), 0);
+        assert!(!root.join(AGENT_DIR).exists());
         assert!(!root.join("sub/.mirror-agent.tmp-00000000000000ff").exists());
         for u in users {
             assert_eq!(fs::read_to_string(root.join(u)).unwrap(), "the user's", "{u}");
         }
+        agent_dir(root).unwrap();
         leave_agent_dir(root);
         assert!(!root.join(AGENT_DIR).exists());
         let empty = tempfile::tempdir().unwrap();

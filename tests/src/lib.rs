@@ -318,6 +318,9 @@ pub fn agent_files(root: &Path) -> Vec<PathBuf> {
     while let Some(d) = stack.pop() {
         let Ok(rd) = fs::read_dir(&d) else { continue };
         for e in rd.flatten() {
+            if d == dir && e.file_name() == ".gitignore" {
+                continue; // the directory ignoring itself, for git
+            }
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(e.path());
             }
