@@ -115,6 +115,12 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
     store.set_root_id(root_id)?;
     let me = loaded.replica;
     let mine = loaded.index.values().map(|l| l.entry.version.get(me).max(l.seq)).max().unwrap_or(0);
+    // Whatever a crash left in the agent's own directory (temp and stash files) goes first.
+    match executor::clean_agent_dir(&cfg.root) {
+        Ok(0) => {}
+        Ok(n) => log::info!("{}: removed {n} leftover temp files of an earlier run", cfg.root.display()),
+        Err(e) => log::warn!("{}: cannot clean up temp files: {e}", cfg.root.display()),
+    }
     let folding = Folding::of(&cfg.root);
     if folding.active() {
         log::info!(
@@ -162,7 +168,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         root: cfg.root.clone(),
         descend: Arc::new(move |rel: &Path| {
             let mut r = filter_rules.lock().unwrap_or_else(PoisonError::into_inner);
-            r.has_includes() || !r.is_ignored(rel, true)
+            !is_temp(rel) && (r.has_includes() || !r.is_ignored(rel, true))
         }),
         poll_interval: cfg.poll_interval,
         resume,
@@ -208,12 +214,12 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         patterns_key,
         status: cfg.status,
         folding,
+        name_max: crate::conflict::name_limit(&cfg.root),
         by_fold: HashMap::new(),
         fetch_fold: HashMap::new(),
         collided: HashSet::new(),
         checkpoint: None,
         checkpoint_due: Instant::now(),
-        clean_temp: false,
         told: HashSet::new(),
         attempts: HashMap::new(),
         shape_changed: false,
@@ -349,6 +355,8 @@ struct Engine {
     /// How this file system compares names; with `by_fold`, the live path of each folded name
     /// (kept only when the file system folds anything).
     folding: Folding,
+    /// The longest conflict-copy name to make here ([`crate::conflict::name_limit`]).
+    name_max: usize,
     by_fold: HashMap<Vec<u8>, RelPath>,
     /// The same for files being fetched: the first spelling to arrive claims the name.
     fetch_fold: HashMap<Vec<u8>, RelPath>,
@@ -358,8 +366,6 @@ struct Engine {
     checkpoint: Option<Checkpoint>,
     /// When a checkpoint may next be written on its own.
     checkpoint_due: Instant,
-    /// Start-up from a replayed history: walks also remove temp files a crash left behind.
-    clean_temp: bool,
     /// Paths that could not be synced, each reported once (log and `status`) until it syncs.
     told: HashSet<RelPath>,
     /// Failed attempts to apply a path in a row (full disk, name too long): the retry backs off.
@@ -394,7 +400,7 @@ impl Engine {
         }
         let replayed = watcher.replaying() && self.replay(&watch_rx);
         if !replayed {
-            self.full_scan(true);
+            self.full_scan();
         }
         self.initial = false;
         self.outbox.clear(); // nobody is connected yet; each session gets the index
@@ -472,6 +478,7 @@ impl Engine {
         self.persist();
         self.purge_stash(Duration::ZERO);
         self.sessions.clear(); // drops temp files of unfinished transfers
+        executor::leave_agent_dir(&self.root);
         match self.halted.take() {
             Some(reason) => Err(reason),
             None => Ok(()),
@@ -500,13 +507,8 @@ impl Engine {
                 WatchEvent::Replayed => break,
                 WatchEvent::Overflow => return fallback(self, "the event history lost events"),
                 WatchEvent::Checkpoint(c) => self.checkpoint = Some(c),
-                // A crash's leftover temp file: no transfer is under way yet, so it goes.
-                WatchEvent::Dirty(p) | WatchEvent::Settled(p) if is_temp(&p) => {
-                    let abs = self.root.join(&p);
-                    if let (Some(dir), Some(name)) = (abs.parent(), abs.file_name()) {
-                        executor::remove_stale_temp(dir, name);
-                    }
-                }
+                // Ours (the agent's directory was emptied at start): nothing to sync.
+                WatchEvent::Dirty(p) | WatchEvent::Settled(p) if is_temp(&p) => {}
                 ev => {
                     hints += 1;
                     self.on_watch(ev);
@@ -521,7 +523,7 @@ impl Engine {
         }
         // An emptied root halts, as a full scan would: an unmounted disk looks the same.
         let live = self.index.values().filter(|l| !l.entry.kind.is_deleted()).count();
-        if live > 0 && std::fs::read_dir(&self.root).is_ok_and(|mut d| d.next().is_none()) {
+        if live > 0 && executor::root_is_empty(&self.root) {
             self.halt(format!(
                 "sync root {} is empty, but {live} paths were synced from it; halting instead of \
                  deleting them everywhere",
@@ -532,7 +534,6 @@ impl Engine {
         log::debug!("{}: {hints} hints from the event history", self.root.display());
         // Read everything named now (no settling: nothing is being written by us yet). A
         // `.gitignore` among them marks its directory again, and `.git/info/exclude` the root.
-        self.clean_temp = true;
         for _ in 0..8 {
             if self.dirty.is_empty() && !self.full_rescan {
                 break;
@@ -541,7 +542,6 @@ impl Engine {
             self.dirty.values_mut().for_each(|d| d.due = now);
             self.process_dirty();
         }
-        self.clean_temp = false;
         true
     }
 
@@ -644,7 +644,7 @@ impl Engine {
     fn process_dirty(&mut self) {
         if std::mem::take(&mut self.full_rescan) {
             self.dirty.clear();
-            self.full_scan(false);
+            self.full_scan();
             return;
         }
         let now = Instant::now();
@@ -777,12 +777,12 @@ impl Engine {
         }
     }
 
-    /// Walks the whole root. At start-up it also removes temp files a crash left behind.
+    /// Walks the whole root.
     /// A root that is empty where the base knew files halts the pair instead (an unmounted disk
     /// looks exactly like a user who deleted everything).
-    fn full_scan(&mut self, startup: bool) {
+    fn full_scan(&mut self) {
         let mut seen = BTreeSet::new();
-        self.walk(None, startup, &mut seen);
+        self.walk(None, &mut seen);
         let live = self.index.values().filter(|l| !l.entry.kind.is_deleted()).count();
         let accept = std::mem::take(&mut self.accept_empty);
         if seen.is_empty() && live > 0 && !accept {
@@ -814,7 +814,7 @@ impl Engine {
             && std::fs::symlink_metadata(abs(&self.root, rel)).is_ok_and(|m| m.is_dir());
         if (is_dir && (deep || !was_dir)) || ignored_dir {
             let mut seen = BTreeSet::new();
-            self.walk_from(Some(rel.clone()), ignored_dir, self.clean_temp, &mut seen);
+            self.walk_from(Some(rel.clone()), ignored_dir, &mut seen);
             let gone: Vec<RelPath> = subtree(&self.index, rel)
                 .filter(|(p, l)| *p != rel && !l.entry.kind.is_deleted() && !seen.contains(*p))
                 .map(|(p, _)| p.clone())
@@ -826,19 +826,13 @@ impl Engine {
     }
 
     /// Lists `dir` (the root when `None`) recursively, scanning every synced path.
-    fn walk(&mut self, dir: Option<RelPath>, clean_temp: bool, seen: &mut BTreeSet<RelPath>) {
-        self.walk_from(dir, false, clean_temp, seen);
+    fn walk(&mut self, dir: Option<RelPath>, seen: &mut BTreeSet<RelPath>) {
+        self.walk_from(dir, false, seen);
     }
 
     /// [`walk`](Self::walk), starting inside an ignored directory when `inside_ignored` (then
     /// only what include patterns name is scanned).
-    fn walk_from(
-        &mut self,
-        dir: Option<RelPath>,
-        inside_ignored: bool,
-        clean_temp: bool,
-        seen: &mut BTreeSet<RelPath>,
-    ) {
+    fn walk_from(&mut self, dir: Option<RelPath>, inside_ignored: bool, seen: &mut BTreeSet<RelPath>) {
         let has_includes = self.rules.lock().unwrap_or_else(PoisonError::into_inner).has_includes();
         let mut stack: Vec<(Option<RelPath>, bool)> = vec![(dir, inside_ignored)];
         while let Some((dir, inside_ignored)) = stack.pop() {
@@ -856,13 +850,13 @@ impl Engine {
             children.sort_by_key(|e| e.file_name());
             for ent in children {
                 let name = ent.file_name();
-                if clean_temp && executor::remove_stale_temp(&dir_abs, &name) {
-                    continue;
-                }
                 let child_path = match &dir {
                     Some(d) => rel_path(d).join(&name),
                     None => PathBuf::from(&name),
                 };
+                if is_temp(&child_path) {
+                    continue; // ours: never synced (a crash's leftovers went at start)
+                }
                 let Some(rel) = to_rel(&child_path) else {
                     log::warn!("skipping {}: name cannot be synced", child_path.display());
                     continue;
@@ -1684,7 +1678,7 @@ impl Engine {
     }
 
     fn move_local_aside(&mut self, l: &LocalEntry) -> Result<(), ExecError> {
-        let base = conflict_path_of(&l.entry);
+        let base = conflict_path_of(&l.entry, self.name_max);
         let mut to = base.clone();
         let mut n = 1;
         while let Some(there) = executor::current(&self.root, &to)? {
@@ -1702,7 +1696,7 @@ impl Engine {
                 return Ok(());
             }
             n += 1;
-            to = numbered(&base, n);
+            to = numbered(&base, n, self.name_max);
         }
         executor::move_aside(&self.root, &l.entry.path, l.stat, &to)?;
         self.conflicts += 1;
@@ -1716,7 +1710,7 @@ impl Engine {
     }
 
     fn keep_remote_copy(&mut self, conn: ConnId, e: Entry) {
-        let at = conflict_path_of(&e);
+        let at = conflict_path_of(&e, self.name_max);
         match &e.kind {
             Kind::File { .. } => self.enqueue(conn, e, Purpose::KeepRemoteCopy { at }),
             Kind::Symlink { target } => {
@@ -1735,7 +1729,7 @@ impl Engine {
                         break;
                     }
                     n += 1;
-                    dest = numbered(&at, n);
+                    dest = numbered(&at, n, self.name_max);
                 }
                 self.won_conflict(&e, &dest);
             }
@@ -1990,7 +1984,7 @@ impl Engine {
                         }
                         _ => {
                             n += 1;
-                            dest = numbered(&at, n);
+                            dest = numbered(&at, n, self.name_max);
                         }
                     }
                 }

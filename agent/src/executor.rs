@@ -4,19 +4,23 @@
 //! - **Verify before mutate**: the caller passes the stat it believes is on disk; if the disk
 //!   says otherwise the user changed the path since the scan, and we report
 //!   [`ExecError::Changed`] instead of overwriting a fresh write.
-//! - **Atomic replace**: content lands in a temp file in the target directory and is renamed
-//!   over the target, so no reader ever sees a torn file. Temp names start with
-//!   [`TEMP_PREFIX`](crate::rules::TEMP_PREFIX), are never synced, and are removed on drop
-//!   and at start-up.
+//! - **Atomic replace**: content lands in a temp file and is renamed over the target, so no
+//!   reader ever sees a torn file. Temp files live in the agent's own directory at the top of
+//!   the root ([`AGENT_DIR`](crate::rules::AGENT_DIR)), as do stash files: out of the user's
+//!   view, never synced, removed on drop and, whatever a crash left, at start-up
+//!   ([`clean_agent_dir`]). A destination on another file system (a mount inside the root),
+//!   which a rename from there cannot reach, gets its temp file beside it instead, named
+//!   [`BESIDE_PREFIX`](crate::rules::BESIDE_PREFIX) and recorded in the agent's directory
+//!   first: start-up removes only the files so recorded, so nothing a user made is touched.
 
 use crate::index::{S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, Stat};
 use crate::paths::{self, JailError, abs};
-use crate::rules::TEMP_PREFIX;
+use crate::rules::{AGENT_DIR, BESIDE_PREFIX, is_beside_temp};
 use mirror_protocol::{RelPath, Timestamp};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -84,29 +88,165 @@ pub fn verify(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<()> 
     if current(root, rel)? == expected { Ok(()) } else { Err(ExecError::Changed) }
 }
 
+/// What the agent's directory holds so that git (`git status`) ignores it and all it holds: the
+/// directory ignores itself.
+const SELF_IGNORE: &str = ".gitignore";
+const SELF_IGNORE_TEXT: &str = "# mirror-agent's temp files, removed when it stops: ignore all of it\n*\n";
+
+/// The agent's directory in `root`, made (private to the user) if missing. Refused if something
+/// else has the name (a file, a symlink): we do not write through what we did not make.
+pub fn agent_dir(root: &Path) -> io::Result<PathBuf> {
+    let dir = root.join(AGENT_DIR);
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {
+            // Best effort: without it, git lists one untracked directory while files are in it.
+            let _ = fs::write(dir.join(SELF_IGNORE), SELF_IGNORE_TEXT);
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    if fs::symlink_metadata(&dir)?.is_dir() {
+        Ok(dir)
+    } else {
+        Err(io::Error::other(format!("{} is not a directory", dir.display())))
+    }
+}
+
+/// Removes the agent's directory of `root` with everything in it (what a crash or a kill left:
+/// temp files, stash files), and the temp files beside their destinations that it records.
+/// Returns how many files of ours went. A `.mirror-agent.tmp` that is not a directory is left
+/// alone.
+pub fn clean_agent_dir(root: &Path) -> io::Result<usize> {
+    let dir = root.join(AGENT_DIR);
+    match fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+        Ok(m) if !m.is_dir() => {
+            return Err(io::Error::other(format!("{} is not a directory; leaving it alone", dir.display())));
+        }
+        Ok(_) => {}
+    }
+    let mut n = 0;
+    for ent in fs::read_dir(&dir)? {
+        let ent = ent?;
+        let path = ent.path();
+        if ent.file_name() == SELF_IGNORE {
+            fs::remove_file(&path)?;
+            continue;
+        }
+        if ent.file_name().as_bytes().starts_with(LEDGER_PREFIX.as_bytes())
+            && let Ok(bytes) = fs::read(&path)
+            && let Ok(rel) = RelPath::new(bytes)
+            && is_beside_temp(rel.file_name())
+            && paths::check_parents(root, &rel).is_ok()
+            && fs::remove_file(abs(root, &rel)).is_ok()
+        {
+            n += 1;
+        }
+        // remove_dir_all does not follow symlinks.
+        let gone = if ent.file_type()?.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        if gone.is_ok() {
+            n += 1;
+        }
+    }
+    fs::remove_dir(&dir)?;
+    Ok(n)
+}
+
+/// Removes the agent's directory of `root` if nothing of ours is left in it (at stop).
+pub fn leave_agent_dir(root: &Path) {
+    let dir = root.join(AGENT_DIR);
+    if fs::remove_file(dir.join(SELF_IGNORE)).is_ok() && fs::remove_dir(&dir).is_err() {
+        let _ = fs::write(dir.join(SELF_IGNORE), SELF_IGNORE_TEXT); // still in use: keep ignoring
+    }
+}
+
+/// Whether `root` holds nothing but (maybe) the agent's directory.
+pub fn root_is_empty(root: &Path) -> bool {
+    fs::read_dir(root).is_ok_and(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == AGENT_DIR)))
+}
+
+/// Names in the agent's directory: a file being received, a stash file, the record of a temp
+/// file beside its destination.
+const RECV_PREFIX: &str = "recv-";
+const STASH_PREFIX: &str = "stash-";
+const LEDGER_PREFIX: &str = "beside-";
+
+fn random_hex() -> io::Result<String> {
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(format!("{:016x}", u64::from_le_bytes(rnd)))
+}
+
+fn create_new(path: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).mode(0o666).custom_flags(libc::O_CLOEXEC).open(path)
+}
+
+fn same_file_system(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
 /// A file being received. Removed on drop unless installed.
 #[derive(Debug)]
 pub struct TempFile {
     path: PathBuf,
     file: Option<File>,
+    /// For a temp file beside its destination: its record in the agent's directory.
+    ledger: Option<PathBuf>,
 }
 
 impl TempFile {
-    /// Creates a temp file in the directory that will hold `rel`, creating missing parents.
+    /// Creates a temp file for `rel`, creating missing parents: in the agent's directory, or
+    /// beside `rel` when that is on another file system (recorded first, see the module doc).
     pub fn create(root: &Path, rel: &RelPath) -> Result<Self> {
         paths::check_parents(root, rel)?;
         paths::create_parents(root, rel)?;
         let dir = abs(root, rel).parent().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf());
-        loop {
-            let mut rnd = [0u8; 8];
-            getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
-            let path = dir.join(format!("{TEMP_PREFIX}{:016x}", u64::from_le_bytes(rnd)));
-            match OpenOptions::new().write(true).create_new(true).mode(0o666).custom_flags(libc::O_CLOEXEC).open(&path)
-            {
-                Ok(file) => return Ok(Self { path, file: Some(file) }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e.into()),
+        let ours = agent_dir(root);
+        if let Ok(ours) = &ours
+            && same_file_system(ours, &dir)
+        {
+            loop {
+                let path = ours.join(format!("{RECV_PREFIX}{}", random_hex()?));
+                match create_new(&path) {
+                    Ok(file) => return Ok(Self { path, file: Some(file), ledger: None }),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(e.into()),
+                }
             }
+        }
+        let ours = ours?;
+        loop {
+            let hex = random_hex()?;
+            let name = format!("{BESIDE_PREFIX}{hex}");
+            let rel_tmp = match rel.parent() {
+                Some(p) => p.join(name.as_bytes()),
+                None => RelPath::new(name.as_bytes().to_vec()),
+            }
+            .map_err(|e| io::Error::other(e.to_string()))?;
+            let ledger = ours.join(format!("{LEDGER_PREFIX}{hex}"));
+            create_new(&ledger)?.write_all(rel_tmp.as_bytes())?;
+            let path = dir.join(&name);
+            match create_new(&path) {
+                Ok(file) => return Ok(Self { path, file: Some(file), ledger: Some(ledger) }),
+                Err(e) => {
+                    let _ = fs::remove_file(&ledger);
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The file is in place under its real name: nothing of ours is left to remove.
+    fn installed(&mut self) {
+        self.path = PathBuf::new();
+        if let Some(l) = self.ledger.take() {
+            let _ = fs::remove_file(l);
         }
     }
 
@@ -137,7 +277,7 @@ impl TempFile {
             fs::remove_dir(&target)?;
         }
         fs::rename(&self.path, &target)?;
-        self.path = PathBuf::new();
+        self.installed();
         Ok(stat_after(&target, S_IFREG)?)
     }
 }
@@ -146,6 +286,9 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.path.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.path);
+        }
+        if let Some(l) = self.ledger.take() {
+            let _ = fs::remove_file(l);
         }
     }
 }
@@ -216,18 +359,17 @@ pub fn make_dir(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<St
 /// Creates a symlink at `rel` pointing at `target` (never followed), atomically replacing what
 /// is there if it is still `expected`.
 pub fn make_symlink(root: &Path, rel: &RelPath, expected: Option<Stat>, target: &[u8]) -> Result<Stat> {
-    let tmp = TempFile::create(root, rel)?;
-    let tmp_path = tmp.path.clone();
-    drop(tmp); // frees the name; the symlink takes it
-    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp_path)?;
-    let guard = TempFile { path: tmp_path.clone(), file: None };
+    let mut tmp = TempFile::create(root, rel)?;
+    tmp.file = None;
+    fs::remove_file(&tmp.path)?; // frees the name; the symlink takes it (and the guard removes it)
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp.path)?;
     verify(root, rel, expected)?;
     let path = abs(root, rel);
     if expected.is_some_and(|s| s.mode & S_IFMT == S_IFDIR) {
         fs::remove_dir(&path)?;
     }
-    fs::rename(&tmp_path, &path)?;
-    std::mem::forget(guard);
+    fs::rename(&tmp.path, &path)?;
+    tmp.installed();
     Ok(stat_after(&path, S_IFLNK)?)
 }
 
@@ -242,15 +384,15 @@ pub fn move_aside(root: &Path, from: &RelPath, expected: Option<Stat>, to: &RelP
     Ok(())
 }
 
-/// A fresh temp name at the root, for a file being deleted that a rename may still want.
+/// A fresh stash name in the agent's directory, for a file being deleted that a rename may
+/// still want. Without the agent's directory, `EXDEV`: the caller deletes the file instead.
 fn stash_name(root: &Path) -> io::Result<PathBuf> {
-    let mut rnd = [0u8; 8];
-    getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(root.join(format!("{TEMP_PREFIX}{:016x}", u64::from_le_bytes(rnd))))
+    let dir = agent_dir(root).map_err(|_| io::Error::from_raw_os_error(libc::EXDEV))?;
+    Ok(dir.join(format!("{STASH_PREFIX}{}", random_hex()?)))
 }
 
-/// Instead of deleting the file at `rel` (still `expected`), moves it to a temp name at the root
-/// and returns that: a create of the same content in the same batch (a rename on the peer) then
+/// Instead of deleting the file at `rel` (still `expected`), moves it into the agent's directory
+/// and returns its path there: a create of the same content in the same batch (a rename on the peer) then
 /// takes it from there instead of transferring it. Fails with `EXDEV` when `rel` is on another
 /// file system than the root; the caller then deletes it.
 pub fn stash(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<PathBuf> {
@@ -283,14 +425,6 @@ pub fn unstash(
     Ok(stat_after(&target, S_IFREG)?)
 }
 
-/// Removes `dir/name` if it is a temp file a crash left behind. Returns whether it did.
-pub fn remove_stale_temp(dir: &Path, name: &std::ffi::OsStr) -> bool {
-    if name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
-        return fs::remove_file(dir.join(name)).is_ok();
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +454,52 @@ mod tests {
         assert_eq!(fs::read(root.join("sub/f")).unwrap(), b"user's fresh write");
         let left: Vec<_> = fs::read_dir(root.join("sub")).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(left.len(), 1, "temp file left behind: {left:?}");
+        let left: Vec<_> = fs::read_dir(root.join(AGENT_DIR)).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, [SELF_IGNORE], "temp file left behind");
+    }
+
+    /// Issue 11 items 9 and 10: temp and stash files live in the agent's directory only; start-up
+    /// removes what a crash left there (and the temp files beside their destination that it
+    /// records), and nothing a user made, whatever its name.
+    #[test]
+    fn temp_and_stash_files_stay_in_the_agent_directory_and_start_up_removes_only_ours() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("sub")).unwrap();
+        let users = [".mirror-tmp-my-notes.txt", "sub/.mirror-tmp-config", "sub/.mirror-agent.tmp-0123456789abcdef"];
+        for u in users {
+            fs::write(root.join(u), "the user's").unwrap();
+        }
+        let mut t = TempFile::create(root, &rp("sub/f")).unwrap();
+        t.write_all(b"half").unwrap();
+        assert!(t.path.starts_with(root.join(AGENT_DIR)), "{:?}", t.path);
+        fs::write(root.join("sub/g"), "g").unwrap();
+        let st = current(root, &rp("sub/g")).unwrap();
+        let stashed = stash(root, &rp("sub/g"), st).unwrap();
+        assert!(stashed.starts_with(root.join(AGENT_DIR)), "{stashed:?}");
+        // A crash: neither is cleaned up by its owner. And a temp file beside its destination,
+        // recorded, as one on another file system would be.
+        std::mem::forget(t);
+        fs::write(root.join("sub/.mirror-agent.tmp-00000000000000ff"), "half").unwrap();
+        fs::write(root.join(AGENT_DIR).join("beside-00000000000000ff"), "sub/.mirror-agent.tmp-00000000000000ff")
+            .unwrap();
+        // A record naming a user's file that does not have our name is not obeyed.
+        fs::write(root.join(AGENT_DIR).join("beside-0000000000000001"), "sub/.mirror-tmp-config").unwrap();
+        assert_eq!(fs::read_to_string(root.join(AGENT_DIR).join(SELF_IGNORE)).unwrap(), SELF_IGNORE_TEXT);
+        assert_eq!(clean_agent_dir(root).unwrap(), 5);
+        assert!(!root.join(AGENT_DIR).exists());
+        assert!(!root.join("sub/.mirror-agent.tmp-00000000000000ff").exists());
+        for u in users {
+            assert_eq!(fs::read_to_string(root.join(u)).unwrap(), "the user's", "{u}");
+        }
+        agent_dir(root).unwrap();
+        leave_agent_dir(root);
+        assert!(!root.join(AGENT_DIR).exists());
+        let empty = tempfile::tempdir().unwrap();
+        agent_dir(empty.path()).unwrap();
+        assert!(root_is_empty(empty.path()), "the agent's directory alone is an empty root");
+        assert!(!root_is_empty(root));
+        assert_eq!(clean_agent_dir(root).unwrap(), 0);
     }
 
     #[test]

@@ -28,20 +28,25 @@ impl Folding {
         if let Ok(v) = std::env::var("MIRROR_TEST_FOLDING") {
             return Folding { case: v.contains("case"), unicode: v.contains("unicode") };
         }
+        // The probes go in the agent's own directory (same file system as the root, never
+        // synced, never in the user's view), which is removed again if it was made for them.
+        let Ok(dir) = crate::executor::agent_dir(root) else { return Folding::default() };
         let probe = |written: &str, looked_up: &str| {
-            let w = root.join(written);
+            let w = dir.join(written);
             if std::fs::write(&w, b"").is_err() {
                 return false;
             }
-            let found = std::fs::symlink_metadata(root.join(looked_up)).is_ok();
+            let found = std::fs::symlink_metadata(dir.join(looked_up)).is_ok();
             let _ = std::fs::remove_file(&w);
             found
         };
         let tag = std::process::id();
-        Folding {
-            case: probe(&format!(".mirror-tmp-fold-{tag}-aB"), &format!(".mirror-tmp-fold-{tag}-Ab")),
-            unicode: probe(&format!(".mirror-tmp-fold-{tag}-\u{e9}"), &format!(".mirror-tmp-fold-{tag}-e\u{301}")),
-        }
+        let folding = Folding {
+            case: probe(&format!("fold-{tag}-aB"), &format!("fold-{tag}-Ab")),
+            unicode: probe(&format!("fold-{tag}-\u{e9}"), &format!("fold-{tag}-e\u{301}")),
+        };
+        crate::executor::leave_agent_dir(root);
+        folding
     }
 
     /// The name every spelling of `p` shares here (NFC, then lower case, as they apply).

@@ -12,8 +12,19 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Names of our temp files start with this; they are never synced.
-pub const TEMP_PREFIX: &str = ".mirror-tmp-";
+/// The agent's own directory at the top of every sync root. Every temp file (a file being
+/// received, a symlink being made, a name-folding probe) and every stash file (a deleted file a
+/// rename may still want) lives in it, out of the user's view, and nothing else does. It is never
+/// synced, watched, scanned or counted; its whole content is removed at start-up and the
+/// directory itself at stop when empty. Nothing a user makes is ever removed by the agent: a
+/// user's `.mirror-tmp-notes.txt` is an ordinary file (issue 11 items 9 and 10).
+pub const AGENT_DIR: &str = ".mirror-agent.tmp";
+
+/// A file being received into a directory on another file system than the root (a mount inside
+/// the root: a rename from [`AGENT_DIR`] cannot reach it) is written beside its destination under
+/// this prefix plus 16 hex digits, and recorded in [`AGENT_DIR`] so that start-up removes only
+/// the ones we provably made. Never synced.
+pub const BESIDE_PREFIX: &str = ".mirror-agent.tmp-";
 
 /// A bad `-i`/`-e` pattern.
 #[derive(Debug)]
@@ -153,10 +164,17 @@ impl Rules {
     }
 }
 
-/// Whether the last component is one of our temp files.
+/// Whether `rel` is the agent's own: [`AGENT_DIR`] at the root or anything in it, or a temp file
+/// beside its destination ([`is_beside_temp`]).
 pub fn is_temp(rel: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    rel.file_name().is_some_and(|n| n.as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+    rel.components().next() == Some(std::path::Component::Normal(OsStr::new(AGENT_DIR)))
+        || rel.file_name().is_some_and(|n| is_beside_temp(n.as_encoded_bytes()))
+}
+
+/// Whether `name` is exactly [`BESIDE_PREFIX`] and 16 lower-case hex digits.
+pub fn is_beside_temp(name: &[u8]) -> bool {
+    name.strip_prefix(BESIDE_PREFIX.as_bytes())
+        .is_some_and(|hex| hex.len() == 16 && hex.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)))
 }
 
 #[cfg(test)]
@@ -203,11 +221,37 @@ mod tests {
             (".git", true, true),
             (".git/config", false, true),
             ("secret", false, true),
-            ("dir/.mirror-tmp-123", false, true),
+            // The agent's directory, at the root only; temp files beside their destination.
+            (".mirror-agent.tmp", true, true),
+            (".mirror-agent.tmp/recv-0123456789abcdef", false, true),
+            ("dir/.mirror-agent.tmp-0123456789abcdef", false, true),
+            ("dir/.mirror-agent.tmp-0123456789abcdeg", false, false),
+            ("dir/.mirror-agent.tmp-notes", false, false),
+            // Users' files that look like the temp names of old versions are theirs.
+            (".mirror-tmp-my-notes.txt", false, false),
+            ("sub/.mirror-tmp-config", false, false),
         ];
         for (p, is_dir, want) in rows {
             assert_eq!(r.is_ignored(Path::new(p), *is_dir), *want, "{p}");
         }
+    }
+
+    #[test]
+    fn only_the_agent_directory_at_the_root_is_ours() {
+        for (p, ours) in [
+            (".mirror-agent.tmp", true),
+            (".mirror-agent.tmp/stash-0123456789abcdef", true),
+            ("dir/.mirror-agent.tmp", false),
+            ("dir/.mirror-agent.tmp/x", false),
+            ("dir/.mirror-agent.tmp-0123456789abcdef", true),
+            (".mirror-agent.tmp-0123456789abcdef0", false),
+            (".mirror-tmp-0123456789abcdef", false),
+        ] {
+            assert_eq!(is_temp(Path::new(p)), ours, "{p}");
+        }
+        // An include pattern does not reach into it.
+        let (_d, mut r) = rules(&[], &["*"], &[]);
+        assert!(r.is_ignored(Path::new(".mirror-agent.tmp/recv-0123456789abcdef"), false));
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! inotify watches single directories, so recursion is ours to do, and it has three classic traps
 //! that this module handles explicitly:
 //! - **The creation race**: files written into a new directory before its watch lands produce no
-//!   events. A new directory is therefore watched *first* and listed *second* (via
-//!   [`WatchEvent::RescanSubtree`]), so every file is seen by one or the other.
+//!   events. A new directory is therefore watched *first* and listed *second*, at every level of
+//!   its subtree (`add_tree`: a subdirectory found while listing is watched, then listed, and so
+//!   on down), then reported whole ([`WatchEvent::RescanSubtree`]), so every entry is seen by the
+//!   listing or by a watch. Listing the whole subtree before adding any watch lost the files of
+//!   directories made in between (issue 11 item 6).
 //! - **Renames come in halves**: `IN_MOVED_FROM` and `IN_MOVED_TO` share a cookie. Paired halves
 //!   rename our watch bookkeeping; a lone `FROM` is a deletion (its watches are dropped), a lone
 //!   `TO` is a creation to scan.
@@ -168,12 +171,10 @@ fn run(mut state: State, mut poll: Poll, sink: Sender<WatchEvent>, refresh: Rece
             let _ = sink.send(WatchEvent::Overflow);
             return;
         }
-        while let Ok(path) = refresh.try_recv() {
-            if let Err(e) = state.add_tree(&path) {
-                log::error!("{e}");
-            }
-        }
         let mut batch = Batch::default();
+        while let Ok(path) = refresh.try_recv() {
+            state.add_tree_and_report(&mut batch, &path);
+        }
         loop {
             match state.inotify.read_events(&mut buf) {
                 Ok(evs) => {
@@ -201,6 +202,7 @@ fn run(mut state: State, mut poll: Poll, sink: Sender<WatchEvent>, refresh: Rece
         let out = if batch.root_gone {
             vec![WatchEvent::RootGone]
         } else if batch.overflow {
+            // The overflow makes the engine rescan everything: no need to say what was found.
             if let Err(e) = state.add_tree(Path::new("")) {
                 log::error!("{e}");
             }
@@ -270,6 +272,7 @@ impl State {
                         self.rename_tree(&from, &path);
                         // Our map may not have known the whole subtree under its old name (it
                         // moved in and out before we looked): make sure all of it is watched.
+                        // (The rescan of `path` below reads whatever this finds.)
                         if let Err(e) = self.add_tree(&path) {
                             log::error!("{e}");
                         }
@@ -311,7 +314,8 @@ impl State {
         }
     }
 
-    /// A directory appeared: watch it, then have it listed whole.
+    /// A directory appeared: watch it and everything beneath it (each watched, then listed), then
+    /// have it read whole by the engine: the rescan comes after every watch is in place.
     fn new_dir(&mut self, batch: &mut Batch, path: PathBuf) {
         if (self.descend)(&path)
             && let Err(e) = self.add_tree(&path)
@@ -353,16 +357,45 @@ impl State {
         }
     }
 
-    /// Watches `rel` and every directory beneath it.
-    fn add_tree(&mut self, rel: &Path) -> Result<(), WatchError> {
-        self.add_one(rel)?;
+    /// Watches `rel` and every directory beneath it, each one watched *before* it is listed: an
+    /// entry made in a directory before its watch is in the listing, one made after is reported
+    /// by the watch. Returns the directories that were not watched before (parents before
+    /// children), whose content nobody has reported yet.
+    fn add_tree(&mut self, rel: &Path) -> Result<Vec<PathBuf>, WatchError> {
+        let mut fresh = Vec::new();
         let mut first_err = None;
-        for d in walk::subdirs(&self.root, rel, &self.descend) {
-            if let Err(e) = self.add_one(&d) {
-                first_err.get_or_insert(e);
+        let mut stack = vec![rel.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let known = self.by_path.contains_key(&dir);
+            match self.add_one(&dir) {
+                Ok(()) => {}
+                Err(e) if dir == rel => return Err(e),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
+            if !known {
+                fresh.push(dir.clone());
+            }
+            stack.extend(walk::child_dirs(&self.root, &dir, &self.descend));
         }
-        first_err.map_or(Ok(()), Err)
+        first_err.map_or(Ok(fresh), Err)
+    }
+
+    /// [`Self::add_tree`], and every directory it found unwatched reported for the engine to
+    /// read (only the topmost of a fresh subtree: a rescan covers what is beneath).
+    fn add_tree_and_report(&mut self, batch: &mut Batch, rel: &Path) {
+        match self.add_tree(rel) {
+            Ok(fresh) => {
+                let all: HashSet<&Path> = fresh.iter().map(PathBuf::as_path).collect();
+                for d in &fresh {
+                    if d == rel || !d.parent().is_some_and(|p| all.contains(p)) {
+                        batch.push(WatchEvent::RescanSubtree(d.clone()));
+                    }
+                }
+            }
+            Err(e) => log::error!("{e}"),
+        }
     }
 
     fn remove_tree(&mut self, rel: &Path) {

@@ -29,10 +29,13 @@ mod inotify;
 mod kqueue;
 #[cfg_attr(not(kqueue), allow(dead_code))]
 mod kqueue_flags;
+mod limits;
 mod poll;
 mod resume;
 #[cfg(target_os = "linux")]
 mod walk;
+
+pub use limits::name_max;
 
 /// A hint from a watcher. Paths are relative to the watched root; the empty path is the root.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,23 +3,18 @@
 use crate::DirFilter;
 use std::path::{Path, PathBuf};
 
-/// Every directory strictly beneath `rel` (relative to `root`) that `descend` accepts, parents
-/// before children. Unreadable directories are skipped: the engine's own scan reports them.
-pub(crate) fn subdirs(root: &Path, rel: &Path, descend: &DirFilter) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![rel.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(crate::join(root, &dir)) else { continue };
-        for ent in rd.flatten() {
-            let Ok(ft) = ent.file_type() else { continue };
-            if ft.is_dir() {
-                let child = dir.join(ent.file_name());
-                if descend(&child) {
-                    out.push(child.clone());
-                    stack.push(child);
-                }
-            }
-        }
-    }
-    out
+/// The directories directly in `rel` (relative to `root`) that `descend` accepts. An unreadable
+/// directory has none: the engine's own scan reports it.
+///
+/// One level only, on purpose: a backend that watches directories one by one must watch each
+/// directory *before* listing it, so that an entry made at any moment is seen by the listing or
+/// by the watch. Listing a whole subtree first and watching it afterwards leaves a window, as
+/// long as the listing, in which a new directory is neither listed nor watched (issue 11 item 6).
+pub(crate) fn child_dirs(root: &Path, rel: &Path, descend: &DirFilter) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(crate::join(root, rel)) else { return Vec::new() };
+    rd.flatten()
+        .filter(|ent| ent.file_type().is_ok_and(|ft| ft.is_dir()))
+        .map(|ent| rel.join(ent.file_name()))
+        .filter(|child| descend(child))
+        .collect()
 }

@@ -111,8 +111,10 @@ fn count_files(root: &Path) -> usize {
         let Ok(rd) = fs::read_dir(&d) else { continue };
         for e in rd.flatten() {
             match e.file_type() {
+                // The agent's own directory (temp files of transfers under way) is not content.
+                Ok(t) if t.is_dir() && e.path() == root.join(".mirror-agent.tmp") => {}
                 Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() && !e.file_name().to_string_lossy().starts_with(".mirror-tmp-") => n += 1,
+                Ok(t) if t.is_file() => n += 1,
                 _ => {}
             }
         }

@@ -278,8 +278,11 @@ pub enum Node {
     Link(PathBuf),
 }
 
-/// The synced view of a tree: everything but `.git`, and temp files are reported (they must not
-/// survive).
+/// The agent's own directory at the top of every root: its temp and stash files, never synced.
+pub const AGENT_DIR: &str = ".mirror-agent.tmp";
+
+/// The synced view of a tree: everything but the agent's own directory ([`AGENT_DIR`], see
+/// [`agent_files`]); temp files anywhere else are reported (there must be none).
 pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
     let mut out = BTreeMap::new();
     let mut stack = vec![PathBuf::new()];
@@ -287,6 +290,9 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
         let Ok(rd) = fs::read_dir(root.join(&rel)) else { continue };
         for e in rd.flatten() {
             let p = rel.join(e.file_name());
+            if p == Path::new(AGENT_DIR) {
+                continue;
+            }
             let Ok(m) = fs::symlink_metadata(root.join(&p)) else { continue };
             let node = if m.file_type().is_symlink() {
                 // The agents work while we look: a link may go between lstat and readlink.
@@ -303,6 +309,39 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
         }
     }
     out
+}
+
+/// What is in the agent's directory of `root` (temp files of transfers under way, stash files).
+pub fn agent_files(root: &Path) -> Vec<PathBuf> {
+    let dir = root.join(AGENT_DIR);
+    let mut out = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            if d == dir && e.file_name() == ".gitignore" {
+                continue; // the directory ignoring itself, for git
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+            out.push(e.path().strip_prefix(&dir).unwrap_or(&e.path()).to_path_buf());
+        }
+    }
+    out
+}
+
+/// Paths outside the agent's directory that have a temp file's name, ours (`.mirror-agent.tmp-`,
+/// beside a destination on another file system) or the old scheme's (`.mirror-tmp-`): where a
+/// temp or stash file would stand in the user's view.
+pub fn stray_temp_files(root: &Path) -> Vec<PathBuf> {
+    snapshot(root)
+        .into_keys()
+        .filter(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            n.starts_with(".mirror-agent.tmp") || n.starts_with(".mirror-tmp-")
+        })
+        .collect()
 }
 
 /// Waits until the two trees are identical; returns the common snapshot.

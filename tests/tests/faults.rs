@@ -37,8 +37,11 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Temp files of ours, in the agent's directory or (wrongly) anywhere else.
 fn temp_files(root: &Path) -> Vec<PathBuf> {
-    snapshot(root).into_keys().filter(|p| p.to_string_lossy().contains(".mirror-tmp-")).collect()
+    let mut out = stray_temp_files(root);
+    out.extend(agent_files(root).into_iter().map(|p| Path::new(AGENT_DIR).join(p)));
+    out
 }
 
 #[test]
@@ -196,4 +199,47 @@ fn a_watcher_queue_overflow_is_followed_by_a_rescan_that_converges() {
     client.wait_log("overflowed; rescanning everything");
     wait_content(&s.join(format!("flood/{}", files - 1)), (files - 1).to_string().as_bytes());
     wait_same(&c, &s);
+}
+
+/// A file system mounted inside the root: a rename from the agent's directory cannot reach it,
+/// so its files are received into a temp file beside them (recorded in the agent's directory),
+/// a rename there cannot stash (the file is deleted and sent again), and what a crash left there
+/// is removed at the next start because it was recorded, not because of its name.
+#[test]
+fn a_mount_inside_the_root_receives_through_temp_files_beside_and_start_up_removes_recorded_ones() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let Some(_disk) = Tmpfs::mount(&s.join("mnt"), "16m") else { return };
+    let mut server = Server::start(&area.server_root(), &[]);
+    let client = server.client("client", &c, "p", &[]);
+    write(&c.join("top.txt"), "on the root's file system");
+    write(&c.join("mnt/a.txt"), "on the mount");
+    write(&c.join("mnt/deep/b.txt"), "deeper on the mount");
+    wait_content(&s.join("mnt/deep/b.txt"), b"deeper on the mount");
+    wait_content(&s.join("mnt/a.txt"), b"on the mount");
+    wait_content(&s.join("top.txt"), b"on the root's file system");
+    fs::rename(c.join("mnt/a.txt"), c.join("mnt/renamed.txt")).unwrap();
+    wait_content(&s.join("mnt/renamed.txt"), b"on the mount");
+    wait_gone(&s.join("mnt/a.txt"));
+    wait_same(&c, &s);
+    wait_until("nothing of ours left", || temp_files(&s).is_empty().then_some(()));
+
+    // A crash mid-transfer into the mount: the temp file beside and its record stay behind.
+    // Another file with such a name but no record is not provably ours: it stays too.
+    let listen = format!("127.0.0.1:{}", server.port);
+    server.agent.kill();
+    let leftover = "mnt/deep/.mirror-agent.tmp-00000000000000aa";
+    write(&s.join(leftover), "half a transfer");
+    write(&s.join(AGENT_DIR).join("beside-00000000000000aa"), leftover);
+    write(&s.join("mnt/.mirror-agent.tmp-00000000000000bb"), "not recorded");
+    let server = Server::start_at(&area.server_root(), &listen, &[]);
+    client.wait_log("connected to");
+    write(&c.join("after.txt"), "after the restart");
+    wait_content(&s.join("after.txt"), b"after the restart");
+    assert!(!s.join(leftover).exists(), "the recorded temp file survived the start");
+    assert!(s.join("mnt/.mirror-agent.tmp-00000000000000bb").exists(), "an unrecorded file was removed");
+    assert!(agent_files(&s).is_empty(), "{:?}", agent_files(&s));
+    assert!(!c.join("mnt/.mirror-agent.tmp-00000000000000bb").exists(), "a temp-file name was synced");
+    drop(client);
+    drop(server);
 }

@@ -27,8 +27,11 @@ fn folding_client(server: &Server, area: &Area, folding: &str) -> Agent {
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != AGENT_DIR)
+        .collect();
     v.sort();
     v
 }

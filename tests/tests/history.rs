@@ -30,19 +30,22 @@ fn a_restart_replays_the_event_history_and_a_reset_history_means_a_full_scan() {
     assert!(server.agent.log().contains("scanned in"), "the first start scans");
     assert_eq!(server.agent.terminate(), Some(0));
 
-    // While the server is down: three changes, two of them in its history; and the temp files of
-    // transfers a crash cut short, one loose, one in a directory the history names whole.
+    // While the server is down: three changes, two of them in its history; and a temp file of a
+    // transfer and a stash file that a crash left in the agent's directory.
     write(&s.join("a.txt"), "changed while stopped, in the history");
     write(&s.join("b.txt"), "changed while stopped, not in the history");
     fs::remove_file(s.join("c.txt")).unwrap();
-    write(&s.join(".mirror-tmp-1-a.txt"), "half a transfer");
-    write(&s.join("d/.mirror-tmp-2-x"), "half another");
-    write(&history, "uuid A\n1 a.txt\n2 a.txt\n3 c.txt\n4 .mirror-tmp-1-a.txt\n6 d\n");
+    write(&s.join(AGENT_DIR).join("recv-1"), "half a transfer");
+    write(&s.join(AGENT_DIR).join("stash-2"), "a stashed file");
+    // A user's file with the old scheme's temp name, in a directory the history names whole.
+    write(&s.join("d/.mirror-tmp-2-x"), "the user's");
+    write(&history, "uuid A\n1 a.txt\n2 a.txt\n3 c.txt\n4 .mirror-agent.tmp/recv-1\n6 d\n");
     let mut server = Server::start_env(&area.server_root(), &listen, &opts, &env);
     server.agent.wait_log("caught up from its event history");
     wait_content(&c.join("a.txt"), b"changed while stopped, in the history");
     wait_gone(&c.join("c.txt"));
-    assert!(!s.join(".mirror-tmp-1-a.txt").exists() && !s.join("d/.mirror-tmp-2-x").exists(), "no temp file survives");
+    assert!(agent_files(&s).is_empty(), "no temp file survives: {:?}", agent_files(&s));
+    wait_content(&c.join("d/.mirror-tmp-2-x"), b"the user's");
     // A live change after the replay; once it is here, so would b.txt be, had the server scanned.
     write(&s.join("marker"), "live");
     wait_content(&c.join("marker"), b"live");

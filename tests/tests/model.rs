@@ -185,8 +185,11 @@ fn random_op(rng: &mut Rng, root: &Path, model: &mut Model, tops: &[&str], log: 
     }
 }
 
+/// Temp files of ours, in the agent's directory or (wrongly) anywhere else.
 fn temp_files(root: &Path) -> Vec<PathBuf> {
-    snapshot(root).into_keys().filter(|p| p.to_string_lossy().contains(".mirror-tmp-")).collect()
+    let mut out = stray_temp_files(root);
+    out.extend(agent_files(root).into_iter().map(|p| Path::new(AGENT_DIR).join(p)));
+    out
 }
 
 struct World {
@@ -324,6 +327,13 @@ fn run_seed(seed: u64, rounds: usize, ops: usize) {
             }
         }
         converge(&w, seed, round, &log);
+        // Nothing of ours stands in the user's view, and what is in the agent's directory (stash
+        // files a rename did not take) is gone once their moment has passed.
+        for root in [w.s(), w.c(), w.c2()] {
+            let stray = stray_temp_files(&root);
+            assert!(stray.is_empty(), "seed {seed}: temp files in the user's view: {stray:?}");
+            wait_until("the agent's directory to be emptied", || temp_files(&root).is_empty().then_some(()));
+        }
         let fin = load_model(&w.c());
         if !offline {
             // No conflicts were possible: each top directory is exactly what its owner made it.

@@ -201,3 +201,43 @@ fn a_directory_moved_in_is_read_whole_when_a_peer_names_it_first() {
     wait_content(&c.join("d/inside/f.txt"), b"moved in whole");
     wait_same(&c, &s);
 }
+
+/// Issue 11 item 8: a conflict on a 252-byte name (ASCII, two-byte UTF-8 characters, no
+/// extension) keeps both versions, whichever side wins: the conflict copy's name is shortened to
+/// fit 255 bytes, tag and extension kept.
+#[test]
+fn a_conflict_on_a_252_byte_name_keeps_both_versions() {
+    let mut names = Vec::new();
+    for side in ["c", "s"] {
+        names.push(format!("{side}{}.txt", "n".repeat(247)));
+        names.push(format!("{side}{}.txt", "\u{e9}".repeat(124)));
+        names.push(format!("{side}{}", "m".repeat(251)));
+        names.push(format!("{side}.{}", "x".repeat(250)));
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let base: Vec<(&str, &str)> = names.iter().map(|n| (*n, "base")).collect();
+    let mut p = Pair::new(&base);
+    p.stop_client();
+    let (c, s) = (p.c(), p.s());
+    for n in &names {
+        assert!(n.len() >= 252, "{n}");
+        // The side named first in the name has the newer edit: it wins.
+        let (winner, loser) = if n.starts_with('c') { (&c, &s) } else { (&s, &c) };
+        write(&loser.join(n), "loser");
+        set_mtime(&loser.join(n), SystemTime::now() - HOUR);
+        write(&winner.join(n), "winner");
+    }
+    p.start_client();
+    let snap = wait_same(&c, &s);
+    for n in &names {
+        assert_eq!(fs::read_to_string(s.join(n)).unwrap(), "winner", "{n}");
+    }
+    let copies = conflict_copies(&s);
+    assert_eq!(copies.len(), names.len(), "{copies:?} in {:?}", snap.keys().collect::<Vec<_>>());
+    for copy in &copies {
+        let name = copy.file_name().unwrap();
+        assert!(name.len() <= 255, "{copy:?}");
+        assert!(name.to_str().is_some(), "a character was split: {copy:?}");
+        assert_eq!(fs::read_to_string(s.join(copy)).unwrap(), "loser", "{copy:?}");
+    }
+}

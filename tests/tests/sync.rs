@@ -225,20 +225,60 @@ fn a_file_written_continuously_settles_to_its_final_content() {
     wait_content(&s.join("growing.dat"), &all);
 }
 
+/// What a crash leaves in the agent's directory (a temp file of a transfer, a stash file, a
+/// directory of probes) is removed at start-up, and never synced.
 #[test]
 fn stale_temp_files_are_removed_at_start_and_never_synced() {
     let area = Area::new();
     let (c, s) = (area.path("client"), area.path("server/p"));
-    write(&c.join(".mirror-tmp-0123456789abcdef"), "half a file from a crash");
-    write(&c.join("sub/.mirror-tmp-aaaaaaaaaaaaaaaa"), "another");
+    write(&c.join(AGENT_DIR).join("recv-0123456789abcdef"), "half a file from a crash");
+    write(&c.join(AGENT_DIR).join("stash-aaaaaaaaaaaaaaaa"), "a stashed file");
+    write(&c.join(AGENT_DIR).join("odd/deeper"), "whatever it was");
     write(&c.join("real"), "r");
     let server = Server::start(&area.server_root(), &[]);
     let _client = server.client("client", &c, "p", &[]);
     wait_content(&s.join("real"), b"r");
-    assert!(!c.join(".mirror-tmp-0123456789abcdef").exists());
-    assert!(!c.join("sub/.mirror-tmp-aaaaaaaaaaaaaaaa").exists());
+    assert_eq!(agent_files(&c), Vec::<std::path::PathBuf>::new(), "crash leftovers survived the start");
     let snap = wait_same(&c, &s);
-    assert!(snap.keys().all(|k| !k.to_string_lossy().contains(".mirror-tmp-")), "{snap:?}");
+    assert!(stray_temp_files(&s).is_empty(), "{snap:?}");
+    assert!(agent_files(&s).is_empty(), "{:?}", agent_files(&s));
+}
+
+/// Issue 11 item 9: a user's files named like the temp files of old versions (`.mirror-tmp-*`)
+/// are ordinary files: synced both ways, and never removed, across a restart of both agents.
+#[test]
+fn user_files_named_mirror_tmp_survive_restarts_and_are_synced() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    write(&c.join(".mirror-tmp-my-notes.txt"), "my notes");
+    write(&c.join("sub/.mirror-tmp-config"), "my config");
+    write(&s.join(".mirror-tmp-0123456789abcdef"), "the server user's");
+    let mut server = Server::start(&area.server_root(), &[]);
+    let mut client = server.client("client", &c, "p", &[]);
+    wait_content(&s.join(".mirror-tmp-my-notes.txt"), b"my notes");
+    wait_content(&s.join("sub/.mirror-tmp-config"), b"my config");
+    wait_content(&c.join(".mirror-tmp-0123456789abcdef"), b"the server user's");
+    wait_same(&c, &s);
+    for _ in 0..2 {
+        assert_eq!(client.terminate(), Some(0));
+        assert_eq!(server.agent.terminate(), Some(0));
+        let listen = format!("127.0.0.1:{}", server.port);
+        server = Server::start_at(&area.server_root(), &listen, &[]);
+        client = server.client("client", &c, "p", &[]);
+        write(&c.join("marker"), "after the restart");
+        wait_content(&s.join("marker"), b"after the restart");
+        fs::remove_file(c.join("marker")).unwrap();
+        wait_gone(&s.join("marker"));
+        for root in [&c, &s] {
+            assert_eq!(fs::read_to_string(root.join(".mirror-tmp-my-notes.txt")).unwrap(), "my notes");
+            assert_eq!(fs::read_to_string(root.join("sub/.mirror-tmp-config")).unwrap(), "my config");
+            assert_eq!(fs::read_to_string(root.join(".mirror-tmp-0123456789abcdef")).unwrap(), "the server user's");
+        }
+    }
+    // And an edit of one is synced like any other.
+    write(&s.join("sub/.mirror-tmp-config"), "edited on the server");
+    wait_content(&c.join("sub/.mirror-tmp-config"), b"edited on the server");
+    wait_same(&c, &s);
 }
 
 #[test]
@@ -309,14 +349,53 @@ fn sigterm_stops_both_agents_cleanly_mid_transfer() {
     write(&c.join("big.bin"), vec![7u8; 64 * 1024 * 1024]);
     // Stop while the server is receiving (or, on a fast machine, just after).
     wait_until("the transfer to start", || {
-        let receiving = snapshot(&s).keys().any(|p| p.to_string_lossy().contains(".mirror-tmp-"));
+        let receiving = !agent_files(&s).is_empty();
         (receiving || s.join("big.bin").exists()).then_some(())
     });
     assert_eq!(client.terminate(), Some(0), "client exit code");
     assert_eq!(server.agent.terminate(), Some(0), "server exit code");
-    let left: Vec<_> = snapshot(&s).into_keys().filter(|p| p.to_string_lossy().contains(".mirror-tmp-")).collect();
+    let mut left = stray_temp_files(&s);
+    left.extend(agent_files(&s));
     assert!(left.is_empty(), "temp files left: {left:?}");
+    assert!(!s.join(AGENT_DIR).exists(), "the agent's directory is removed at stop");
     if let Ok(b) = fs::read(s.join("big.bin")) {
         assert!(b.iter().all(|x| *x == 7), "a torn file was installed");
     }
+}
+
+/// Issue 11 item 6: directories moved in at once, `new/` made in many of them right after and
+/// `new/late.txt` written 0.5 s later: every file reaches the other side (the watcher watched
+/// each directory before listing it, so no `new/` was left unwatched).
+#[test]
+fn files_in_new_directories_of_moved_in_directories_all_arrive() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    fs::create_dir_all(&c).unwrap();
+    let server = Server::start(&area.server_root(), &[]);
+    let _client = server.client("client", &c, "p", &[]);
+    write(&c.join("ready.txt"), "ready");
+    wait_content(&s.join("ready.txt"), b"ready");
+
+    let (dirs, with_new) = (1000, 100);
+    let staging = area.path("staging");
+    for i in 0..dirs {
+        fs::create_dir_all(staging.join(format!("d{i:04}"))).unwrap();
+    }
+    fs::rename(&staging, c.join("moved")).unwrap();
+    let every = dirs / with_new;
+    for i in (0..dirs).step_by(every) {
+        fs::create_dir(c.join(format!("moved/d{i:04}/new"))).unwrap();
+    }
+    // The scenario of the report: the files come half a second after their directories.
+    std::thread::sleep(Duration::from_millis(500));
+    let want: Vec<String> = (0..dirs).step_by(every).map(|i| format!("moved/d{i:04}/new/late.txt")).collect();
+    for rel in &want {
+        write(&c.join(rel), rel);
+    }
+    wait_until("every late.txt on the server", || {
+        let missing: Vec<&String> =
+            want.iter().filter(|rel| fs::read(s.join(rel)).ok().as_deref() != Some(rel.as_bytes())).collect();
+        missing.is_empty().then_some(())
+    });
+    wait_same(&c, &s);
 }
