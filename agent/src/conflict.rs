@@ -21,7 +21,7 @@ use time::macros::format_description;
 /// [`name_limit`]).
 pub fn conflict_path_of(loser: &Entry, max: usize) -> RelPath {
     let key = match &loser.kind {
-        Kind::File { size, hash, executable } => postcard::to_stdvec(&(size, hash, executable)),
+        Kind::File { size, hash, mode } => postcard::to_stdvec(&(size, hash, mode)),
         Kind::Symlink { target } => postcard::to_stdvec(target),
         // Nothing is kept of these; the name only appears in the log.
         Kind::Directory | Kind::Deleted => postcard::to_stdvec(&loser.version),
@@ -165,7 +165,7 @@ mod tests {
         // A file's copy is named by its content: the same save under another version vector
         // (merged after winning a conflict elsewhere) is the same copy, another save is not.
         let file = |content: &[u8], replica| Entry {
-            kind: Kind::File { size: content.len() as u64, hash: *blake3::hash(content).as_bytes(), executable: false },
+            kind: Kind::File { size: content.len() as u64, hash: *blake3::hash(content).as_bytes(), mode: 0o644 },
             ..e(replica)
         };
         assert_eq!(conflict_path_of(&file(b"a", 1), 255), conflict_path_of(&file(b"a", 2), 255));

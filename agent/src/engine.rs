@@ -1488,11 +1488,11 @@ impl Engine {
     fn apply(&mut self, conn: ConnId, e: Entry, keep_local_copy: bool) {
         let local = self.index.get(&e.path).cloned();
         let expected = local.as_ref().and_then(|l| l.stat);
-        if let Kind::File { hash, executable, .. } = &e.kind {
+        if let Kind::File { hash, mode, .. } = &e.kind {
             let same_bytes =
                 matches!(local.as_ref().map(|l| &l.entry.kind), Some(Kind::File { hash: h, .. }) if h == hash);
             if same_bytes && !keep_local_copy {
-                let r = executor::set_meta(&self.root, &e.path, expected, e.mtime, *executable);
+                let r = executor::set_meta(&self.root, &e.path, expected, e.mtime, *mode);
                 self.finish_local(conn, e, r);
             } else if let Some(from) = self.take_stash(hash) {
                 self.apply_from_stash(conn, e, from, local.as_ref(), keep_local_copy);
@@ -1554,7 +1554,7 @@ impl Engine {
         local: Option<&LocalEntry>,
         keep_local_copy: bool,
     ) {
-        let Kind::File { hash, executable, .. } = e.kind else { return };
+        let Kind::File { hash, mode, .. } = e.kind else { return };
         let mut expected = local.and_then(|l| l.stat);
         if keep_local_copy && let Some(l) = local {
             if let Err(err) = self.move_local_aside(l) {
@@ -1564,7 +1564,7 @@ impl Engine {
             }
             expected = None;
         }
-        match executor::unstash(&self.root, &from, &e.path, expected, e.mtime, executable) {
+        match executor::unstash(&self.root, &from, &e.path, expected, e.mtime, mode) {
             Ok(stat) => {
                 log::debug!("{}: content found locally (a rename), nothing transferred", e.path);
                 self.finish_local(conn, e, Ok(stat));
@@ -1921,7 +1921,7 @@ impl Engine {
         if ours != hash {
             return Err(PeerError(format!("content of {} does not match the hash the peer sent", f.entry.path)));
         }
-        let Kind::File { size: want_size, hash: want_hash, executable } = f.entry.kind else { return Ok(()) };
+        let Kind::File { size: want_size, hash: want_hash, mode } = f.entry.kind else { return Ok(()) };
         if want_hash != hash || want_size != size {
             log::debug!("{} changed at the source while it was sent; waiting for its update", f.entry.path);
             return Ok(());
@@ -1965,7 +1965,7 @@ impl Engine {
                     }
                     expected = None;
                 }
-                let r = tmp.install(&root, &f.entry.path, expected, f.entry.mtime, executable);
+                let r = tmp.install(&root, &f.entry.path, expected, f.entry.mtime, mode);
                 self.finish_local(conn, f.entry, r);
             }
             Purpose::KeepRemoteCopy { at } => {
@@ -1975,7 +1975,7 @@ impl Engine {
                     match self.index.get(&dest).map(|l| &l.entry.kind) {
                         Some(Kind::File { hash: h, .. }) if *h == hash => break, // already kept
                         _ if executor::current(&root, &dest).ok().flatten().is_none() => {
-                            if let Err(e) = tmp.install(&root, &dest, None, f.entry.mtime, executable) {
+                            if let Err(e) = tmp.install(&root, &dest, None, f.entry.mtime, mode) {
                                 self.exec_failed(conn, f.entry, e);
                                 return Ok(());
                             }

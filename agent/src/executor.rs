@@ -265,11 +265,10 @@ impl TempFile {
         rel: &RelPath,
         expected: Option<Stat>,
         mtime: Timestamp,
-        executable: bool,
+        mode: u32,
     ) -> Result<Stat> {
         let file = self.file.take().ok_or_else(|| io::Error::other("temp file already closed"))?;
-        // Created with 0o666, so the kernel already applied the umask: that is the base mode.
-        set_mode_and_mtime(&file, 0o666, executable, mtime)?;
+        set_mode_and_mtime(&file, mode, mtime)?;
         drop(file);
         verify(root, rel, expected)?;
         let target = abs(root, rel);
@@ -293,17 +292,32 @@ impl Drop for TempFile {
     }
 }
 
-/// Sets the executable bits of `f` (keeping its mode's bits under `keep`) and its mtime.
-fn set_mode_and_mtime(f: &File, keep: u32, executable: bool, mtime: Timestamp) -> io::Result<()> {
-    let mode = f.metadata()?.permissions().mode() & keep;
-    f.set_permissions(fs::Permissions::from_mode(with_exec(mode, executable)))?;
+/// Sets the permission bits of `f` to the entry's `mode` (never a set-id or sticky bit, whatever
+/// a peer sends; never wider than where the file was written) and its mtime.
+fn set_mode_and_mtime(f: &File, mode: u32, mtime: Timestamp) -> io::Result<()> {
+    f.set_permissions(fs::Permissions::from_mode(mode & 0o777))?;
     f.set_modified(to_system_time(mtime))
 }
 
-/// `mode` with the executable bits set where it is readable (as `chmod +x` under the usual
-/// umasks), or cleared.
-fn with_exec(mode: u32, executable: bool) -> u32 {
-    if executable { mode | ((mode & 0o444) >> 2) } else { mode & !0o111 }
+/// [`set_mode_and_mtime`] on the regular file at `path`, never following a symlink there. Its
+/// descriptor is opened read-only (a read-only file's mode and mtime can be changed by its
+/// owner); a file its owner may not even read (mode 0) is changed by path instead.
+fn set_meta_at(path: &Path, mode: u32, mtime: Timestamp) -> io::Result<()> {
+    match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path) {
+        Ok(f) => set_mode_and_mtime(&f, mode, mtime),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777))?;
+            let t = to_system_time(mtime);
+            let f = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path);
+            match f {
+                Ok(f) => f.set_modified(t),
+                // Still unreadable (it is to stay mode 0): its mtime stays what it is.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub fn to_system_time(t: Timestamp) -> SystemTime {
@@ -313,18 +327,10 @@ pub fn to_system_time(t: Timestamp) -> SystemTime {
 }
 
 /// Changes only the mode and mtime of a file whose content already matches.
-pub fn set_meta(
-    root: &Path,
-    rel: &RelPath,
-    expected: Option<Stat>,
-    mtime: Timestamp,
-    executable: bool,
-) -> Result<Stat> {
+pub fn set_meta(root: &Path, rel: &RelPath, expected: Option<Stat>, mtime: Timestamp, mode: u32) -> Result<Stat> {
     verify(root, rel, expected)?;
     let path = abs(root, rel);
-    let f = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path)?;
-    set_mode_and_mtime(&f, 0o7777, executable, mtime)?;
-    drop(f);
+    set_meta_at(&path, mode, mtime)?;
     Ok(Stat::of(&fs::symlink_metadata(&path)?))
 }
 
@@ -410,12 +416,10 @@ pub fn unstash(
     rel: &RelPath,
     expected: Option<Stat>,
     mtime: Timestamp,
-    executable: bool,
+    mode: u32,
 ) -> Result<Stat> {
     paths::create_parents(root, rel)?;
-    let f = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(from)?;
-    set_mode_and_mtime(&f, 0o7777, executable, mtime)?;
-    drop(f);
+    set_meta_at(from, mode, mtime)?;
     verify(root, rel, expected)?;
     let target = abs(root, rel);
     if expected.is_some_and(|s| s.mode & S_IFMT == S_IFDIR) {
@@ -434,21 +438,38 @@ mod tests {
     }
 
     #[test]
+    fn permission_bits_are_set_exactly_and_never_a_set_id_bit() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let mut t = TempFile::create(root, &rp("secret.env")).unwrap();
+        t.write_all(b"TOKEN=1").unwrap();
+        let st = t.install(root, &rp("secret.env"), None, Timestamp::default(), 0o600).unwrap();
+        assert_eq!(st.mode & 0o7777, 0o600);
+        // A peer asking for set-uid gets the permission bits only; mode 0 is kept as 0.
+        let st = set_meta(root, &rp("secret.env"), Some(st), Timestamp::default(), 0o4755).unwrap();
+        assert_eq!(st.mode & 0o7777, 0o755);
+        let st = set_meta(root, &rp("secret.env"), Some(st), Timestamp { secs: 5, nanos: 0 }, 0).unwrap();
+        assert_eq!(st.mode & 0o7777, 0);
+        let st = set_meta(root, &rp("secret.env"), Some(st), Timestamp { secs: 6, nanos: 0 }, 0o640).unwrap();
+        assert_eq!((st.mode & 0o7777, st.mtime.secs), (0o640, 6));
+    }
+
+    #[test]
     fn install_is_atomic_and_verified() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
         let mut t = TempFile::create(root, &rp("sub/f")).unwrap();
         t.write_all(b"new").unwrap();
-        let st = t.install(root, &rp("sub/f"), None, Timestamp { secs: 1_000_000, nanos: 7 }, true).unwrap();
+        let st = t.install(root, &rp("sub/f"), None, Timestamp { secs: 1_000_000, nanos: 7 }, 0o750).unwrap();
         assert_eq!(fs::read(root.join("sub/f")).unwrap(), b"new");
         assert_eq!(st.mtime, Timestamp { secs: 1_000_000, nanos: 7 });
-        assert!(st.mode & 0o100 != 0);
+        assert_eq!(st.mode & 0o7777, 0o750, "the entry's permission bits exactly, whatever the umask");
         // The user writes meanwhile: the next install must refuse.
         let mut t = TempFile::create(root, &rp("sub/f")).unwrap();
         t.write_all(b"peer").unwrap();
         fs::write(root.join("sub/f"), "user's fresh write").unwrap();
         assert!(matches!(
-            t.install(root, &rp("sub/f"), Some(st), Timestamp::default(), false),
+            t.install(root, &rp("sub/f"), Some(st), Timestamp::default(), 0o644),
             Err(ExecError::Changed)
         ));
         assert_eq!(fs::read(root.join("sub/f")).unwrap(), b"user's fresh write");

@@ -68,11 +68,11 @@ pub fn remote_wins(local: &Entry, remote: &Entry) -> bool {
 
 fn content_key(k: &Kind) -> Vec<u8> {
     match k {
-        Kind::File { size, hash, executable } => {
+        Kind::File { size, hash, mode } => {
             let mut v = vec![2];
             v.extend_from_slice(hash);
             v.extend_from_slice(&size.to_be_bytes());
-            v.push(u8::from(*executable));
+            v.extend_from_slice(&mode.to_be_bytes());
             v
         }
         Kind::Symlink { target } => {
@@ -106,7 +106,7 @@ mod tests {
     fn file(content: u8, mtime: i64, version: &[(u64, u64)]) -> Entry {
         Entry {
             path: RelPath::new("p").unwrap(),
-            kind: Kind::File { size: 1, hash: [content; 32], executable: false },
+            kind: Kind::File { size: 1, hash: [content; 32], mode: 0o644 },
             mtime: Timestamp { secs: mtime, nanos: 0 },
             version: vv(version),
             origin: "h".into(),

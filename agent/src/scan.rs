@@ -49,8 +49,9 @@ pub fn known_hash(l: &LocalEntry) -> Option<(Stat, Hash)> {
     }
 }
 
-pub fn is_executable(m: &Metadata) -> bool {
-    m.mode() & 0o111 != 0
+/// The permission bits a file's entry carries (`rwx` for user, group and others).
+pub fn permissions(m: &Metadata) -> u32 {
+    m.mode() & 0o777
 }
 
 /// Observes what `m` (the `lstat` of `abs`) describes. `Ok(None)` for a type we do not sync
@@ -60,7 +61,7 @@ pub fn observe_meta(abs: &Path, m: &Metadata, known: Option<(Stat, Hash)>) -> io
     let stat = Stat::of(m);
     let ft = m.file_type();
     let kind = if ft.is_file() {
-        let executable = is_executable(m);
+        let mode = permissions(m);
         let reuse =
             known.filter(|(s, _)| s.size == stat.size && s.mtime == stat.mtime && s.ino == stat.ino).map(|(_, h)| h);
         let hash = match reuse {
@@ -74,7 +75,7 @@ pub fn observe_meta(abs: &Path, m: &Metadata, known: Option<(Stat, Hash)>) -> io
                 h
             }
         };
-        Kind::File { size: stat.size, hash, executable }
+        Kind::File { size: stat.size, hash, mode }
     } else if ft.is_dir() {
         Kind::Directory
     } else if ft.is_symlink() {
@@ -103,7 +104,7 @@ mod tests {
         let f = d.path().join("f");
         std::fs::write(&f, "hello").unwrap();
         let seen = observe(&f, None).unwrap().unwrap();
-        let Kind::File { size: 5, hash, executable: false } = seen.kind else { panic!("{:?}", seen.kind) };
+        let Kind::File { size: 5, hash, .. } = seen.kind else { panic!("{:?}", seen.kind) };
         assert_eq!(hash, *blake3::hash(b"hello").as_bytes());
         std::os::unix::fs::symlink("target/x", d.path().join("l")).unwrap();
         let l = observe(&d.path().join("l"), None).unwrap().unwrap();
@@ -124,7 +125,7 @@ mod tests {
         let recorded = LocalEntry {
             entry: Entry {
                 path: RelPath::new("f").unwrap(),
-                kind: Kind::File { size: 4, hash: [9; 32], executable: false },
+                kind: Kind::File { size: 4, hash: [9; 32], mode: 0o644 },
                 mtime: seen.mtime,
                 version: VersionVector::new(),
                 origin: "h".into(),
@@ -139,6 +140,6 @@ mod tests {
         let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
         std::fs::File::options().write(true).open(&f).unwrap().set_modified(t).unwrap();
         let changed = observe(&f, Some(&recorded)).unwrap().unwrap();
-        assert_eq!(changed.kind, Kind::File { size: 4, hash: *blake3::hash(b"bbbb").as_bytes(), executable: false });
+        assert_eq!(changed.kind, Kind::File { size: 4, hash: *blake3::hash(b"bbbb").as_bytes(), mode: 0o644 });
     }
 }

@@ -44,8 +44,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-const SNAP_MAGIC: &[u8; 8] = b"MIRBASE3";
-const LOG_MAGIC: &[u8; 8] = b"MIRJRNL3";
+const SNAP_MAGIC: &[u8; 8] = b"MIRBASE4";
+const LOG_MAGIC: &[u8; 8] = b"MIRJRNL4";
 /// Counters reserved per clock write.
 pub const CLOCK_BLOCK: u64 = 10_000;
 /// Records that fit in memory at once while loading; bounds a corrupt length prefix.
@@ -57,7 +57,8 @@ struct Header {
     generation: u64,
 }
 
-/// One record of a snapshot or journal (formats 2 and 3; new variants go at the end).
+/// One record of a snapshot or journal (format 4: formats 2 and 3 with a file's permission bits;
+/// new variants go at the end).
 #[derive(Serialize, Deserialize)]
 enum Record {
     /// A path as this replica knows it, with the change counter it was last changed at.
@@ -70,11 +71,81 @@ enum Record {
     Checkpoint { text: String },
 }
 
-/// A record of format 1: entries only.
-#[derive(Deserialize)]
-struct RecordV1 {
-    entry: Entry,
-    stat: Option<Stat>,
+/// The records of formats 1 to 3, whose file entries carried only an executable bit.
+mod legacy {
+    use super::{Fingerprint, ReplicaId, Stat};
+    use mirror_protocol::{Hash, RelPath, Timestamp, VersionVector};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    pub enum Kind {
+        File { size: u64, hash: Hash, executable: bool },
+        Directory,
+        Symlink { target: Vec<u8> },
+        Deleted,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Entry {
+        pub path: RelPath,
+        pub kind: Kind,
+        pub mtime: Timestamp,
+        pub version: VersionVector,
+        pub origin: String,
+    }
+
+    /// Formats 2 and 3.
+    #[derive(Serialize, Deserialize)]
+    pub enum Record {
+        Entry { entry: Entry, stat: Option<Stat>, seq: u64 },
+        Have { peer: ReplicaId, seq: u64 },
+        Rules { fingerprint: Fingerprint },
+        Checkpoint { text: String },
+    }
+
+    /// Format 1: entries only.
+    #[derive(Serialize, Deserialize)]
+    pub struct RecordV1 {
+        pub entry: Entry,
+        pub stat: Option<Stat>,
+    }
+
+    impl Entry {
+        /// The entry in today's terms: a file's mode is what its recorded stat says, or what
+        /// its executable bit implied under the usual umask.
+        pub fn upgrade(self, stat: Option<&Stat>) -> mirror_protocol::Entry {
+            use mirror_protocol::Kind as K;
+            let kind = match self.kind {
+                Kind::File { size, hash, executable } => {
+                    let default = if executable { 0o755 } else { 0o644 };
+                    K::File { size, hash, mode: stat.map_or(default, |s| s.mode & 0o777) }
+                }
+                Kind::Directory => K::Directory,
+                Kind::Symlink { target } => K::Symlink { target },
+                Kind::Deleted => K::Deleted,
+            };
+            mirror_protocol::Entry {
+                path: self.path,
+                kind,
+                mtime: self.mtime,
+                version: self.version,
+                origin: self.origin,
+            }
+        }
+    }
+
+    impl Record {
+        pub fn upgrade(self) -> super::Record {
+            match self {
+                Record::Entry { entry, stat, seq } => {
+                    super::Record::Entry { entry: entry.upgrade(stat.as_ref()), stat, seq }
+                }
+                Record::Have { peer, seq } => super::Record::Have { peer, seq },
+                Record::Rules { fingerprint } => super::Record::Rules { fingerprint },
+                Record::Checkpoint { text } => super::Record::Checkpoint { text },
+            }
+        }
+    }
 }
 
 /// A fingerprint of the ignore rules.
@@ -491,7 +562,7 @@ fn read_file(mut f: File, magic: &[u8; 8], strict: bool) -> io::Result<(Header, 
             char::from(magic[7])
         )));
     }
-    let v1 = bytes[7] == b'1';
+    let format = bytes[7];
     let mut pos = 8;
     let next = |pos: &mut usize| -> Option<&[u8]> {
         let rest = &bytes[*pos..];
@@ -512,10 +583,14 @@ fn read_file(mut f: File, magic: &[u8; 8], strict: bool) -> io::Result<(Header, 
     let header: Header = next(&mut pos).and_then(|p| postcard::from_bytes(p).ok()).ok_or_else(|| bad("bad header"))?;
     let mut recs = Vec::new();
     while let Some(p) = next(&mut pos) {
-        let r = if v1 {
-            postcard::from_bytes::<RecordV1>(p).map(|r| Record::Entry { entry: r.entry, stat: r.stat, seq: 0 })
-        } else {
-            postcard::from_bytes(p)
+        let r = match format {
+            b'1' => postcard::from_bytes::<legacy::RecordV1>(p).map(|r| Record::Entry {
+                entry: r.entry.upgrade(r.stat.as_ref()),
+                stat: r.stat,
+                seq: 0,
+            }),
+            b'2' | b'3' => postcard::from_bytes::<legacy::Record>(p).map(legacy::Record::upgrade),
+            _ => postcard::from_bytes(p),
         };
         match r {
             Ok(r) => recs.push(r),
@@ -556,7 +631,7 @@ mod tests {
         LocalEntry {
             entry: Entry {
                 path: RelPath::new(p).unwrap(),
-                kind: Kind::File { size: n, hash: [n as u8; 32], executable: false },
+                kind: Kind::File { size: n, hash: [n as u8; 32], mode: 0o644 },
                 mtime: Timestamp { secs: n as i64, nanos: 0 },
                 version: VersionVector::new().incremented(1),
                 origin: "h".into(),
@@ -743,14 +818,31 @@ mod tests {
             s.append([entry("a", 1)].iter()).unwrap();
             dir = s.dir().to_path_buf();
         }
-        // Format 2 is format 3 without checkpoints: the same records under the older magic.
-        for name in ["base.snap", "base.log"] {
-            let mut b = fs::read(dir.join(name)).unwrap();
-            b[7] = b'2';
-            fs::write(dir.join(name), b).unwrap();
-        }
+        // Format 2 is format 3 without checkpoints; both are format 4 with only an executable
+        // bit for a file's mode. Written by hand here, as an older agent wrote them.
+        let header = postcard::to_stdvec(&Header { replica: 77, generation: 3 }).unwrap();
+        let old = entry("a", 1);
+        let legacy_entry = |exec| legacy::Entry {
+            path: old.entry.path.clone(),
+            kind: legacy::Kind::File { size: 1, hash: [1; 32], executable: exec },
+            mtime: old.entry.mtime,
+            version: old.entry.version.clone(),
+            origin: old.entry.origin.clone(),
+        };
+        let mut snap = b"MIRBASE2".to_vec();
+        encode_record_raw(&mut snap, &header);
+        let rec = legacy::Record::Entry { entry: legacy_entry(true), stat: None, seq: 3 };
+        encode_record_raw(&mut snap, &postcard::to_stdvec(&rec).unwrap());
+        encode_record_raw(&mut snap, &postcard::to_stdvec(&legacy::Record::Have { peer: 7, seq: 100 }).unwrap());
+        fs::write(dir.join("base.snap"), &snap).unwrap();
+        let mut log = b"MIRJRNL2".to_vec();
+        encode_record_raw(&mut log, &header);
+        fs::write(dir.join("base.log"), &log).unwrap();
         let (s, l) = Store::open(d.path(), root).unwrap();
         assert_eq!((s.have(7), l.index.len()), (100, 1));
+        // No stat recorded: the mode its executable bit implied.
+        let got = &l.index[&RelPath::new("a").unwrap()];
+        assert_eq!(got.entry.kind, Kind::File { size: 1, hash: [1; 32], mode: 0o755 });
         drop(s);
         assert_eq!(&fs::read(dir.join("base.snap")).unwrap()[..8], SNAP_MAGIC);
         // A state written by a later version is refused, not half read.
@@ -767,24 +859,26 @@ mod tests {
         let root = Path::new("/r");
         let dir = pair_dir(d.path(), root);
         fs::create_dir_all(&dir).unwrap();
-        #[derive(Serialize)]
-        struct V1 {
-            entry: Entry,
-            stat: Option<Stat>,
-        }
         let header = postcard::to_stdvec(&Header { replica: 77, generation: 3 }).unwrap();
         let mut snap = SNAP_MAGIC_V1.to_vec();
         encode_record_raw(&mut snap, &header);
+        let v1 = |l: &LocalEntry| {
+            let legacy = legacy::Entry {
+                path: l.entry.path.clone(),
+                kind: legacy::Kind::File { size: 4, hash: [4; 32], executable: false },
+                mtime: l.entry.mtime,
+                version: l.entry.version.clone(),
+                origin: l.entry.origin.clone(),
+            };
+            postcard::to_stdvec(&legacy::RecordV1 { entry: legacy, stat: l.stat }).unwrap()
+        };
         let old = entry("old", 4);
-        encode_record_raw(&mut snap, &postcard::to_stdvec(&V1 { entry: old.entry.clone(), stat: old.stat }).unwrap());
+        encode_record_raw(&mut snap, &v1(&old));
         fs::write(dir.join("base.snap"), &snap).unwrap();
         let mut log = LOG_MAGIC_V1.to_vec();
         encode_record_raw(&mut log, &header);
         let newer = entry("newer", 5);
-        encode_record_raw(
-            &mut log,
-            &postcard::to_stdvec(&V1 { entry: newer.entry.clone(), stat: newer.stat }).unwrap(),
-        );
+        encode_record_raw(&mut log, &v1(&newer));
         fs::write(dir.join("base.log"), &log).unwrap();
         let (_s, l) = Store::open(d.path(), root).unwrap();
         assert_eq!(l.replica, 77);

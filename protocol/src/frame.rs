@@ -139,7 +139,7 @@ mod tests {
     fn sample_entry() -> Entry {
         Entry {
             path: RelPath::new("src/main.rs").unwrap(),
-            kind: Kind::File { size: 5, hash: [7; 32], executable: true },
+            kind: Kind::File { size: 5, hash: [7; 32], mode: 0o755 },
             mtime: Timestamp { secs: 1_700_000_000, nanos: 5 },
             version: VersionVector::new().incremented(3),
             origin: "desk".into(),

@@ -24,7 +24,7 @@ pub use preamble::{PREAMBLE_LEN, Preamble, PreambleError};
 pub use version::{Ordering as VersionOrdering, ReplicaId, VersionVector};
 
 /// The protocol version this build speaks. Peers must match exactly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest payload a frame may carry. Checked before anything is allocated.
 pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;

@@ -21,7 +21,9 @@ pub enum Kind {
     File {
         size: u64,
         hash: Hash,
-        executable: bool,
+        /// Permission bits: read, write and execute for user, group and others (`0o777` at
+        /// most; set-id and sticky bits are never carried, and a receiver masks them off).
+        mode: u32,
     },
     Directory,
     Symlink {

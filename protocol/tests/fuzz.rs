@@ -9,7 +9,7 @@ use mirror_protocol::fuzz::Rng;
 
 fn entry(r: &mut Rng) -> Entry {
     let kind = match r.below(4) {
-        0 => Kind::File { size: r.next_u64() % 5000, hash: [r.next_u64() as u8; 32], executable: r.below(2) == 0 },
+        0 => Kind::File { size: r.next_u64() % 5000, hash: [r.next_u64() as u8; 32], mode: r.below(0o1000) as u32 },
         1 => Kind::Directory,
         2 => Kind::Symlink { target: vec![b'x'; r.below(20)] },
         _ => Kind::Deleted,

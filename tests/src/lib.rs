@@ -273,7 +273,7 @@ pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 /// One node of a tree as the tests compare it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
-    File { hash: [u8; 32], exec: bool },
+    File { hash: [u8; 32], exec: bool, mode: u32 },
     Dir,
     Link(PathBuf),
 }
@@ -303,7 +303,8 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
                 Node::Dir
             } else {
                 let Ok(bytes) = fs::read(root.join(&p)) else { continue };
-                Node::File { hash: *blake3::hash(&bytes).as_bytes(), exec: m.permissions().mode() & 0o100 != 0 }
+                let mode = m.permissions().mode() & 0o777;
+                Node::File { hash: *blake3::hash(&bytes).as_bytes(), exec: mode & 0o100 != 0, mode }
             };
             out.insert(p, node);
         }

@@ -40,7 +40,7 @@ fn file_entry(path: &[u8], content: &[u8]) -> Vec<u8> {
     // Built by hand: RelPath refuses hostile paths, so they must be encoded without it.
     let good = Entry {
         path: RelPath::new("placeholder").unwrap(),
-        kind: Kind::File { size: content.len() as u64, hash: *blake3::hash(content).as_bytes(), executable: false },
+        kind: Kind::File { size: content.len() as u64, hash: *blake3::hash(content).as_bytes(), mode: 0o644 },
         mtime: Timestamp { secs: 1, nanos: 0 },
         version: VersionVector::new().incremented(7),
         origin: "hostile".into(),
@@ -204,7 +204,7 @@ fn random_message_sequences_never_take_the_server_down() {
             let path = RelPath::new(["real.txt", "new.txt", "link/evil", "d/e/f", "link"][rnd(5) as usize]).unwrap();
             let content = b"fuzz".to_vec();
             let kind = match rnd(4) {
-                0 => Kind::File { size: rnd(3), hash: *blake3::hash(&content).as_bytes(), executable: false },
+                0 => Kind::File { size: rnd(3), hash: *blake3::hash(&content).as_bytes(), mode: 0o644 },
                 1 => Kind::Directory,
                 2 => Kind::Symlink { target: b"/etc".to_vec() },
                 _ => Kind::Deleted,

@@ -99,7 +99,7 @@ fn a_file_larger_than_the_free_space_is_not_requested() {
     p.asked_since();
     let huge = Entry {
         path: RelPath::new("huge.bin").unwrap(),
-        kind: Kind::File { size: 1 << 62, hash: [1; 32], executable: false },
+        kind: Kind::File { size: 1 << 62, hash: [1; 32], mode: 0o644 },
         mtime: Timestamp { secs: 1_700_000_000, nanos: 0 },
         version: VersionVector::new().incremented(9),
         origin: "scripted".into(),

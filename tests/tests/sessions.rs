@@ -11,7 +11,7 @@ use std::time::Duration;
 fn entry(path: &str, content: &[u8], version: VersionVector, origin: &str) -> Entry {
     Entry {
         path: RelPath::new(path).unwrap(),
-        kind: Kind::File { size: content.len() as u64, hash: *blake3::hash(content).as_bytes(), executable: false },
+        kind: Kind::File { size: content.len() as u64, hash: *blake3::hash(content).as_bytes(), mode: 0o644 },
         mtime: Timestamp { secs: 1_700_000_000, nanos: 0 },
         version,
         origin: origin.into(),
