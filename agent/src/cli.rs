@@ -123,7 +123,7 @@ pub struct PairArgs {
     #[arg(short = 'l', long = "local", value_name = "LOCAL")]
     pub local: PathBuf,
     /// Directory on the server, inside the server's --root.
-    #[arg(short = 'r', long = "remote", value_name = "REMOTE")]
+    #[arg(short = 'r', long = "remote", value_name = "REMOTE", value_parser = non_empty_remote)]
     pub remote: String,
     /// Sync paths matching this gitignore-syntax pattern even if ignored (repeatable).
     #[arg(short = 'i', long = "include", value_name = "PATTERN")]
@@ -131,4 +131,12 @@ pub struct PairArgs {
     /// Do not sync paths matching this gitignore-syntax pattern (repeatable).
     #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
     pub exclude: Vec<String>,
+}
+
+/// `-r ''` would sync the whole server root: refused, as the configuration refuses it.
+fn non_empty_remote(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the remote directory is empty; name a directory inside the server's --root".into());
+    }
+    Ok(s.to_owned())
 }

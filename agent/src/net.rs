@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -589,7 +589,7 @@ impl Net {
     fn on_hello(&mut self, id: ConnId, c: &mut Conn, h: Hello) {
         let Role::Server { engines, .. } = &mut self.role else { return };
         let Some(root) = &self.root_canon else { return };
-        let target = match resolve_remote(root, &h.remote) {
+        let target = match crate::paths::resolve_remote(root, &h.remote) {
             Ok(t) => t,
             Err(reason) => {
                 log::error!("{} ({}): {reason}", c.peer, h.host);
@@ -796,61 +796,4 @@ fn resolve(addr: &str) -> io::Result<SocketAddr> {
     addr.to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address for {addr}")))
-}
-
-/// Resolves a client's remote directory inside the server root, refusing anything that escapes
-/// it (`..`, an absolute path elsewhere, a symlink pointing out). Creates it if missing.
-pub fn resolve_remote(root: &Path, remote: &[u8]) -> Result<PathBuf, String> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::path::Component;
-    let shown = String::from_utf8_lossy(remote).into_owned();
-    if remote.contains(&0) {
-        return Err(format!("remote path {shown:?} contains NUL"));
-    }
-    let mut p = Path::new(std::ffi::OsStr::from_bytes(remote));
-    if let Ok(rest) = p.strip_prefix("~") {
-        p = rest;
-    }
-    let rel = if p.is_absolute() {
-        p.strip_prefix(root)
-            .map_err(|_| format!("remote path {shown:?} is outside the server root {}", root.display()))?
-    } else {
-        p
-    };
-    let mut target = root.to_path_buf();
-    for comp in rel.components() {
-        match comp {
-            Component::Normal(n) => target.push(n),
-            Component::CurDir => {}
-            _ => return Err(format!("remote path {shown:?} escapes the server root")),
-        }
-    }
-    std::fs::create_dir_all(&target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-    let canon = target.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", target.display()))?;
-    if !canon.starts_with(root) {
-        return Err(format!("remote path {shown:?} leads outside the server root through a symlink"));
-    }
-    if !canon.is_dir() {
-        return Err(format!("remote path {shown:?} is not a directory"));
-    }
-    Ok(canon)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn remote_paths_stay_inside_the_root() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().canonicalize().unwrap();
-        std::os::unix::fs::symlink("/", root.join("escape")).unwrap();
-        assert_eq!(resolve_remote(&root, b"proj").unwrap(), root.join("proj"));
-        assert_eq!(resolve_remote(&root, b"~/a/b").unwrap(), root.join("a/b"));
-        assert_eq!(resolve_remote(&root, root.join("c").as_os_str().as_encoded_bytes()).unwrap(), root.join("c"));
-        assert_eq!(resolve_remote(&root, b"").unwrap(), root);
-        for bad in [&b"../x"[..], b"a/../../x", b"/etc", b"escape/tmp", b"a\0b"] {
-            assert!(resolve_remote(&root, bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
 }
