@@ -1192,12 +1192,15 @@ impl Engine {
                 if let Some(s) = self.sessions.get_mut(&conn)
                     && let Some(f) = s.in_flight.remove(&id)
                 {
+                    let reason = crate::logsafe::shown(&reason);
                     log::debug!("{}: peer could not send it ({reason}); waiting for its update", f.entry.path);
                     self.fetch_done(&f.entry.path, conn, id);
                 }
             }
             Message::Ping | Message::Pong => {}
-            Message::Goodbye { reason } => return Err(PeerError(format!("peer said goodbye: {reason}"))),
+            Message::Goodbye { reason } => {
+                return Err(PeerError(format!("peer said goodbye: {}", crate::logsafe::shown(&reason))));
+            }
             Message::Hello(_) | Message::Welcome(_) => return Err(PeerError("unexpected handshake message".into())),
         }
         Ok(())

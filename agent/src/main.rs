@@ -15,6 +15,7 @@ mod fold;
 mod identity;
 mod index;
 mod link;
+mod logsafe;
 mod net;
 mod notify;
 mod paths;

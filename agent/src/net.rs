@@ -552,6 +552,7 @@ impl Net {
                 (State::AwaitHello, Message::Hello(h)) => self.on_hello(id, c, h),
                 (State::AwaitWelcome, Message::Welcome(w)) => self.on_welcome(id, c, w),
                 (State::AwaitWelcome | State::AwaitHello, Message::Goodbye { reason }) => {
+                    let reason = crate::logsafe::clean(&reason);
                     log::error!("{} refused us: {reason}", c.peer);
                     if matches!(self.role, Role::Client { .. }) {
                         self.fatal = Some(format!("server {} refused the connection: {reason}", c.peer));
@@ -561,7 +562,7 @@ impl Net {
                 }
                 (State::Open(tx), msg) => {
                     if let Message::Goodbye { reason } = &msg {
-                        log::info!("{} closed the connection: {reason}", c.peer);
+                        log::info!("{} closed the connection: {}", c.peer, crate::logsafe::shown(reason));
                     }
                     match offer(tx, ToEngine::Message { conn: id, msg }, &self.parked_flag) {
                         Ok(()) => {}
@@ -587,6 +588,7 @@ impl Net {
     }
 
     fn on_hello(&mut self, id: ConnId, c: &mut Conn, h: Hello) {
+        let h = Hello { host: crate::logsafe::clean(&h.host), ..h };
         let Role::Server { engines, .. } = &mut self.role else { return };
         let Some(root) = &self.root_canon else { return };
         let target = match crate::paths::resolve_remote(root, &h.remote) {
@@ -614,7 +616,7 @@ impl Net {
                 }
             }
             Err(e) => {
-                let reason = format!("cannot sync {}: {e:#}", target.display());
+                let reason = crate::logsafe::clean(&format!("cannot sync {}: {e:#}", target.display()));
                 log::error!("{reason}");
                 c.send(&Message::Goodbye { reason: reason.clone() });
                 c.fail(reason);
@@ -623,6 +625,7 @@ impl Net {
     }
 
     fn on_welcome(&mut self, id: ConnId, c: &mut Conn, w: Welcome) {
+        let w = Welcome { host: crate::logsafe::clean(&w.host), ..w };
         let Role::Client { engine, .. } = &self.role else { return };
         log::info!("connected to {} ({}{})", w.host, c.peer, c.peer_id());
         self.backoff = Duration::from_millis(200);

@@ -137,11 +137,14 @@ pub fn resolve_remote(root: &Path, remote: &[u8]) -> Result<PathBuf, String> {
                 Ok(m) if m.file_type().is_symlink() => {
                     return Err(format!(
                         "remote path {shown:?} passes through the symlink {}; refusing to follow it",
-                        walked.display()
+                        crate::logsafe::shown(&walked.to_string_lossy())
                     ));
                 }
                 Ok(m) if m.is_dir() => break,
-                Ok(_) => return Err(format!("remote path {shown:?}: {} is not a directory", walked.display())),
+                Ok(_) => {
+                    let at = crate::logsafe::shown(&walked.to_string_lossy()).to_string();
+                    return Err(format!("remote path {shown:?}: {at} is not a directory"));
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !created => {
                     // The parent was a real directory a moment ago; `mkdir` never follows a
                     // symlink in the last component. Someone else creating it meanwhile is
@@ -150,10 +153,17 @@ pub fn resolve_remote(root: &Path, remote: &[u8]) -> Result<PathBuf, String> {
                     match std::fs::create_dir(&target) {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(format!("cannot create {}: {e}", target.display())),
+                        Err(e) => {
+                            return Err(format!(
+                                "cannot create {}: {e}",
+                                crate::logsafe::shown(&target.to_string_lossy())
+                            ));
+                        }
                     }
                 }
-                Err(e) => return Err(format!("cannot inspect {}: {e}", target.display())),
+                Err(e) => {
+                    return Err(format!("cannot inspect {}: {e}", crate::logsafe::shown(&target.to_string_lossy())));
+                }
             }
         }
     }

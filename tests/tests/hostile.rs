@@ -297,3 +297,46 @@ fn a_peer_whose_bytes_do_not_match_its_claimed_size_is_cut_off() {
     }
     assert_still_serving(&server, &area, "c");
 }
+
+/// Regression (issue 11, item 16): a host name or a reason with a newline forged log records
+/// (under journald, `<0>` even gave them the emergency priority).
+#[test]
+fn peer_strings_with_newlines_cannot_forge_log_records() {
+    let area = Area::new();
+    fs::create_dir_all(area.path("server/proj")).unwrap();
+    let server = Server::start_env(&area.server_root(), "127.0.0.1:0", &[], &[("JOURNAL_STREAM", "8:1")]);
+    let mut s = raw(server.port);
+    let mut v = Preamble::ours().encode().to_vec();
+    v.extend(encode(&Message::Hello(Hello {
+        replica: 9,
+        host: "x\n<0>FORGED-HOST".into(),
+        remote: b"proj".to_vec(),
+        includes: vec![],
+        excludes: vec![],
+    })));
+    v.extend(encode(&Message::DataAbort { id: 1, reason: "r\n<0>FORGED-ABORT".into() }));
+    v.extend(encode(&Message::Goodbye { reason: "bye\r\n<0>FORGED-BYE\u{1b}[2J".into() }));
+    s.write_all(&v).unwrap();
+    read_to_close(s);
+    let log = server.agent.wait_log("FORGED-BYE");
+    assert!(log.contains("x\\n<0>FORGED-HOST"), "{log}");
+    for line in log.lines() {
+        assert!(!line.starts_with("<0>"), "forged record: {line:?}\n{log}");
+        assert!(["<3>", "<4>", "<6>", "<7>"].iter().any(|p| line.starts_with(p)), "not a record: {line:?}\n{log}");
+        assert!(!line.contains('\u{1b}'), "raw escape: {line:?}");
+    }
+    // The same peer on another connection, rejected during the handshake.
+    let mut s = raw(server.port);
+    let mut v = Preamble::ours().encode().to_vec();
+    v.extend(encode(&Message::Hello(Hello {
+        replica: 9,
+        host: "y\n<0>FORGED-REFUSED".into(),
+        remote: b"../nope".to_vec(),
+        includes: vec![],
+        excludes: vec![],
+    })));
+    s.write_all(&v).unwrap();
+    read_to_close(s);
+    let log = server.agent.wait_log("FORGED-REFUSED");
+    assert!(!log.lines().any(|l| l.starts_with("<0>")), "{log}");
+}
