@@ -10,6 +10,7 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -144,7 +145,7 @@ impl Identity {
             let id = DeviceId::of_cert(&cert_der);
             return Ok(Identity { cert_der, key_der, id });
         }
-        fs::create_dir_all(&dir)?;
+        crate::store::private_dir(&dir)?;
         let (cert_der, key_der) = generate()?;
         write_private(&key_path, &key_der)?;
         crate::store::write_atomic(&cert_path, &cert_der)?;
@@ -155,7 +156,6 @@ impl Identity {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(bytes)?;
@@ -191,9 +191,10 @@ impl Trust {
             return Ok(false);
         }
         if let Some(d) = self.path.parent() {
-            fs::create_dir_all(d)?;
+            crate::store::private_dir(d)?;
         }
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        // Owner only whatever the umask: whoever can write this file decides who may sync.
+        let mut f = fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?;
         writeln!(f, "{id}  # {comment}")?;
         f.sync_all()?;
         Ok(true)

@@ -1,0 +1,96 @@
+//! The command line and the agent's own files as a user meets them: what is refused, what the
+//! messages say, and what other local users can see.
+#![allow(clippy::unwrap_used)]
+
+use mirror_tests::*;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// `mirror-agent ARGS` under `umask 000`, the worst a user's shell can hand us.
+fn umask_000(args: &[&str]) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg("umask 000; exec \"$0\" \"$@\"").arg(bin()).args(args);
+    c
+}
+
+fn output(mut c: Command) -> Output {
+    c.output().unwrap()
+}
+
+/// Every directory and file under `dir` (and `dir` itself) with group or other permission bits.
+fn open_to_others(dir: &Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.permissions().mode() & 0o077 != 0 && !m.file_type().is_socket() {
+            bad.push(format!("{} {:o}", p.display(), m.permissions().mode() & 0o777));
+        }
+        if m.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    bad
+}
+
+/// Regression (issue 11, item 16): with umask 000 the `trusted` file was created 0666 and the
+/// state directory 0777, so any local user could add their own device ID.
+#[test]
+fn state_files_are_private_whatever_the_umask() {
+    let area = Area::new();
+    let server_state = area.path("state-server");
+    let client_state = area.path("state-c");
+    let client_id = output(umask_000(&["id", "--state-dir", client_state.to_str().unwrap()]));
+    assert!(client_id.status.success());
+    let client_id = String::from_utf8(client_id.stdout).unwrap();
+    let out = output(umask_000(&["trust", client_id.trim(), "--state-dir", server_state.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server_id = device_id(&server_state);
+    assert!(output(umask_000(&["trust", &server_id, "--state-dir", client_state.to_str().unwrap()])).status.success());
+    let root = area.server_root();
+    let server = Agent::spawn_cmd(
+        "server",
+        &mut umask_000(&[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--root",
+            root.to_str().unwrap(),
+            "--state-dir",
+            server_state.to_str().unwrap(),
+        ]),
+    );
+    let log = server.wait_log("listening on 127.0.0.1:");
+    let port: u16 = log
+        .lines()
+        .find_map(|l| l.split("listening on 127.0.0.1:").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let local = area.path("c");
+    let port = port.to_string();
+    let client = Agent::spawn_cmd(
+        "client",
+        &mut umask_000(&[
+            "client",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-l",
+            local.to_str().unwrap(),
+            "-r",
+            "proj",
+            "--state-dir",
+            client_state.to_str().unwrap(),
+        ]),
+    );
+    client.wait_log("connected to");
+    write(&local.join("a.txt"), "a");
+    wait_content(&area.path("server/proj/a.txt"), b"a");
+    for state in [&server_state, &client_state] {
+        let bad = open_to_others(state);
+        assert!(bad.is_empty(), "readable or writable by others: {bad:?}");
+    }
+}
