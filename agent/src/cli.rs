@@ -43,6 +43,10 @@ pub struct Common {
     /// Use plaintext TCP without authentication instead of TLS (loopback demos, SSH tunnels).
     #[arg(long = "insecure", global = true)]
     pub insecure: bool,
+    /// Allow --insecure on an address other than loopback (a private network you trust
+    /// entirely). Without it, --insecure with a non-loopback address is refused.
+    #[arg(long = "insecure-any-address", global = true)]
+    pub insecure_any_address: bool,
     /// Print help.
     #[arg(long = "help", action = ArgAction::Help, global = true)]
     pub help: Option<bool>,
@@ -139,4 +143,50 @@ fn non_empty_remote(s: &str) -> Result<String, String> {
         return Err("the remote directory is empty; name a directory inside the server's --root".into());
     }
     Ok(s.to_owned())
+}
+
+/// `--insecure` is for loopback (demos, SSH tunnels): plaintext anywhere else lets anyone on the
+/// path read and change what is synced. `what` is `--listen ADDR:PORT` or `-h HOST`, `addr` the
+/// address as given (`host:port`). Refused unless every address it names is a loopback one, or
+/// the user said `--insecure-any-address`.
+pub fn check_insecure(what: &str, addr: &str, any_address: bool) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    if any_address {
+        return Ok(());
+    }
+    let addrs: Vec<std::net::SocketAddr> = match addr.to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            return Err(format!(
+                "--insecure: cannot resolve {what} {addr} to check that it is a loopback address ({e}); \
+                 plaintext is for loopback only (add --insecure-any-address to allow any address)"
+            ));
+        }
+    };
+    match addrs.iter().find(|a| !a.ip().is_loopback()) {
+        None if !addrs.is_empty() => Ok(()),
+        found => Err(format!(
+            "--insecure is for loopback addresses only, and {what} {addr}{} is not one: anyone on \
+             the network path could read and change what is synced. Use TLS (drop --insecure and \
+             pair the agents with `mirror-agent trust`), or add --insecure-any-address if this \
+             network is entirely yours",
+            found.map(|a| format!(" ({})", a.ip())).filter(|s| !s.contains(addr)).unwrap_or_default()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insecure_is_for_loopback_unless_any_address_is_asked_for() {
+        assert!(check_insecure("--listen", "127.0.0.1:0", false).is_ok());
+        assert!(check_insecure("--listen", "[::1]:5", false).is_ok());
+        assert!(check_insecure("-h", "localhost:5", false).is_ok());
+        let e = check_insecure("--listen", "0.0.0.0:49172", false).unwrap_err();
+        assert!(e.contains("--insecure-any-address"), "{e}");
+        assert!(check_insecure("-h", "10.1.2.3:5", false).is_err());
+        assert!(check_insecure("-h", "10.1.2.3:5", true).is_ok());
+    }
 }

@@ -38,8 +38,12 @@ fn main() {
     let cli = Cli::parse();
     init_logging(&cli.common);
     if let Err(e) = run(cli) {
-        log::error!("{e:#}");
-        eprintln!("mirror-agent: {e:#}");
+        // Once: both the logger and stderr go to the terminal (or both to the journal).
+        if std::env::var_os("JOURNAL_STREAM").is_some() {
+            log::error!("{e:#}");
+        } else {
+            eprintln!("mirror-agent: {e:#}");
+        }
         std::process::exit(1);
     }
 }
@@ -153,6 +157,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return daemon::run(config, control, shared, tls, c.resume);
     }
     let tls = if c.insecure {
+        let (what, addr) = match &cli.command {
+            Command::Server { listen, .. } => ("--listen", listen.clone()),
+            Command::Client { pair } if pair.host.contains(':') => ("-h", format!("[{}]:{}", pair.host, pair.port)),
+            Command::Client { pair } => ("-h", format!("{}:{}", pair.host, pair.port)),
+            _ => ("", String::new()),
+        };
+        if !what.is_empty() {
+            cli::check_insecure(what, &addr, c.insecure_any_address).map_err(anyhow::Error::msg)?;
+        }
         log::warn!(
             "--insecure: plaintext TCP without authentication; anyone on the network path can read \
              and change what is synced. Use it on loopback or through an SSH tunnel only"
