@@ -34,7 +34,7 @@ pub struct Common {
     #[arg(long = "poll-interval-ms", value_name = "MS", default_value_t = 500, global = true)]
     pub poll_interval_ms: u64,
     /// Where identity and sync state live (default: $XDG_STATE_HOME/mirror-agent).
-    #[arg(long = "state-dir", value_name = "DIR", global = true)]
+    #[arg(long = "state-dir", value_name = "DIR", env = "MIRROR_STATE_DIR", global = true)]
     pub state_dir: Option<PathBuf>,
     /// Resume pairs that halted for safety (root vanished, replaced or emptied), accepting
     /// their directories as they are now.

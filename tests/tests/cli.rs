@@ -94,3 +94,28 @@ fn state_files_are_private_whatever_the_umask() {
         assert!(bad.is_empty(), "readable or writable by others: {bad:?}");
     }
 }
+
+/// Issue 11, item 18: `MIRROR_STATE_DIR` sets the state directory of every command (the Docker
+/// image sets it, so `docker compose exec ... mirror-agent trust ID` needs no flag).
+#[test]
+fn mirror_state_dir_sets_the_state_of_every_command() {
+    let area = Area::new();
+    let state = area.path("state");
+    let env_cmd = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(args).env("MIRROR_STATE_DIR", &state).env("XDG_STATE_HOME", area.path("xdg"));
+        c
+    };
+    let by_env = output(env_cmd(&["id"]));
+    assert!(by_env.status.success(), "{}", String::from_utf8_lossy(&by_env.stderr));
+    assert_eq!(String::from_utf8_lossy(&by_env.stdout).trim(), device_id(&state));
+    let other = device_id(&area.path("other"));
+    assert!(output(env_cmd(&["trust", &other])).status.success());
+    assert!(std::fs::read_to_string(state.join("trusted")).unwrap().contains(&other));
+    assert!(!area.path("xdg").exists(), "the default state dir was used");
+    // The control commands look for the agent there too.
+    let out = output(env_cmd(&["status"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(state.to_str().unwrap()), "{err}");
+}
