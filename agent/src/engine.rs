@@ -332,6 +332,9 @@ struct Engine {
 /// A connection-fatal problem with what a peer sent.
 struct PeerError(String);
 
+/// How a [`PeerError`] for a peer's `Goodbye` begins: the normal end of a session.
+const PEER_LEFT: &str = "peer said goodbye";
+
 impl Engine {
     fn run(
         mut self,
@@ -1088,7 +1091,11 @@ impl Engine {
 
     fn drop_session(&mut self, conn: ConnId, reason: String) {
         let host = self.sessions.get(&conn).map(|s| s.peer_host.clone()).unwrap_or_default();
-        log::error!("closing connection to {host}: {reason}");
+        if reason.starts_with(PEER_LEFT) {
+            log::info!("{host} ended the session: {reason}"); // a normal end, not an error
+        } else {
+            log::error!("closing connection to {host}: {reason}");
+        }
         self.sessions.remove(&conn);
         self.forget_fetches_of(conn);
         self.net.send(ToNet::Close { conn, reason });
@@ -1199,7 +1206,7 @@ impl Engine {
             }
             Message::Ping | Message::Pong => {}
             Message::Goodbye { reason } => {
-                return Err(PeerError(format!("peer said goodbye: {}", crate::logsafe::shown(&reason))));
+                return Err(PeerError(format!("{PEER_LEFT}: {}", crate::logsafe::shown(&reason))));
             }
             Message::Hello(_) | Message::Welcome(_) => return Err(PeerError("unexpected handshake message".into())),
         }

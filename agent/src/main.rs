@@ -132,10 +132,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         debug_prefix: c.debug_prefix.as_ref().map(|p| p.trim_end_matches('/').as_bytes().to_vec()),
     };
     if let Command::Run { config, check } = &cli.command {
+        let explicit = config.is_some();
         let config = match config {
             Some(f) => f.clone(),
             None => default_config_file()?,
         };
+        // Absolute from the start: control edits rewrite it, wherever the agent's cwd is.
+        let config = std::path::absolute(&config).with_context(|| format!("resolving {}", config.display()))?;
+        match config.try_exists() {
+            Ok(true) => {}
+            Ok(false) if explicit => anyhow::bail!(
+                "there is no configuration file {}: write one (see \"Running in the background\" in the \
+                 README), or leave out --config to start with none and add pairs with `mirror-agent add`",
+                config.display()
+            ),
+            Ok(false) => log::warn!(
+                "there is no configuration file {} yet: running no pairs; `mirror-agent add NAME -h HOST \
+                 -l DIR -r DIR` adds one (and writes the file)",
+                config.display()
+            ),
+            Err(e) => anyhow::bail!("cannot read {}: {e}", config.display()),
+        }
         if *check {
             let (cfg, _) = config::Config::load(&config)?;
             println!(

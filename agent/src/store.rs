@@ -545,7 +545,7 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
 /// The file is readable by its owner only, whatever the umask: everything written this way is
 /// the agent's state (or the user's configuration, which names their machines and paths).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
     {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;

@@ -316,3 +316,60 @@ fn systemd_notification_protocol() {
         (got.iter().filter(|m| *m == "WATCHDOG=1").count() >= before + 3).then_some(())
     });
 }
+
+/// Regression (issue 11, item 17): with `--config config.toml` (relative) every control edit
+/// said "writing config.toml: No such file or directory" and exited 1, yet wrote the file.
+#[test]
+fn a_relative_config_path_takes_control_edits() {
+    let s = Setup::new(&["one"]);
+    let _agent = Agent::spawn_cmd(
+        "agent",
+        Command::new(bin())
+            .args(["run", "--config", "config.toml", "--state-dir", s.state.to_str().unwrap()])
+            .current_dir(s.area.dir.path()),
+    );
+    s.wait_state("one", "connected");
+    s.ok(&["pause", "one"]);
+    s.wait_state("one", "paused");
+    assert!(fs::read_to_string(&s.config).unwrap().contains("paused = true"));
+    s.ok(&["resume", "one"]);
+    s.wait_state("one", "connected");
+}
+
+/// Regression (issue 11, item 17): a missing `--config` file ran 0 pairs and exited 0.
+#[test]
+fn a_missing_config_given_explicitly_is_an_error() {
+    let area = Area::new();
+    let missing = area.path("nope.toml");
+    for extra in [&[][..], &["--check"]] {
+        let out = Command::new(bin())
+            .args(["run", "--config", missing.to_str().unwrap(), "--state-dir", area.path("st").to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("there is no configuration file") && err.contains("nope.toml"), "{err}");
+    }
+}
+
+/// Regression (issue 11, item 17): a halted pair suggested `mirror-agent resume pair NAME`,
+/// which fails, and after `resume NAME` the status still showed the old halt.
+#[test]
+fn a_halted_pair_names_the_working_resume_and_resume_clears_the_halt() {
+    let s = Setup::new(&["one"]);
+    let agent = s.start();
+    write(&s.local("one").join("a.txt"), "one");
+    wait_content(&s.remote("one").join("a.txt"), b"one");
+    fs::remove_dir_all(s.local("one")).unwrap();
+    let halted = s.wait_state("one", "halted");
+    assert!(halted["last_error"].is_string(), "{halted}");
+    let log = agent.wait_log("`mirror-agent resume one`");
+    assert!(!log.contains("resume pair one"), "{log}");
+    fs::create_dir(s.local("one")).unwrap();
+    s.ok(&["resume", "one"]);
+    let now = s.wait_state("one", "connected");
+    assert!(now["last_error"].is_null(), "the old halt is still shown: {now}");
+    let (code, table, err) = s.ctl(&["status"]);
+    assert_eq!(code, 0, "{table}{err}");
+}
