@@ -322,12 +322,13 @@ fn systemd_notification_protocol() {
 #[test]
 fn a_relative_config_path_takes_control_edits() {
     let s = Setup::new(&["one"]);
-    let _agent = Agent::spawn_cmd(
+    let agent = Agent::spawn_cmd(
         "agent",
         Command::new(bin())
             .args(["run", "--config", "config.toml", "--state-dir", s.state.to_str().unwrap()])
             .current_dir(s.area.dir.path()),
     );
+    agent.wait_log("control socket");
     s.wait_state("one", "connected");
     s.ok(&["pause", "one"]);
     s.wait_state("one", "paused");
@@ -342,13 +343,14 @@ fn a_missing_config_given_explicitly_is_an_error() {
     let area = Area::new();
     let missing = area.path("nope.toml");
     for extra in [&[][..], &["--check"]] {
-        let out = Command::new(bin())
-            .args(["run", "--config", missing.to_str().unwrap(), "--state-dir", area.path("st").to_str().unwrap()])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let mut agent = Agent::spawn_cmd(
+            "agent",
+            Command::new(bin())
+                .args(["run", "--config", missing.to_str().unwrap(), "--state-dir", area.path("st").to_str().unwrap()])
+                .args(extra),
+        );
+        assert_eq!(agent.wait_exit(), Some(1), "{}", agent.log());
+        let err = agent.log();
         assert!(err.contains("there is no configuration file") && err.contains("nope.toml"), "{err}");
     }
 }
