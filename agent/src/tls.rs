@@ -203,6 +203,20 @@ pub fn explain(e: &rustls::Error, me: &DeviceId) -> String {
     }
 }
 
+/// What to tell a plaintext (`--insecure`) side whose peer answered with a TLS record: without
+/// this, the record's bytes were reported as "bad magic bytes". `None` when it is not that.
+pub fn plaintext_met_tls(bytes: &[u8], we_are_plaintext: bool) -> Option<String> {
+    // A TLS record header: content type 20-23 (change cipher spec, alert, handshake, data),
+    // then major version 3.
+    let tls = bytes.len() >= 2 && (20..=23).contains(&bytes[0]) && bytes[1] == 3;
+    (tls && we_are_plaintext).then(|| {
+        "the peer speaks TLS, and this side was started with --insecure (plaintext): drop --insecure \
+         (and pair the agents with `mirror-agent id` / `mirror-agent trust`), or start the peer with \
+         --insecure too"
+            .to_string()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,12 +118,16 @@ fn tls_and_plaintext_sides_tell_what_is_wrong() {
     let server = secure_server(&area, &["client"]);
     // A plaintext client against a TLS server.
     let state = area.path("state-client");
-    let plain = spawn_client_to(server.port, "client", &area.path("c"), "p", &state, &["--insecure"]);
+    let mut plain = spawn_client_to(server.port, "client", &area.path("c"), "p", &state, &["--insecure"]);
     server.agent.wait_log("is the other side started with --insecure");
-    drop(plain);
+    // Regression (issue 11, item 17): the client said "bad magic bytes".
+    assert_eq!(plain.wait_exit(), Some(1));
+    let log = plain.log();
+    assert!(log.contains("the peer speaks TLS") && log.contains("drop --insecure"), "{log}");
+    assert!(!log.contains("bad magic"), "{log}");
     // A TLS client against a plaintext server.
     let insecure = Server::start(&area.server_root(), &[]);
     let client = secure_client(&area, "client", insecure.port, &area.path("c2"), "p");
-    insecure.agent.wait_log("peer opened a TLS handshake but this side speaks plaintext");
+    insecure.agent.wait_log("the peer speaks TLS, and this side was started with --insecure");
     drop(client);
 }
