@@ -167,11 +167,25 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct Trust {
     path: PathBuf,
+    /// ` --state-dir DIR` when the state dir is not the default: suggested commands need it.
+    flag: String,
 }
 
 impl Trust {
     pub fn new(state_dir: &Path) -> Trust {
-        Trust { path: state_dir.join("trusted") }
+        Trust { path: state_dir.join("trusted"), flag: String::new() }
+    }
+
+    /// The same, for a state dir the user named (`--state-dir`, `MIRROR_STATE_DIR`): the
+    /// commands we suggest name it too.
+    pub fn named(state_dir: &Path) -> Trust {
+        let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        Trust { flag: format!(" --state-dir {}", shell_word(&dir.to_string_lossy())), ..Trust::new(state_dir) }
+    }
+
+    /// The command that trusts `id` here.
+    pub fn command(&self, id: &DeviceId) -> String {
+        format!("mirror-agent trust {id}{}", self.flag)
     }
 
     /// Whether `id` is trusted, read from disk now (so a `trust` takes effect at once).
@@ -202,6 +216,15 @@ impl Trust {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// `s` as one shell word: as it is when it holds nothing a shell would split or expand.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 

@@ -167,7 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("identity in {}", state_dir.display()))
             .and_then(|id| {
                 log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", id.id, id.id);
-                tls::Tls::new(&id, identity::Trust::new(&state_dir)).context("setting up TLS")
+                tls::Tls::new(&id, trust_of(c, &state_dir)).context("setting up TLS")
             })
             .map_err(|e| format!("{e:#}"));
         let control = control::socket_path(c.state_dir.as_deref(), &state_dir);
@@ -191,7 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         let identity = identity::Identity::load_or_create(&state_dir)
             .with_context(|| format!("identity in {}", state_dir.display()))?;
-        let trust = identity::Trust::new(&state_dir);
+        let trust = trust_of(c, &state_dir);
         log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", identity.id, identity.id);
         Some(tls::Tls::new(&identity, trust).context("setting up TLS")?)
     };
@@ -217,6 +217,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// The trust file of `state_dir`; suggested `trust` commands name the state dir the user gave.
+fn trust_of(c: &Common, state_dir: &std::path::Path) -> identity::Trust {
+    if c.state_dir.is_some() { identity::Trust::named(state_dir) } else { identity::Trust::new(state_dir) }
 }
 
 /// `$XDG_CONFIG_HOME/mirror-agent/config.toml`, or `~/.config/mirror-agent/config.toml`.

@@ -86,7 +86,8 @@ impl Pinned {
         } else {
             Err(rustls::Error::General(format!(
                 "the {role} presented identity {id}, which is not trusted here; if it is yours, run \
-                 `mirror-agent trust {id}` on this machine"
+                 `{}` on this machine",
+                self.trust.command(&id)
             )))
         }
     }

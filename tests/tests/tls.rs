@@ -84,7 +84,9 @@ fn an_untrusted_client_is_refused_until_trusted_while_the_server_runs() {
     let client_id = device_id(&area.path("state-client"));
     let client = secure_client(&area, "client", server.port, &c, "p");
     let slog = server.agent.wait_log(&format!("the client presented identity {client_id}, which is not trusted"));
-    assert!(slog.contains(&format!("mirror-agent trust {client_id}")), "{slog}");
+    // Regression (issue 11, item 17): the suggestion omitted the --state-dir in use.
+    let flag = format!("--state-dir {}", area.path("state-server").display());
+    assert!(slog.contains(&format!("`mirror-agent trust {client_id} {flag}` on this machine")), "{slog}");
     client.wait_log(&format!("the peer refused our identity {client_id} (most likely it does not trust it)"));
     assert!(!area.path("server/p/a.txt").exists(), "an untrusted client got data through");
     // Trusting it on the running server is enough: the client's next attempt gets in.
