@@ -375,3 +375,28 @@ fn a_halted_pair_names_the_working_resume_and_resume_clears_the_halt() {
     let (code, table, err) = s.ctl(&["status"]);
     assert_eq!(code, 0, "{table}{err}");
 }
+
+/// Regression (issue 11, item 17): another user's `status` said "no mirror-agent is running"
+/// when the truth was "permission denied".
+#[test]
+fn another_users_status_says_permission_denied() {
+    if Command::new("setpriv").arg("--version").output().is_err() || !nix_root() {
+        eprintln!("SKIP: needs root and setpriv to run a command as another user");
+        return;
+    }
+    let s = Setup::new(&[]);
+    let _agent = s.start();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .args(["status", "--state-dir", s.state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied") && !err.contains("no mirror-agent is running"), "{err}");
+}
+
+fn nix_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
