@@ -527,7 +527,8 @@ impl Net {
                         continue;
                     }
                     Err(e) => {
-                        let e = crate::tls::plaintext_met_tls(c.dec.peek(), self.tls.is_none()).unwrap_or(e.to_string());
+                        let e =
+                            crate::tls::plaintext_met_tls(c.dec.peek(), self.tls.is_none()).unwrap_or(e.to_string());
                         log::error!("{}: {e}", c.peer);
                         if matches!(self.role, Role::Client { .. }) {
                             self.fatal = Some(format!("server {}: {e}", c.peer));
