@@ -526,14 +526,19 @@ impl Net {
                         };
                         continue;
                     }
-                    Err(e) => {
+                    Err(err) => {
                         let e =
-                            crate::tls::plaintext_met_tls(c.dec.peek(), self.tls.is_none()).unwrap_or(e.to_string());
+                            crate::tls::plaintext_met_tls(c.dec.peek(), self.tls.is_none()).unwrap_or(err.to_string());
                         log::error!("{}: {e}", c.peer);
                         if matches!(self.role, Role::Client { .. }) {
                             self.fatal = Some(format!("server {}: {e}", c.peer));
+                        } else if matches!(err, mirror_protocol::PreambleError::VersionMismatch { .. }) {
+                            // PROTOCOL.md, "Version mismatch": say why before closing.
+                            c.send(&Message::Goodbye { reason: e.clone() });
+                            c.fail(e);
+                            return;
                         }
-                        c.lost(e.to_string());
+                        c.lost(e);
                         return;
                     }
                 }

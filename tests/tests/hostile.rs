@@ -343,3 +343,29 @@ fn peer_strings_with_newlines_cannot_forge_log_records() {
     let log = server.agent.wait_log("FORGED-REFUSED");
     assert!(!log.lines().any(|l| l.starts_with("<0>")), "{log}");
 }
+
+/// Regression (issue 11, item 17): a server refusing a peer's protocol version closed without a
+/// word, so a client that accepted the server's version retried silently. Now the server sends,
+/// after its preamble, a `Goodbye` naming both versions (PROTOCOL.md, "Version mismatch").
+#[test]
+fn a_server_refusing_a_version_says_why_in_a_goodbye() {
+    use mirror_protocol::{Decoder, PREAMBLE_LEN};
+    let area = Area::new();
+    let server = Server::start(&area.server_root(), &[]);
+    let mut s = raw(server.port);
+    s.write_all(&Preamble { version: 99 }.encode()).unwrap();
+    let reply = read_to_close(s);
+    assert_eq!(Preamble::decode(&reply[..PREAMBLE_LEN]).unwrap(), Some(Preamble::ours()));
+    let mut d = Decoder::new();
+    d.extend(&reply[PREAMBLE_LEN..]);
+    match d.decode().unwrap() {
+        Some(Message::Goodbye { reason }) => {
+            assert!(
+                reason.contains(&format!("we speak version {PROTOCOL_VERSION}, the peer speaks version 99")),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a Goodbye, got {other:?}"),
+    }
+    assert_still_serving(&server, &area, "v");
+}
