@@ -92,7 +92,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
     );
     if let Some(reason) = &loaded.halted {
         if !cfg.resume {
-            anyhow::bail!("{reason}\n{resume_hint}");
+            return Err(crate::store::Halted { reason: reason.clone(), hint: resume_hint }.into());
         }
         log::warn!("resuming {} (halted earlier: {reason})", cfg.root.display());
         store.set_halted(None)?;
@@ -105,7 +105,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
             cfg.root.display()
         );
         store.set_halted(Some(&reason))?;
-        anyhow::bail!("{reason}\n{resume_hint}");
+        return Err(crate::store::Halted { reason, hint: resume_hint }.into());
     }
     store.set_root_id(root_id)?;
     let me = loaded.replica;

@@ -625,7 +625,8 @@ impl Net {
             Err(e) => {
                 let reason = crate::logsafe::clean(&format!("cannot sync {}: {e:#}", target.display()));
                 log::error!("{reason}");
-                c.send(&Message::Goodbye { reason: reason.clone() });
+                let told = crate::logsafe::clean(&crate::store::refusal_for_client(&e, &target));
+                c.send(&Message::Goodbye { reason: told });
                 c.fail(reason);
             }
         }
