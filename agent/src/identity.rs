@@ -217,6 +217,44 @@ impl Trust {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The comment beside `id` in the trust file, if it is there with one.
+    pub fn comment(&self, id: &DeviceId) -> Option<String> {
+        let text = fs::read_to_string(&self.path).ok()?;
+        text.lines().find_map(|l| {
+            let (key, comment) = l.split_once('#').unwrap_or((l, ""));
+            (DeviceId::parse(key.trim()).ok().as_ref() == Some(id) && !comment.trim().is_empty())
+                .then(|| comment.trim().to_owned())
+        })
+    }
+
+    /// The file of servers this client reached, and the identity each presented last:
+    /// `HOST ID` a line, beside the trust file.
+    fn servers_path(&self) -> PathBuf {
+        self.path.with_file_name("servers")
+    }
+
+    /// The identity `host` presented when this client last reached it.
+    pub fn server_seen(&self, host: &str) -> Option<DeviceId> {
+        let text = fs::read_to_string(self.servers_path()).ok()?;
+        text.lines().find_map(|l| {
+            let (h, id) = l.split_once(' ')?;
+            (h == host).then(|| DeviceId::parse(id.trim()).ok()).flatten()
+        })
+    }
+
+    /// Records that `host` presented `id` (a trusted one).
+    pub fn remember_server(&self, host: &str, id: &DeviceId) -> io::Result<()> {
+        let path = self.servers_path();
+        let old = fs::read_to_string(&path).unwrap_or_default();
+        let mut text: String = old
+            .lines()
+            .filter(|l| l.split_once(' ').is_none_or(|(h, _)| h != host))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.push_str(&format!("{host} {id}\n"));
+        crate::store::write_atomic(&path, text.as_bytes())
+    }
 }
 
 /// `s` as one shell word: as it is when it holds nothing a shell would split or expand.

@@ -318,7 +318,7 @@ impl Net {
                 }
                 let mut first = Preamble::ours().encode().to_vec();
                 encode_into(&Message::Hello(hello), &mut first);
-                let tls = match self.tls.as_ref().map(crate::tls::Tls::connect).transpose() {
+                let tls = match self.tls.as_ref().map(|t| t.connect_to(&addr)).transpose() {
                     Ok(t) => t.map(Box::new),
                     Err(e) => {
                         log::error!("cannot start TLS: {e}");

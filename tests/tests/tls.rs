@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use mirror_tests::*;
+use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -132,4 +133,26 @@ fn tls_and_plaintext_sides_tell_what_is_wrong() {
     let client = secure_client(&area, "client", insecure.port, &area.path("c2"), "p");
     insecure.agent.wait_log("the peer speaks TLS, and this side was started with --insecure");
     drop(client);
+}
+
+/// Regression (issue 11, item 17): a re-keyed server was reported like an unknown one.
+#[test]
+fn a_re_keyed_server_is_reported_as_changed_naming_the_old_identity() {
+    let area = Area::new();
+    let c = area.path("client");
+    let mut server = secure_server(&area, &["client"]);
+    let old_id = device_id(&area.path("state-server"));
+    let mut client = secure_client(&area, "client", server.port, &c, "p");
+    client.wait_log("connected to");
+    client.kill();
+    server.agent.kill();
+    // The server is re-installed: a new identity, the same trusted clients.
+    fs::remove_dir_all(area.path("state-server/identity")).unwrap();
+    let new_id = device_id(&area.path("state-server"));
+    assert_ne!(old_id, new_id);
+    let server = spawn_server(&area.server_root(), "127.0.0.1:0", &area.path("state-server"), &[]);
+    let client = secure_client(&area, "client", server.port, &c, "p");
+    let log = client.wait_log("changed its identity");
+    assert!(log.contains(&format!("it presents {new_id}")) && log.contains(&format!("it was {old_id}")), "{log}");
+    assert!(log.contains(&format!("mirror-agent trust {new_id}")), "{log}");
 }
