@@ -119,3 +119,20 @@ fn mirror_state_dir_sets_the_state_of_every_command() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(state.to_str().unwrap()), "{err}");
 }
+
+/// Regression (issue 11, item 17): a client leaving normally was logged at ERROR on the server.
+#[test]
+fn a_normal_disconnect_is_not_an_error() {
+    let area = Area::new();
+    let server = Server::start(&area.server_root(), &[]);
+    let local = area.path("c");
+    let mut client = server.client("c", &local, "p", &[]);
+    write(&local.join("a.txt"), "a");
+    wait_content(&area.path("server/p/a.txt"), b"a");
+    assert_eq!(client.terminate(), Some(0));
+    let log = wait_until("the server's engine to see the goodbye", || {
+        let log = server.agent.log();
+        (log.matches("peer said goodbye: agent shutting down").count() > 0).then_some(log)
+    });
+    assert!(!log.contains("ERROR"), "{log}");
+}
