@@ -202,6 +202,17 @@ fn run_unit(unit: &Unit, env: &Env, resume: bool, stop: &Stopper, status: &Statu
         Unit::Pair(p) => p.insecure,
         Unit::Server(s) => s.insecure,
     };
+    if insecure {
+        let (what, addr, any) = match unit {
+            Unit::Pair(p) if p.spec.host.contains(':') => {
+                ("-h", format!("[{}]:{}", p.spec.host, p.spec.port), p.insecure_any_address)
+            }
+            Unit::Pair(p) => ("-h", format!("{}:{}", p.spec.host, p.spec.port), p.insecure_any_address),
+            Unit::Server(s) => ("--listen", s.spec.listen.clone(), s.insecure_any_address),
+        };
+        crate::cli::check_insecure(what, &addr, any)
+            .map_err(|e| anyhow::anyhow!("{e} (in the configuration: `insecure_any_address = true`)"))?;
+    }
     let tls =
         if insecure { None } else { Some(env.tls.clone().map_err(|e| anyhow::anyhow!("TLS is not available: {e}"))?) };
     match unit {
@@ -264,7 +275,9 @@ impl Daemon {
         let keys: Vec<String> = units.keys().cloned().collect();
         for key in keys {
             let same = |a: &Unit, b: &Unit| match (a, b) {
-                (Unit::Pair(x), Unit::Pair(y)) => x.spec == y.spec && x.insecure == y.insecure,
+                (Unit::Pair(x), Unit::Pair(y)) => {
+                    x.spec == y.spec && x.insecure == y.insecure && x.insecure_any_address == y.insecure_any_address
+                }
                 _ => a == b,
             };
             match (units.get(&key), want.get(&key)) {

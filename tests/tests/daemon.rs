@@ -400,3 +400,22 @@ fn another_users_status_says_permission_denied() {
 fn nix_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
+
+/// Issue 11, item 16: `insecure = true` in the configuration follows the command line's rule:
+/// refused off loopback unless `insecure_any_address = true`.
+#[test]
+fn an_insecure_pair_off_loopback_is_refused() {
+    let s = Setup::new(&[]);
+    let text = fs::read_to_string(&s.config).unwrap()
+        + &format!(
+            "\n[[pair]]\nname = \"far\"\nlocal = \"{}\"\nhost = \"192.0.2.1\"\nremote = \"far\"\ninsecure = true\n",
+            s.local("far").display()
+        );
+    fs::write(&s.config, text).unwrap();
+    let _agent = s.start();
+    let far = wait_until("the pair to report the refusal", || {
+        let r = s.status_of("far");
+        r["last_error"].as_str().is_some_and(|e| e.contains("loopback")).then_some(r)
+    });
+    assert!(far["last_error"].as_str().unwrap().contains("insecure_any_address = true"), "{far}");
+}
