@@ -257,6 +257,24 @@ impl Trust {
     }
 }
 
+/// Warns about a state dir (or trust file) other users may write, left so by an older version
+/// or by hand: any of them could add their own ID to the trust file.
+pub fn warn_if_open(state_dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for (p, fix) in [(state_dir.to_path_buf(), "700"), (state_dir.join("trusted"), "600")] {
+        if let Ok(m) = fs::symlink_metadata(&p)
+            && m.permissions().mode() & 0o022 != 0
+        {
+            log::warn!(
+                "{} is writable by other users, so any of them could trust their own ID here: \
+                 `chmod {fix} {}`",
+                p.display(),
+                shell_word(&p.to_string_lossy())
+            );
+        }
+    }
+}
+
 /// `s` as one shell word: as it is when it holds nothing a shell would split or expand.
 fn shell_word(s: &str) -> String {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c)) {

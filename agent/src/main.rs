@@ -166,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let tls = identity::Identity::load_or_create(&state_dir)
             .with_context(|| format!("identity in {}", state_dir.display()))
             .and_then(|id| {
+                identity::warn_if_open(&state_dir);
                 log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", id.id, id.id);
                 tls::Tls::new(&id, trust_of(c, &state_dir)).context("setting up TLS")
             })
@@ -192,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let identity = identity::Identity::load_or_create(&state_dir)
             .with_context(|| format!("identity in {}", state_dir.display()))?;
         let trust = trust_of(c, &state_dir);
+        identity::warn_if_open(&state_dir);
         log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", identity.id, identity.id);
         Some(tls::Tls::new(&identity, trust).context("setting up TLS")?)
     };

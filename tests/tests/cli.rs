@@ -136,3 +136,16 @@ fn a_normal_disconnect_is_not_an_error() {
     });
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+/// Issue 11, item 16: a state dir left writable by others (by an older version under umask 000)
+/// is pointed out at start, with the command that closes it.
+#[test]
+fn a_state_dir_writable_by_others_is_warned_about() {
+    let area = Area::new();
+    let state = area.path("state-server");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let server = spawn_server(&area.server_root(), "127.0.0.1:0", &state, &[]);
+    server.agent.wait_log(&format!("{} is writable by other users", state.display()));
+    server.agent.wait_log(&format!("`chmod 700 {}`", state.display()));
+}
