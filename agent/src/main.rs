@@ -287,7 +287,12 @@ fn control_command(cmd: &Command, socket: &std::path::Path, insecure: bool) -> a
     if let Command::Status { .. } = cmd
         && let Some(r) = resp.reports.iter().find(|r| matches!(r.state, status::State::Failed | status::State::Halted))
     {
-        eprintln!("mirror-agent: {} is {}: {}", r.name, r.state.name(), r.last_error.as_deref().unwrap_or("?"));
+        let what = match r.state {
+            _ if r.name == "(server)" => "restarting the agent starts it again".to_string(),
+            status::State::Halted => format!("`mirror-agent resume {}` accepts its directory as it is now", r.name),
+            _ => format!("`mirror-agent resume {}` starts it again", r.name),
+        };
+        eprintln!("mirror-agent: {} is {}: {}; {what}", r.name, r.state.name(), r.last_error.as_deref().unwrap_or("?"));
         std::process::exit(1);
     }
     Ok(())

@@ -367,6 +367,8 @@ fn a_halted_pair_names_the_working_resume_and_resume_clears_the_halt() {
     let halted = s.wait_state("one", "halted");
     assert!(halted["last_error"].is_string(), "{halted}");
     let log = agent.wait_log("`mirror-agent resume one`");
+    let (code, _, err) = s.ctl(&["status"]);
+    assert!(code == 1 && err.contains("`mirror-agent resume one` accepts its directory"), "{err}");
     assert!(!log.contains("resume pair one"), "{log}");
     fs::create_dir(s.local("one")).unwrap();
     s.ok(&["resume", "one"]);
