@@ -34,7 +34,7 @@ pub struct Common {
     #[arg(long = "poll-interval-ms", value_name = "MS", default_value_t = 500, global = true)]
     pub poll_interval_ms: u64,
     /// Where identity and sync state live (default: $XDG_STATE_HOME/mirror-agent).
-    #[arg(long = "state-dir", value_name = "DIR", global = true)]
+    #[arg(long = "state-dir", value_name = "DIR", env = "MIRROR_STATE_DIR", global = true)]
     pub state_dir: Option<PathBuf>,
     /// Resume pairs that halted for safety (root vanished, replaced or emptied), accepting
     /// their directories as they are now.
@@ -43,6 +43,10 @@ pub struct Common {
     /// Use plaintext TCP without authentication instead of TLS (loopback demos, SSH tunnels).
     #[arg(long = "insecure", global = true)]
     pub insecure: bool,
+    /// Allow --insecure on an address other than loopback (a private network you trust
+    /// entirely). Without it, --insecure with a non-loopback address is refused.
+    #[arg(long = "insecure-any-address", global = true)]
+    pub insecure_any_address: bool,
     /// Print help.
     #[arg(long = "help", action = ArgAction::Help, global = true)]
     pub help: Option<bool>,
@@ -123,7 +127,7 @@ pub struct PairArgs {
     #[arg(short = 'l', long = "local", value_name = "LOCAL")]
     pub local: PathBuf,
     /// Directory on the server, inside the server's --root.
-    #[arg(short = 'r', long = "remote", value_name = "REMOTE")]
+    #[arg(short = 'r', long = "remote", value_name = "REMOTE", value_parser = non_empty_remote)]
     pub remote: String,
     /// Sync paths matching this gitignore-syntax pattern even if ignored (repeatable).
     #[arg(short = 'i', long = "include", value_name = "PATTERN")]
@@ -131,4 +135,58 @@ pub struct PairArgs {
     /// Do not sync paths matching this gitignore-syntax pattern (repeatable).
     #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
     pub exclude: Vec<String>,
+}
+
+/// `-r ''` would sync the whole server root: refused, as the configuration refuses it.
+fn non_empty_remote(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the remote directory is empty; name a directory inside the server's --root".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// `--insecure` is for loopback (demos, SSH tunnels): plaintext anywhere else lets anyone on the
+/// path read and change what is synced. `what` is `--listen ADDR:PORT` or `-h HOST`, `addr` the
+/// address as given (`host:port`). Refused unless every address it names is a loopback one, or
+/// the user said `--insecure-any-address`.
+pub fn check_insecure(what: &str, addr: &str, any_address: bool) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    if any_address {
+        return Ok(());
+    }
+    let addrs: Vec<std::net::SocketAddr> = match addr.to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            return Err(format!(
+                "--insecure: cannot resolve {what} {addr} to check that it is a loopback address ({e}); \
+                 plaintext is for loopback only (add --insecure-any-address to allow any address)"
+            ));
+        }
+    };
+    match addrs.iter().find(|a| !a.ip().is_loopback()) {
+        None if !addrs.is_empty() => Ok(()),
+        found => Err(format!(
+            "--insecure is for loopback addresses only, and {what} {addr}{} is not one: anyone on \
+             the network path could read and change what is synced. Use TLS (drop --insecure and \
+             pair the agents with `mirror-agent trust`), or add --insecure-any-address if this \
+             network is entirely yours",
+            found.map(|a| format!(" ({})", a.ip())).filter(|s| !s.contains(addr)).unwrap_or_default()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insecure_is_for_loopback_unless_any_address_is_asked_for() {
+        assert!(check_insecure("--listen", "127.0.0.1:0", false).is_ok());
+        assert!(check_insecure("--listen", "[::1]:5", false).is_ok());
+        assert!(check_insecure("-h", "localhost:5", false).is_ok());
+        let e = check_insecure("--listen", "0.0.0.0:49172", false).unwrap_err();
+        assert!(e.contains("--insecure-any-address"), "{e}");
+        assert!(check_insecure("-h", "10.1.2.3:5", false).is_err());
+        assert!(check_insecure("-h", "10.1.2.3:5", true).is_ok());
+    }
 }

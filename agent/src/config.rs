@@ -49,6 +49,8 @@ struct RawServer {
     root: Option<String>,
     #[serde(default)]
     insecure: bool,
+    #[serde(default)]
+    insecure_any_address: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +68,8 @@ struct RawPair {
     #[serde(default)]
     insecure: bool,
     #[serde(default)]
+    insecure_any_address: bool,
+    #[serde(default)]
     paused: bool,
 }
 
@@ -75,6 +79,8 @@ pub struct PairConfig {
     pub name: String,
     pub spec: ClientSpec,
     pub insecure: bool,
+    /// `insecure` may be used with a host that is not a loopback address.
+    pub insecure_any_address: bool,
     pub paused: bool,
 }
 
@@ -83,6 +89,8 @@ pub struct PairConfig {
 pub struct ServerConfig {
     pub spec: ServerSpec,
     pub insecure: bool,
+    /// `insecure` may be used with a listen address that is not a loopback one.
+    pub insecure_any_address: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -135,7 +143,11 @@ impl Config {
             let root =
                 root.ok_or_else(|| ConfigError(format!("{}: [server]: key `root` is missing", file.display())))?;
             let listen = s.listen.unwrap_or_else(|| format!("0.0.0.0:{DEFAULT_PORT}"));
-            cfg.server = Some(ServerConfig { spec: ServerSpec { listen, root }, insecure: s.insecure });
+            cfg.server = Some(ServerConfig {
+                spec: ServerSpec { listen, root },
+                insecure: s.insecure,
+                insecure_any_address: s.insecure_any_address,
+            });
         }
         for sp in raw.pair {
             let line = line_of(text, sp.span().start);
@@ -171,6 +183,7 @@ impl Config {
                     exclude: p.exclude,
                 },
                 insecure: p.insecure,
+                insecure_any_address: p.insecure_any_address,
                 paused: p.paused,
             });
         }

@@ -56,8 +56,18 @@ pub fn socket_path(explicit_state_dir: Option<&Path>, default_state_dir: &Path) 
 
 /// Sends `req` to the agent listening at `path` and returns its answer.
 pub fn call(path: &Path, req: &Request) -> anyhow::Result<Response> {
-    let mut s = UnixStream::connect(path).with_context(|| {
-        format!("no mirror-agent is running with control socket {} (start one with `mirror-agent run`)", path.display())
+    let mut s = UnixStream::connect(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
+            "no mirror-agent is running with control socket {} (start one with `mirror-agent run`)",
+            path.display()
+        ),
+        // The truth, not "no agent": another user's agent, or a state dir we may not enter.
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "permission denied opening the control socket {}: the agent there belongs to another user \
+             (run the command as that user), or this user may not enter that directory",
+            path.display()
+        ),
+        _ => anyhow::anyhow!("cannot reach the agent at control socket {}: {e}", path.display()),
     })?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut line = serde_json::to_string(req)?;

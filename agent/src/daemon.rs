@@ -112,6 +112,10 @@ fn supervise(unit: Unit, env: Env, status: Status, ctl: Arc<Ctl>) {
             c.stopper = Stopper::default();
             (c.stopper.clone(), std::mem::take(&mut c.retry))
         });
+        if retry {
+            // `resume`: the halt or the failures it answers are over; status must not show them.
+            status.update(|r| r.last_error = None);
+        }
         if ctl.with(|c| c.quit) {
             return;
         }
@@ -141,7 +145,9 @@ fn supervise(unit: Unit, env: Env, status: Status, ctl: Arc<Ctl>) {
             && let Some(reason) = store::halted_reason(&env.shared.state_dir, &p.spec.local)
         {
             log::error!(
-                "pair {name} halted: {reason}; `mirror-agent resume {name}` accepts its directory as it is now"
+                "pair {} halted: {reason}; `mirror-agent resume {}` accepts its directory as it is now",
+                p.name,
+                p.name
             );
             status.update(|r| {
                 r.state = State::Halted;
@@ -156,9 +162,11 @@ fn supervise(unit: Unit, env: Env, status: Status, ctl: Arc<Ctl>) {
         }
         failures += 1;
         if failures >= MAX_FAILURES {
-            log::error!(
-                "{name} failed {failures} times in a row ({msg}); giving up until `mirror-agent resume {name}`"
-            );
+            let until = match &unit {
+                Unit::Pair(p) => format!("`mirror-agent resume {}`", p.name),
+                Unit::Server(_) => "the agent is restarted".into(),
+            };
+            log::error!("{name} failed {failures} times in a row ({msg}); giving up until {until}");
             status.set_state(State::Failed);
             ctl.wait_for(None, |c| c.quit || c.retry || c.paused);
             failures = 0;
@@ -194,6 +202,17 @@ fn run_unit(unit: &Unit, env: &Env, resume: bool, stop: &Stopper, status: &Statu
         Unit::Pair(p) => p.insecure,
         Unit::Server(s) => s.insecure,
     };
+    if insecure {
+        let (what, addr, any) = match unit {
+            Unit::Pair(p) if p.spec.host.contains(':') => {
+                ("-h", format!("[{}]:{}", p.spec.host, p.spec.port), p.insecure_any_address)
+            }
+            Unit::Pair(p) => ("-h", format!("{}:{}", p.spec.host, p.spec.port), p.insecure_any_address),
+            Unit::Server(s) => ("--listen", s.spec.listen.clone(), s.insecure_any_address),
+        };
+        crate::cli::check_insecure(what, &addr, any)
+            .map_err(|e| anyhow::anyhow!("{e} (in the configuration: `insecure_any_address = true`)"))?;
+    }
     let tls =
         if insecure { None } else { Some(env.tls.clone().map_err(|e| anyhow::anyhow!("TLS is not available: {e}"))?) };
     match unit {
@@ -256,7 +275,9 @@ impl Daemon {
         let keys: Vec<String> = units.keys().cloned().collect();
         for key in keys {
             let same = |a: &Unit, b: &Unit| match (a, b) {
-                (Unit::Pair(x), Unit::Pair(y)) => x.spec == y.spec && x.insecure == y.insecure,
+                (Unit::Pair(x), Unit::Pair(y)) => {
+                    x.spec == y.spec && x.insecure == y.insecure && x.insecure_any_address == y.insecure_any_address
+                }
                 _ => a == b,
             };
             match (units.get(&key), want.get(&key)) {

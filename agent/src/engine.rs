@@ -97,7 +97,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
     );
     if let Some(reason) = &loaded.halted {
         if !cfg.resume {
-            anyhow::bail!("{reason}\n{resume_hint}");
+            return Err(crate::store::Halted { reason: reason.clone(), hint: resume_hint }.into());
         }
         log::warn!("resuming {} (halted earlier: {reason})", cfg.root.display());
         store.set_halted(None)?;
@@ -110,7 +110,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
             cfg.root.display()
         );
         store.set_halted(Some(&reason))?;
-        anyhow::bail!("{reason}\n{resume_hint}");
+        return Err(crate::store::Halted { reason, hint: resume_hint }.into());
     }
     store.set_root_id(root_id)?;
     let me = loaded.replica;
@@ -376,6 +376,9 @@ struct Engine {
 
 /// A connection-fatal problem with what a peer sent.
 struct PeerError(String);
+
+/// How a [`PeerError`] for a peer's `Goodbye` begins: the normal end of a session.
+const PEER_LEFT: &str = "peer said goodbye";
 
 impl Engine {
     fn run(
@@ -1136,7 +1139,11 @@ impl Engine {
 
     fn drop_session(&mut self, conn: ConnId, reason: String) {
         let host = self.sessions.get(&conn).map(|s| s.peer_host.clone()).unwrap_or_default();
-        log::error!("closing connection to {host}: {reason}");
+        if reason.starts_with(PEER_LEFT) {
+            log::info!("{host} ended the session: {reason}"); // a normal end, not an error
+        } else {
+            log::error!("closing connection to {host}: {reason}");
+        }
         self.end_session(conn);
         self.net.send(ToNet::Close { conn, reason });
     }
@@ -1268,8 +1275,9 @@ impl Engine {
                     // then the peer's high-water mark stays below it.
                     let current = self.fetching.get(&f.entry.path).is_some_and(|p| p.conn == conn && p.id == id);
                     log::info!(
-                        "{}: the peer could not send it ({reason}); asking again in {}s",
+                        "{}: the peer could not send it ({}); asking again in {}s",
                         f.entry.path,
+                        crate::logsafe::shown(&reason),
                         RETRY_AFTER.as_secs()
                     );
                     self.fetch_done(&f.entry.path, conn, id);
@@ -1279,7 +1287,9 @@ impl Engine {
                 }
             }
             Message::Ping | Message::Pong => {}
-            Message::Goodbye { reason } => return Err(PeerError(format!("peer said goodbye: {reason}"))),
+            Message::Goodbye { reason } => {
+                return Err(PeerError(format!("{PEER_LEFT}: {}", crate::logsafe::shown(&reason))));
+            }
             Message::Hello(_) | Message::Welcome(_) => return Err(PeerError("unexpected handshake message".into())),
         }
         Ok(())

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -144,7 +145,7 @@ impl Identity {
             let id = DeviceId::of_cert(&cert_der);
             return Ok(Identity { cert_der, key_der, id });
         }
-        fs::create_dir_all(&dir)?;
+        crate::store::private_dir(&dir)?;
         let (cert_der, key_der) = generate()?;
         write_private(&key_path, &key_der)?;
         crate::store::write_atomic(&cert_path, &cert_der)?;
@@ -155,7 +156,6 @@ impl Identity {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(bytes)?;
@@ -167,11 +167,25 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct Trust {
     path: PathBuf,
+    /// ` --state-dir DIR` when the state dir is not the default: suggested commands need it.
+    flag: String,
 }
 
 impl Trust {
     pub fn new(state_dir: &Path) -> Trust {
-        Trust { path: state_dir.join("trusted") }
+        Trust { path: state_dir.join("trusted"), flag: String::new() }
+    }
+
+    /// The same, for a state dir the user named (`--state-dir`, `MIRROR_STATE_DIR`): the
+    /// commands we suggest name it too.
+    pub fn named(state_dir: &Path) -> Trust {
+        let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        Trust { flag: format!(" --state-dir {}", shell_word(&dir.to_string_lossy())), ..Trust::new(state_dir) }
+    }
+
+    /// The command that trusts `id` here.
+    pub fn command(&self, id: &DeviceId) -> String {
+        format!("mirror-agent trust {id}{}", self.flag)
     }
 
     /// Whether `id` is trusted, read from disk now (so a `trust` takes effect at once).
@@ -191,9 +205,10 @@ impl Trust {
             return Ok(false);
         }
         if let Some(d) = self.path.parent() {
-            fs::create_dir_all(d)?;
+            crate::store::private_dir(d)?;
         }
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        // Owner only whatever the umask: whoever can write this file decides who may sync.
+        let mut f = fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?;
         writeln!(f, "{id}  # {comment}")?;
         f.sync_all()?;
         Ok(true)
@@ -201,6 +216,71 @@ impl Trust {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The comment beside `id` in the trust file, if it is there with one.
+    pub fn comment(&self, id: &DeviceId) -> Option<String> {
+        let text = fs::read_to_string(&self.path).ok()?;
+        text.lines().find_map(|l| {
+            let (key, comment) = l.split_once('#').unwrap_or((l, ""));
+            (DeviceId::parse(key.trim()).ok().as_ref() == Some(id) && !comment.trim().is_empty())
+                .then(|| comment.trim().to_owned())
+        })
+    }
+
+    /// The file of servers this client reached, and the identity each presented last:
+    /// `HOST ID` a line, beside the trust file.
+    fn servers_path(&self) -> PathBuf {
+        self.path.with_file_name("servers")
+    }
+
+    /// The identity `host` presented when this client last reached it.
+    pub fn server_seen(&self, host: &str) -> Option<DeviceId> {
+        let text = fs::read_to_string(self.servers_path()).ok()?;
+        text.lines().find_map(|l| {
+            let (h, id) = l.split_once(' ')?;
+            (h == host).then(|| DeviceId::parse(id.trim()).ok()).flatten()
+        })
+    }
+
+    /// Records that `host` presented `id` (a trusted one).
+    pub fn remember_server(&self, host: &str, id: &DeviceId) -> io::Result<()> {
+        let path = self.servers_path();
+        let old = fs::read_to_string(&path).unwrap_or_default();
+        let mut text: String = old
+            .lines()
+            .filter(|l| l.split_once(' ').is_none_or(|(h, _)| h != host))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.push_str(&format!("{host} {id}\n"));
+        crate::store::write_atomic(&path, text.as_bytes())
+    }
+}
+
+/// Warns about a state dir (or trust file) other users may write, left so by an older version
+/// or by hand: any of them could add their own ID to the trust file.
+pub fn warn_if_open(state_dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for (p, fix) in [(state_dir.to_path_buf(), "700"), (state_dir.join("trusted"), "600")] {
+        if let Ok(m) = fs::symlink_metadata(&p)
+            && m.permissions().mode() & 0o022 != 0
+        {
+            log::warn!(
+                "{} is writable by other users, so any of them could trust their own ID here: \
+                 `chmod {fix} {}`",
+                p.display(),
+                shell_word(&p.to_string_lossy())
+            );
+        }
+    }
+}
+
+/// `s` as one shell word: as it is when it holds nothing a shell would split or expand.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 

@@ -15,6 +15,7 @@ mod fold;
 mod identity;
 mod index;
 mod link;
+mod logsafe;
 mod net;
 mod notify;
 mod paths;
@@ -37,8 +38,12 @@ fn main() {
     let cli = Cli::parse();
     init_logging(&cli.common);
     if let Err(e) = run(cli) {
-        log::error!("{e:#}");
-        eprintln!("mirror-agent: {e:#}");
+        // Once: both the logger and stderr go to the terminal (or both to the journal).
+        if std::env::var_os("JOURNAL_STREAM").is_some() {
+            log::error!("{e:#}");
+        } else {
+            eprintln!("mirror-agent: {e:#}");
+        }
         std::process::exit(1);
     }
 }
@@ -127,10 +132,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         debug_prefix: c.debug_prefix.as_ref().map(|p| p.trim_end_matches('/').as_bytes().to_vec()),
     };
     if let Command::Run { config, check } = &cli.command {
+        let explicit = config.is_some();
         let config = match config {
             Some(f) => f.clone(),
             None => default_config_file()?,
         };
+        // Absolute from the start: control edits rewrite it, wherever the agent's cwd is.
+        let config = std::path::absolute(&config).with_context(|| format!("resolving {}", config.display()))?;
+        match config.try_exists() {
+            Ok(true) => {}
+            Ok(false) if explicit => anyhow::bail!(
+                "there is no configuration file {}: write one (see \"Running in the background\" in the \
+                 README), or leave out --config to start with none and add pairs with `mirror-agent add`",
+                config.display()
+            ),
+            Ok(false) => log::warn!(
+                "there is no configuration file {} yet: running no pairs; `mirror-agent add NAME -h HOST \
+                 -l DIR -r DIR` adds one (and writes the file)",
+                config.display()
+            ),
+            Err(e) => anyhow::bail!("cannot read {}: {e}", config.display()),
+        }
         if *check {
             let (cfg, _) = config::Config::load(&config)?;
             println!(
@@ -144,14 +166,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let tls = identity::Identity::load_or_create(&state_dir)
             .with_context(|| format!("identity in {}", state_dir.display()))
             .and_then(|id| {
+                identity::warn_if_open(&state_dir);
                 log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", id.id, id.id);
-                tls::Tls::new(&id, identity::Trust::new(&state_dir)).context("setting up TLS")
+                tls::Tls::new(&id, trust_of(c, &state_dir)).context("setting up TLS")
             })
             .map_err(|e| format!("{e:#}"));
         let control = control::socket_path(c.state_dir.as_deref(), &state_dir);
         return daemon::run(config, control, shared, tls, c.resume);
     }
     let tls = if c.insecure {
+        let (what, addr) = match &cli.command {
+            Command::Server { listen, .. } => ("--listen", listen.clone()),
+            Command::Client { pair } if pair.host.contains(':') => ("-h", format!("[{}]:{}", pair.host, pair.port)),
+            Command::Client { pair } => ("-h", format!("{}:{}", pair.host, pair.port)),
+            _ => ("", String::new()),
+        };
+        if !what.is_empty() {
+            cli::check_insecure(what, &addr, c.insecure_any_address).map_err(anyhow::Error::msg)?;
+        }
         log::warn!(
             "--insecure: plaintext TCP without authentication; anyone on the network path can read \
              and change what is synced. Use it on loopback or through an SSH tunnel only"
@@ -160,7 +192,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         let identity = identity::Identity::load_or_create(&state_dir)
             .with_context(|| format!("identity in {}", state_dir.display()))?;
-        let trust = identity::Trust::new(&state_dir);
+        let trust = trust_of(c, &state_dir);
+        identity::warn_if_open(&state_dir);
         log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", identity.id, identity.id);
         Some(tls::Tls::new(&identity, trust).context("setting up TLS")?)
     };
@@ -186,6 +219,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// The trust file of `state_dir`; suggested `trust` commands name the state dir the user gave.
+fn trust_of(c: &Common, state_dir: &std::path::Path) -> identity::Trust {
+    if c.state_dir.is_some() { identity::Trust::named(state_dir) } else { identity::Trust::new(state_dir) }
 }
 
 /// `$XDG_CONFIG_HOME/mirror-agent/config.toml`, or `~/.config/mirror-agent/config.toml`.
@@ -249,7 +287,12 @@ fn control_command(cmd: &Command, socket: &std::path::Path, insecure: bool) -> a
     if let Command::Status { .. } = cmd
         && let Some(r) = resp.reports.iter().find(|r| matches!(r.state, status::State::Failed | status::State::Halted))
     {
-        eprintln!("mirror-agent: {} is {}: {}", r.name, r.state.name(), r.last_error.as_deref().unwrap_or("?"));
+        let what = match r.state {
+            _ if r.name == "(server)" => "restarting the agent starts it again".to_string(),
+            status::State::Halted => format!("`mirror-agent resume {}` accepts its directory as it is now", r.name),
+            _ => format!("`mirror-agent resume {}` starts it again", r.name),
+        };
+        eprintln!("mirror-agent: {} is {}: {}; {what}", r.name, r.state.name(), r.last_error.as_deref().unwrap_or("?"));
         std::process::exit(1);
     }
     Ok(())

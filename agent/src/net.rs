@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -404,7 +404,7 @@ impl Net {
                 }
                 let mut first = Preamble::ours().encode().to_vec();
                 encode_into(&Message::Hello(hello), &mut first);
-                let tls = match self.tls.as_ref().map(crate::tls::Tls::connect).transpose() {
+                let tls = match self.tls.as_ref().map(|t| t.connect_to(&addr)).transpose() {
                     Ok(t) => t.map(Box::new),
                     Err(e) => {
                         log::error!("cannot start TLS: {e}");
@@ -623,12 +623,19 @@ impl Net {
                         };
                         continue;
                     }
-                    Err(e) => {
+                    Err(err) => {
+                        let e =
+                            crate::tls::plaintext_met_tls(c.dec.peek(), self.tls.is_none()).unwrap_or(err.to_string());
                         log::error!("{}: {e}", c.peer);
                         if matches!(self.role, Role::Client { .. }) {
                             self.fatal = Some(format!("server {}: {e}", c.peer));
+                        } else if matches!(err, mirror_protocol::PreambleError::VersionMismatch { .. }) {
+                            // PROTOCOL.md, "Version mismatch": say why before closing.
+                            c.send(&Message::Goodbye { reason: e.clone() });
+                            c.fail(e);
+                            return;
                         }
-                        c.lost(e.to_string());
+                        c.lost(e);
                         return;
                     }
                 }
@@ -649,6 +656,7 @@ impl Net {
                 (State::AwaitHello, Message::Hello(h)) => self.on_hello(id, c, h),
                 (State::AwaitWelcome, Message::Welcome(w)) => self.on_welcome(id, c, w),
                 (State::AwaitWelcome | State::AwaitHello, Message::Goodbye { reason }) => {
+                    let reason = crate::logsafe::clean(&reason);
                     log::error!("{} refused us: {reason}", c.peer);
                     if matches!(self.role, Role::Client { .. }) {
                         self.fatal = Some(format!("server {} refused the connection: {reason}", c.peer));
@@ -658,7 +666,7 @@ impl Net {
                 }
                 (State::Open(tx), msg) => {
                     if let Message::Goodbye { reason } = &msg {
-                        log::info!("{} closed the connection: {reason}", c.peer);
+                        log::info!("{} closed the connection: {}", c.peer, crate::logsafe::shown(reason));
                     }
                     match offer(tx, ToEngine::Message { conn: id, msg }, &self.parked_flag) {
                         Ok(()) => {}
@@ -684,6 +692,7 @@ impl Net {
     }
 
     fn on_hello(&mut self, id: ConnId, c: &mut Conn, h: Hello) {
+        let h = Hello { host: crate::logsafe::clean(&h.host), ..h };
         let Role::Server { engines, .. } = &mut self.role else { return };
         let Some(root) = &self.root_canon else { return };
         let count = h.includes.len() + h.excludes.len();
@@ -700,7 +709,7 @@ impl Net {
             c.fail(reason);
             return;
         }
-        let target = match resolve_remote(root, &h.remote) {
+        let target = match crate::paths::resolve_remote(root, &h.remote) {
             Ok(t) => t,
             Err(reason) => {
                 log::error!("{} ({}): {reason}", c.peer, h.host);
@@ -725,15 +734,17 @@ impl Net {
                 }
             }
             Err(e) => {
-                let reason = format!("cannot sync {}: {e:#}", target.display());
+                let reason = crate::logsafe::clean(&format!("cannot sync {}: {e:#}", target.display()));
                 log::error!("{reason}");
-                c.send(&Message::Goodbye { reason: reason.clone() });
+                let told = crate::logsafe::clean(&crate::store::refusal_for_client(&e, &target));
+                c.send(&Message::Goodbye { reason: told });
                 c.fail(reason);
             }
         }
     }
 
     fn on_welcome(&mut self, id: ConnId, c: &mut Conn, w: Welcome) {
+        let w = Welcome { host: crate::logsafe::clean(&w.host), ..w };
         let Role::Client { engine, .. } = &self.role else { return };
         log::info!("connected to {} ({}{})", w.host, c.peer, c.peer_id());
         self.backoff = Duration::from_millis(200);
@@ -918,61 +929,4 @@ fn resolve(addr: &str) -> io::Result<SocketAddr> {
     addr.to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address for {addr}")))
-}
-
-/// Resolves a client's remote directory inside the server root, refusing anything that escapes
-/// it (`..`, an absolute path elsewhere, a symlink pointing out). Creates it if missing.
-pub fn resolve_remote(root: &Path, remote: &[u8]) -> Result<PathBuf, String> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::path::Component;
-    let shown = String::from_utf8_lossy(remote).into_owned();
-    if remote.contains(&0) {
-        return Err(format!("remote path {shown:?} contains NUL"));
-    }
-    let mut p = Path::new(std::ffi::OsStr::from_bytes(remote));
-    if let Ok(rest) = p.strip_prefix("~") {
-        p = rest;
-    }
-    let rel = if p.is_absolute() {
-        p.strip_prefix(root)
-            .map_err(|_| format!("remote path {shown:?} is outside the server root {}", root.display()))?
-    } else {
-        p
-    };
-    let mut target = root.to_path_buf();
-    for comp in rel.components() {
-        match comp {
-            Component::Normal(n) => target.push(n),
-            Component::CurDir => {}
-            _ => return Err(format!("remote path {shown:?} escapes the server root")),
-        }
-    }
-    std::fs::create_dir_all(&target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-    let canon = target.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", target.display()))?;
-    if !canon.starts_with(root) {
-        return Err(format!("remote path {shown:?} leads outside the server root through a symlink"));
-    }
-    if !canon.is_dir() {
-        return Err(format!("remote path {shown:?} is not a directory"));
-    }
-    Ok(canon)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn remote_paths_stay_inside_the_root() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().canonicalize().unwrap();
-        std::os::unix::fs::symlink("/", root.join("escape")).unwrap();
-        assert_eq!(resolve_remote(&root, b"proj").unwrap(), root.join("proj"));
-        assert_eq!(resolve_remote(&root, b"~/a/b").unwrap(), root.join("a/b"));
-        assert_eq!(resolve_remote(&root, root.join("c").as_os_str().as_encoded_bytes()).unwrap(), root.join("c"));
-        assert_eq!(resolve_remote(&root, b"").unwrap(), root);
-        for bad in [&b"../x"[..], b"a/../../x", b"/etc", b"escape/tmp", b"a\0b"] {
-            assert!(resolve_remote(&root, bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
 }

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const SNAP_MAGIC: &[u8; 8] = b"MIRBASE4";
@@ -257,9 +258,10 @@ impl Store {
     /// Opens (creating if needed) the state of the pair syncing `root`.
     pub fn open(state_dir: &Path, root: &Path) -> Result<(Store, Loaded), StoreError> {
         let dir = pair_dir(state_dir, root);
-        fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
+        private_dir(&dir).map_err(|e| err(&dir, e))?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .truncate(false)
             .write(true)
@@ -606,12 +608,55 @@ fn read_file(mut f: File, magic: &[u8; 8], strict: bool) -> io::Result<(Header, 
     Ok((header, recs))
 }
 
+/// A pair that is halted for safety refuses to start until it is resumed.
+#[derive(Debug)]
+pub struct Halted {
+    /// Why it halted.
+    pub reason: String,
+    /// How to resume it, for the user of this machine.
+    pub hint: String,
+}
+
+impl std::fmt::Display for Halted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n{}", self.reason, self.hint)
+    }
+}
+
+impl std::error::Error for Halted {}
+
+/// What a server tells a client whose directory it cannot sync (`e`, from starting its engine).
+/// A halt is the server's to resume: `--resume` on the client does nothing for it, so the client
+/// is told so, not handed the server's own hint.
+pub fn refusal_for_client(e: &anyhow::Error, target: &Path) -> String {
+    match e.downcast_ref::<Halted>() {
+        Some(h) => format!(
+            "the server's directory {} is halted for safety ({}); it must be resumed on the server \
+             (restart the server with --resume, or `mirror-agent resume NAME` there under \
+             `mirror-agent run`): --resume on this client does not resume it",
+            target.display(),
+            h.reason
+        ),
+        None => format!("cannot sync {}: {e:#}", target.display()),
+    }
+}
+
+/// Creates `dir` and its missing parents for the agent's state: owner only (0700), whatever the
+/// umask, so no other local user can read the state or add a trusted ID.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 /// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync the directory.
+///
+/// The file is readable by its owner only, whatever the umask: everything written this way is
+/// the agent's state (or the user's configuration, which names their machines and paths).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

@@ -57,9 +57,19 @@ impl Tls {
         Ok(c.into())
     }
 
+    #[cfg(test)]
     pub fn connect(&self) -> Result<rustls::Connection, rustls::Error> {
-        // Names are not checked (identities are pinned); rustls needs one all the same.
-        let name = ServerName::try_from("mirror-agent").map_err(|e| rustls::Error::General(e.to_string()))?;
+        self.connect_to("mirror-agent")
+    }
+
+    /// A client connection to `addr` (`host:port`). The host is not checked against the
+    /// certificate (identities are pinned); it only lets the verifier say, when a server's
+    /// identity changed, which one that host had before.
+    pub fn connect_to(&self, addr: &str) -> Result<rustls::Connection, rustls::Error> {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned())
+            .or_else(|_| ServerName::try_from("mirror-agent"))
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
         let mut c = rustls::ClientConnection::new(self.client.clone(), name)?;
         c.set_buffer_limit(Some(1 << 20));
         Ok(c.into())
@@ -80,13 +90,36 @@ struct Pinned {
 
 impl Pinned {
     fn check(&self, cert: &CertificateDer<'_>, role: &str) -> Result<(), rustls::Error> {
+        self.check_host(cert, role, None)
+    }
+
+    /// [`Pinned::check`], for a server reached as `host`: a host seen before with another
+    /// identity is reported as a changed identity, naming the old one.
+    fn check_host(&self, cert: &CertificateDer<'_>, role: &str, host: Option<&str>) -> Result<(), rustls::Error> {
         let id = DeviceId::of_cert(cert.as_ref());
+        let before = host.and_then(|h| self.trust.server_seen(h));
         if self.trust.contains(&id) {
+            if let Some(h) = host
+                && before.as_ref() != Some(&id)
+                && let Err(e) = self.trust.remember_server(h, &id)
+            {
+                log::warn!("cannot record the identity of {h} in {}: {e}", self.trust.path().display());
+            }
             Ok(())
+        } else if let (Some(h), Some(old)) = (host, before.filter(|old| old != &id)) {
+            let known = self.trust.comment(&old).map(|c| format!(", trusted as \"{c}\"")).unwrap_or_default();
+            Err(rustls::Error::General(format!(
+                "the server at {h} changed its identity: it presents {id}, which is not trusted \
+                 here, where the last time it was {old}{known}. If the server was re-installed or \
+                 re-keyed on purpose, run `{}` on this machine; if not, something else answers at \
+                 that address",
+                self.trust.command(&id)
+            )))
         } else {
             Err(rustls::Error::General(format!(
                 "the {role} presented identity {id}, which is not trusted here; if it is yours, run \
-                 `mirror-agent trust {id}` on this machine"
+                 `{}` on this machine",
+                self.trust.command(&id)
             )))
         }
     }
@@ -117,11 +150,13 @@ impl ServerCertVerifier for Pinned {
         &self,
         end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity, "server").map(|()| ServerCertVerified::assertion())
+        let host = server_name.to_str();
+        let host = (host != "mirror-agent").then_some(&*host);
+        self.check_host(end_entity, "server", host).map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -201,6 +236,20 @@ pub fn explain(e: &rustls::Error, me: &DeviceId) -> String {
         ),
         e => format!("TLS error: {e}"),
     }
+}
+
+/// What to tell a plaintext (`--insecure`) side whose peer answered with a TLS record: without
+/// this, the record's bytes were reported as "bad magic bytes". `None` when it is not that.
+pub fn plaintext_met_tls(bytes: &[u8], we_are_plaintext: bool) -> Option<String> {
+    // A TLS record header: content type 20-23 (change cipher spec, alert, handshake, data),
+    // then major version 3.
+    let tls = bytes.len() >= 2 && (20..=23).contains(&bytes[0]) && bytes[1] == 3;
+    (tls && we_are_plaintext).then(|| {
+        "the peer speaks TLS, and this side was started with --insecure (plaintext): drop --insecure \
+         (and pair the agents with `mirror-agent id` / `mirror-agent trust`), or start the peer with \
+         --insecure too"
+            .to_string()
+    })
 }
 
 #[cfg(test)]

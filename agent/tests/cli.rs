@@ -30,3 +30,32 @@ fn missing_arguments_and_unknown_watchers_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"fanotify\" is not available") && err.contains("inotify"), "{err}");
 }
+
+/// Regression (issue 11, item 16): `--insecure` on a non-loopback address only warned.
+#[test]
+fn insecure_off_loopback_is_refused_and_names_the_flag() {
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().to_str().unwrap();
+    let out = agent(&["server", "--insecure", "--listen", "0.0.0.0:0", "--root", st, "--state-dir", st]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback") && err.contains("--insecure-any-address"), "{err}");
+    // Said once (issue 11, item 17: CLI errors were printed twice).
+    assert_eq!(err.matches("--insecure-any-address").count(), 1, "{err}");
+    let local = state.path().join("l");
+    let out = agent(&[
+        "client",
+        "-h",
+        "192.0.2.1",
+        "-l",
+        local.to_str().unwrap(),
+        "-r",
+        "x",
+        "--insecure",
+        "--state-dir",
+        st,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("-h 192.0.2.1") && err.contains("--insecure-any-address"), "{err}");
+}

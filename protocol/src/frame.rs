@@ -115,8 +115,8 @@ impl Decoder {
             return Ok(None);
         }
         let payload = &avail[4..4 + len];
-        let (msg, rest) =
-            postcard::take_from_bytes::<Message>(payload).map_err(|e| DecodeError::BadMessage(e.to_string()))?;
+        crate::path::take_refusal();
+        let (msg, rest) = postcard::take_from_bytes::<Message>(payload).map_err(|e| bad_message(payload, &e))?;
         if !rest.is_empty() {
             return Err(DecodeError::BadMessage(format!("{} trailing bytes after the message", rest.len())));
         }
@@ -128,6 +128,49 @@ impl Decoder {
         self.pos += 4 + len;
         Ok(Some(msg))
     }
+}
+
+/// The names of the message types, by their tag on the wire (the variant index of [`Message`]).
+const MESSAGE_NAMES: [&str; 12] = [
+    "Hello",
+    "Welcome",
+    "IndexBatch",
+    "Update",
+    "Request",
+    "Data",
+    "DataEnd",
+    "DataAbort",
+    "Ping",
+    "Pong",
+    "Goodbye",
+    "IndexFrom",
+];
+
+/// What was wrong with a payload postcard refused, in words: which message, and what in it
+/// (postcard's own text is "Serde Deserialization Error" for a refused path).
+fn bad_message(payload: &[u8], e: &postcard::Error) -> DecodeError {
+    use postcard::Error as E;
+    let what = match payload.first() {
+        Some(&tag) if tag < 0x80 => match MESSAGE_NAMES.get(usize::from(tag)) {
+            Some(name) => *name,
+            None => return DecodeError::BadMessage(format!("unknown message type {tag}")),
+        },
+        _ => return DecodeError::BadMessage("unknown message type".into()),
+    };
+    let why = match e {
+        E::SerdeDeCustom => match crate::path::take_refusal() {
+            Some(p) => format!("a path is refused: {p}"),
+            None => "a field holds a value that is not allowed".into(),
+        },
+        E::DeserializeUnexpectedEnd => "it ends before its last field".into(),
+        E::DeserializeBadVarint => "a number is badly encoded".into(),
+        E::DeserializeBadBool => "a boolean is neither 0 nor 1".into(),
+        E::DeserializeBadUtf8 | E::DeserializeBadChar => "a text field is not valid UTF-8".into(),
+        E::DeserializeBadOption => "an optional field has a bad tag".into(),
+        E::DeserializeBadEnum => "a field holds an unknown variant".into(),
+        other => other.to_string(),
+    };
+    DecodeError::BadMessage(format!("{what}: {why}"))
 }
 
 #[cfg(test)]
@@ -167,6 +210,32 @@ mod tests {
             Message::Goodbye { reason: "bye".into() },
             Message::IndexFrom { since: 1 << 40 },
         ]
+    }
+
+    #[test]
+    fn message_names_follow_the_wire_tags() {
+        for m in samples() {
+            let frame = encode(&m);
+            assert_eq!(MESSAGE_NAMES[usize::from(frame[4])], m.name());
+        }
+    }
+
+    #[test]
+    fn decode_errors_say_which_message_and_what_was_wrong() {
+        let bad = |payload: &[u8]| {
+            let mut d = Decoder::new();
+            let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+            f.extend_from_slice(payload);
+            d.extend(&f);
+            d.decode().unwrap_err().to_string()
+        };
+        // A Request (tag 4) for `..`: id 1, then the path bytes.
+        let e = bad(&[4, 1, 2, b'.', b'.']);
+        assert!(e.contains("Request") && e.contains("a path is refused") && e.contains(".."), "{e}");
+        assert!(!e.contains("Serde"), "{e}");
+        assert!(bad(&[4, 1]).contains("Request: it ends before its last field"));
+        assert!(bad(&[2, 0, 7, 1]).contains("IndexBatch: a boolean is neither 0 nor 1"));
+        assert_eq!(bad(&[99]), "malformed message: unknown message type 99");
     }
 
     #[test]

@@ -128,8 +128,22 @@ fn validate(bytes: &[u8]) -> Result<(), PathError> {
 impl TryFrom<serde_bytes::ByteBuf> for RelPath {
     type Error = PathError;
     fn try_from(b: serde_bytes::ByteBuf) -> Result<Self, PathError> {
-        RelPath::new(b.into_vec())
+        let r = RelPath::new(b.into_vec());
+        if let Err(e) = r {
+            // postcard drops a custom error's text; the decoder picks it up here.
+            LAST_REFUSAL.with(|l| l.set(Some(e)));
+        }
+        r
     }
+}
+
+thread_local! {
+    static LAST_REFUSAL: std::cell::Cell<Option<PathError>> = const { std::cell::Cell::new(None) };
+}
+
+/// Why the last path this thread refused while decoding was refused (and forgets it).
+pub(crate) fn take_refusal() -> Option<PathError> {
+    LAST_REFUSAL.with(std::cell::Cell::take)
 }
 
 impl From<RelPath> for serde_bytes::ByteBuf {

@@ -316,3 +316,108 @@ fn systemd_notification_protocol() {
         (got.iter().filter(|m| *m == "WATCHDOG=1").count() >= before + 3).then_some(())
     });
 }
+
+/// Regression (issue 11, item 17): with `--config config.toml` (relative) every control edit
+/// said "writing config.toml: No such file or directory" and exited 1, yet wrote the file.
+#[test]
+fn a_relative_config_path_takes_control_edits() {
+    let s = Setup::new(&["one"]);
+    let agent = Agent::spawn_cmd(
+        "agent",
+        Command::new(bin())
+            .args(["run", "--config", "config.toml", "--state-dir", s.state.to_str().unwrap()])
+            .current_dir(s.area.dir.path()),
+    );
+    agent.wait_log("control socket");
+    s.wait_state("one", "connected");
+    s.ok(&["pause", "one"]);
+    s.wait_state("one", "paused");
+    assert!(fs::read_to_string(&s.config).unwrap().contains("paused = true"));
+    s.ok(&["resume", "one"]);
+    s.wait_state("one", "connected");
+}
+
+/// Regression (issue 11, item 17): a missing `--config` file ran 0 pairs and exited 0.
+#[test]
+fn a_missing_config_given_explicitly_is_an_error() {
+    let area = Area::new();
+    let missing = area.path("nope.toml");
+    for extra in [&[][..], &["--check"]] {
+        let mut agent = Agent::spawn_cmd(
+            "agent",
+            Command::new(bin())
+                .args(["run", "--config", missing.to_str().unwrap(), "--state-dir", area.path("st").to_str().unwrap()])
+                .args(extra),
+        );
+        assert_eq!(agent.wait_exit(), Some(1), "{}", agent.log());
+        let err = agent.log();
+        assert!(err.contains("there is no configuration file") && err.contains("nope.toml"), "{err}");
+    }
+}
+
+/// Regression (issue 11, item 17): a halted pair suggested `mirror-agent resume pair NAME`,
+/// which fails, and after `resume NAME` the status still showed the old halt.
+#[test]
+fn a_halted_pair_names_the_working_resume_and_resume_clears_the_halt() {
+    let s = Setup::new(&["one"]);
+    let agent = s.start();
+    write(&s.local("one").join("a.txt"), "one");
+    wait_content(&s.remote("one").join("a.txt"), b"one");
+    fs::remove_dir_all(s.local("one")).unwrap();
+    let halted = s.wait_state("one", "halted");
+    assert!(halted["last_error"].is_string(), "{halted}");
+    let log = agent.wait_log("`mirror-agent resume one`");
+    let (code, _, err) = s.ctl(&["status"]);
+    assert!(code == 1 && err.contains("`mirror-agent resume one` accepts its directory"), "{err}");
+    assert!(!log.contains("resume pair one"), "{log}");
+    fs::create_dir(s.local("one")).unwrap();
+    s.ok(&["resume", "one"]);
+    let now = s.wait_state("one", "connected");
+    assert!(now["last_error"].is_null(), "the old halt is still shown: {now}");
+    let (code, table, err) = s.ctl(&["status"]);
+    assert_eq!(code, 0, "{table}{err}");
+}
+
+/// Regression (issue 11, item 17): another user's `status` said "no mirror-agent is running"
+/// when the truth was "permission denied".
+#[test]
+fn another_users_status_says_permission_denied() {
+    if Command::new("setpriv").arg("--version").output().is_err() || !nix_root() {
+        eprintln!("SKIP: needs root and setpriv to run a command as another user");
+        return;
+    }
+    let s = Setup::new(&[]);
+    let _agent = s.start();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .args(["status", "--state-dir", s.state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied") && !err.contains("no mirror-agent is running"), "{err}");
+}
+
+fn nix_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Issue 11, item 16: `insecure = true` in the configuration follows the command line's rule:
+/// refused off loopback unless `insecure_any_address = true`.
+#[test]
+fn an_insecure_pair_off_loopback_is_refused() {
+    let s = Setup::new(&[]);
+    let text = fs::read_to_string(&s.config).unwrap()
+        + &format!(
+            "\n[[pair]]\nname = \"far\"\nlocal = \"{}\"\nhost = \"192.0.2.1\"\nremote = \"far\"\ninsecure = true\n",
+            s.local("far").display()
+        );
+    fs::write(&s.config, text).unwrap();
+    let _agent = s.start();
+    let far = wait_until("the pair to report the refusal", || {
+        let r = s.status_of("far");
+        r["last_error"].as_str().is_some_and(|e| e.contains("loopback")).then_some(r)
+    });
+    assert!(far["last_error"].as_str().unwrap().contains("insecure_any_address = true"), "{far}");
+}

@@ -70,3 +70,23 @@ fn a_root_replaced_by_another_file_system_halts() {
     assert_eq!(server_files(&area), 5);
     assert!(Path::new(&area.path("client/f0.txt")).exists());
 }
+
+/// Regression (issue 11, item 17): a client refused by a halted server was told to restart
+/// with --resume, which resumes nothing: the halt is the server's, and must be resumed there.
+#[test]
+fn a_client_of_a_halted_server_is_told_to_resume_the_server() {
+    let area = Area::new();
+    let (mut server, mut client) = synced(&area);
+    assert_eq!(client.terminate(), Some(0));
+    assert_eq!(server.agent.terminate(), Some(0));
+    for i in 0..5 {
+        fs::remove_file(area.path(&format!("server/p/f{i}.txt"))).unwrap();
+    }
+    let server = Server::start(&area.server_root(), &[]);
+    let mut client = server.spawn_client("client", &area.path("client"), "p", &[]);
+    assert_eq!(client.wait_exit(), Some(1));
+    let log = client.log();
+    assert!(log.contains("the server's directory") && log.contains("must be resumed on the server"), "{log}");
+    assert!(log.contains("--resume on this client does not resume it"), "{log}");
+    assert_eq!(snapshot(&area.path("client")).len(), 5, "the emptied server root propagated");
+}

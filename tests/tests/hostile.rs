@@ -116,9 +116,10 @@ fn hostile_paths_write_nothing_outside_the_root() {
     let server = Server::start(&area.server_root(), &[]);
 
     for (path, expect) in [
-        (&b"../escape.txt"[..], "malformed message"),
-        (b"/etc/evil", "malformed message"),
-        (b"a\0b", "malformed message"),
+        // Regression (issue 11, item 17): these said "Serde Deserialization Error".
+        (&b"../escape.txt"[..], "malformed message: Update: a path is refused: path with a '..' component"),
+        (b"/etc/evil", "malformed message: Update: a path is refused: absolute path"),
+        (b"a\0b", "malformed message: Update: a path is refused: path containing NUL"),
         (b"link/pwned.txt", "passes through the symlink link"),
     ] {
         let mut s = raw(server.port);
@@ -144,7 +145,9 @@ fn a_remote_path_outside_the_root_is_refused() {
         let reply = read_to_close(s);
         let text = String::from_utf8_lossy(&reply);
         assert!(
-            text.contains("outside the server root") || text.contains("escapes the server root"),
+            text.contains("outside the server root")
+                || text.contains("escapes the server root")
+                || text.contains("passes through the symlink to-root"),
             "{remote}: {text}"
         );
     }
@@ -296,4 +299,73 @@ fn a_peer_whose_bytes_do_not_match_its_claimed_size_is_cut_off() {
         assert!(!area.path("server/proj/f.txt").exists(), "{case}: a file was written");
     }
     assert_still_serving(&server, &area, "c");
+}
+
+/// Regression (issue 11, item 16): a host name or a reason with a newline forged log records
+/// (under journald, `<0>` even gave them the emergency priority).
+#[test]
+fn peer_strings_with_newlines_cannot_forge_log_records() {
+    let area = Area::new();
+    fs::create_dir_all(area.path("server/proj")).unwrap();
+    let server = Server::start_env(&area.server_root(), "127.0.0.1:0", &[], &[("JOURNAL_STREAM", "8:1")]);
+    let mut s = raw(server.port);
+    let mut v = Preamble::ours().encode().to_vec();
+    v.extend(encode(&Message::Hello(Hello {
+        replica: 9,
+        host: "x\n<0>FORGED-HOST".into(),
+        remote: b"proj".to_vec(),
+        includes: vec![],
+        excludes: vec![],
+    })));
+    v.extend(encode(&Message::DataAbort { id: 1, reason: "r\n<0>FORGED-ABORT".into() }));
+    v.extend(encode(&Message::Goodbye { reason: "bye\r\n<0>FORGED-BYE\u{1b}[2J".into() }));
+    s.write_all(&v).unwrap();
+    read_to_close(s);
+    let log = server.agent.wait_log("FORGED-BYE");
+    assert!(log.contains("x\\n<0>FORGED-HOST"), "{log}");
+    for line in log.lines() {
+        assert!(!line.starts_with("<0>"), "forged record: {line:?}\n{log}");
+        assert!(["<3>", "<4>", "<6>", "<7>"].iter().any(|p| line.starts_with(p)), "not a record: {line:?}\n{log}");
+        assert!(!line.contains('\u{1b}'), "raw escape: {line:?}");
+    }
+    // The same peer on another connection, rejected during the handshake.
+    let mut s = raw(server.port);
+    let mut v = Preamble::ours().encode().to_vec();
+    v.extend(encode(&Message::Hello(Hello {
+        replica: 9,
+        host: "y\n<0>FORGED-REFUSED".into(),
+        remote: b"../nope".to_vec(),
+        includes: vec![],
+        excludes: vec![],
+    })));
+    s.write_all(&v).unwrap();
+    read_to_close(s);
+    let log = server.agent.wait_log("FORGED-REFUSED");
+    assert!(!log.lines().any(|l| l.starts_with("<0>")), "{log}");
+}
+
+/// Regression (issue 11, item 17): a server refusing a peer's protocol version closed without a
+/// word, so a client that accepted the server's version retried silently. Now the server sends,
+/// after its preamble, a `Goodbye` naming both versions (PROTOCOL.md, "Version mismatch").
+#[test]
+fn a_server_refusing_a_version_says_why_in_a_goodbye() {
+    use mirror_protocol::{Decoder, PREAMBLE_LEN};
+    let area = Area::new();
+    let server = Server::start(&area.server_root(), &[]);
+    let mut s = raw(server.port);
+    s.write_all(&Preamble { version: 99 }.encode()).unwrap();
+    let reply = read_to_close(s);
+    assert_eq!(Preamble::decode(&reply[..PREAMBLE_LEN]).unwrap(), Some(Preamble::ours()));
+    let mut d = Decoder::new();
+    d.extend(&reply[PREAMBLE_LEN..]);
+    match d.decode().unwrap() {
+        Some(Message::Goodbye { reason }) => {
+            assert!(
+                reason.contains(&format!("we speak version {PROTOCOL_VERSION}, the peer speaks version 99")),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a Goodbye, got {other:?}"),
+    }
+    assert_still_serving(&server, &area, "v");
 }

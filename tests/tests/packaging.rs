@@ -167,9 +167,15 @@ fn the_dockerfile_and_compose_file_lint_clean() {
         .args(["--builtin-schema", "vendor.compose-spec"])
         .arg(repo().join("packaging/docker/docker-compose.yml")));
     let text = fs::read_to_string(&dockerfile).unwrap();
-    for needed in
-        ["AS build", "USER 10001", "VOLUME [\"/data\"]", "EXPOSE 49172", "HEALTHCHECK", "mirror-agent\", \"status"]
-    {
+    for needed in [
+        "AS build",
+        "USER 10001",
+        "VOLUME [\"/data\"]",
+        "EXPOSE 49172",
+        "HEALTHCHECK",
+        "mirror-agent\", \"status",
+        "ENV MIRROR_STATE_DIR=/data/state",
+    ] {
         assert!(text.contains(needed), "the Dockerfile lacks {needed}");
     }
     // The image's default configuration is one the agent accepts.

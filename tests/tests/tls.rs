@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use mirror_tests::*;
+use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -84,7 +85,9 @@ fn an_untrusted_client_is_refused_until_trusted_while_the_server_runs() {
     let client_id = device_id(&area.path("state-client"));
     let client = secure_client(&area, "client", server.port, &c, "p");
     let slog = server.agent.wait_log(&format!("the client presented identity {client_id}, which is not trusted"));
-    assert!(slog.contains(&format!("mirror-agent trust {client_id}")), "{slog}");
+    // Regression (issue 11, item 17): the suggestion omitted the --state-dir in use.
+    let flag = format!("--state-dir {}", area.path("state-server").display());
+    assert!(slog.contains(&format!("`mirror-agent trust {client_id} {flag}` on this machine")), "{slog}");
     client.wait_log(&format!("the peer refused our identity {client_id} (most likely it does not trust it)"));
     assert!(!area.path("server/p/a.txt").exists(), "an untrusted client got data through");
     // Trusting it on the running server is enough: the client's next attempt gets in.
@@ -118,12 +121,38 @@ fn tls_and_plaintext_sides_tell_what_is_wrong() {
     let server = secure_server(&area, &["client"]);
     // A plaintext client against a TLS server.
     let state = area.path("state-client");
-    let plain = spawn_client_to(server.port, "client", &area.path("c"), "p", &state, &["--insecure"]);
+    let mut plain = spawn_client_to(server.port, "client", &area.path("c"), "p", &state, &["--insecure"]);
     server.agent.wait_log("is the other side started with --insecure");
-    drop(plain);
+    // Regression (issue 11, item 17): the client said "bad magic bytes".
+    assert_eq!(plain.wait_exit(), Some(1));
+    let log = plain.log();
+    assert!(log.contains("the peer speaks TLS") && log.contains("drop --insecure"), "{log}");
+    assert!(!log.contains("bad magic"), "{log}");
     // A TLS client against a plaintext server.
     let insecure = Server::start(&area.server_root(), &[]);
     let client = secure_client(&area, "client", insecure.port, &area.path("c2"), "p");
-    insecure.agent.wait_log("peer opened a TLS handshake but this side speaks plaintext");
+    insecure.agent.wait_log("the peer speaks TLS, and this side was started with --insecure");
     drop(client);
+}
+
+/// Regression (issue 11, item 17): a re-keyed server was reported like an unknown one.
+#[test]
+fn a_re_keyed_server_is_reported_as_changed_naming_the_old_identity() {
+    let area = Area::new();
+    let c = area.path("client");
+    let mut server = secure_server(&area, &["client"]);
+    let old_id = device_id(&area.path("state-server"));
+    let mut client = secure_client(&area, "client", server.port, &c, "p");
+    client.wait_log("connected to");
+    client.kill();
+    server.agent.kill();
+    // The server is re-installed: a new identity, the same trusted clients.
+    fs::remove_dir_all(area.path("state-server/identity")).unwrap();
+    let new_id = device_id(&area.path("state-server"));
+    assert_ne!(old_id, new_id);
+    let server = spawn_server(&area.server_root(), "127.0.0.1:0", &area.path("state-server"), &[]);
+    let client = secure_client(&area, "client", server.port, &c, "p");
+    let log = client.wait_log("changed its identity");
+    assert!(log.contains(&format!("it presents {new_id}")) && log.contains(&format!("it was {old_id}")), "{log}");
+    assert!(log.contains(&format!("mirror-agent trust {new_id}")), "{log}");
 }
