@@ -52,6 +52,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// How long a deleted file waits in the stash for a create of the same content. The other half
 /// of a rename comes in the same batch, or a few messages later for a large directory.
 const STASH_FOR: Duration = Duration::from_secs(2);
+/// How long a peer's new file whose content is here under another name waits for the delete of
+/// that name (the other half of a rename) before the content is copied...
+const MOVE_WAIT: Duration = Duration::from_millis(500);
+/// ...for files at least this large (smaller ones are simply sent).
+const MOVE_MIN_SIZE: u64 = 256 * 1024;
 /// How long to wait before retrying a failed write (full disk, permission)...
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// ...doubling with each failure in a row, up to this.
@@ -204,6 +209,8 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         fetching: HashMap::new(),
         stash: HashMap::new(),
         by_ino: HashMap::new(),
+        by_hash: HashMap::new(),
+        waited_move: HashSet::new(),
         gone_inodes: HashMap::new(),
         halted: None,
         initial: !loaded.existed,
@@ -221,6 +228,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         checkpoint: None,
         checkpoint_due: Instant::now(),
         told: HashSet::new(),
+        told_local: HashSet::new(),
         attempts: HashMap::new(),
         shape_changed: false,
     };
@@ -333,6 +341,12 @@ struct Engine {
     stash: HashMap<Hash, Vec<(PathBuf, Instant)>>,
     /// Which path holds each inode, so a file renamed here is recognised without hashing it.
     by_ino: HashMap<u64, RelPath>,
+    /// A path that held each content (checked against the index before use), so a peer's new
+    /// file whose content is already here is moved or copied, not fetched.
+    by_hash: HashMap<Hash, RelPath>,
+    /// Peer files whose content is here under another name, waiting once for the delete that
+    /// would make them a rename.
+    waited_move: HashSet<(RelPath, Hash)>,
     /// Files deleted here a moment ago, by inode: the other half of a rename may come next.
     gone_inodes: HashMap<u64, (Stat, Hash, Instant)>,
     /// The transfer under way or queued for each path: which session, which request, and the
@@ -368,6 +382,8 @@ struct Engine {
     checkpoint_due: Instant,
     /// Paths that could not be synced, each reported once (log and `status`) until it syncs.
     told: HashSet<RelPath>,
+    /// Local paths that cannot be synced at all (too long), each reported once.
+    told_local: HashSet<PathBuf>,
     /// Failed attempts to apply a path in a row (full disk, name too long): the retry backs off.
     attempts: HashMap<RelPath, u32>,
     /// A directory or symlink changed here: refused peer entries may apply now.
@@ -625,7 +641,10 @@ impl Engine {
             }
             return;
         }
-        let Some(rel) = to_rel(p) else { return };
+        let Some(rel) = to_rel(p) else {
+            self.unsyncable(p);
+            return;
+        };
         if is_temp(p) {
             return;
         }
@@ -861,7 +880,7 @@ impl Engine {
                     continue; // ours: never synced (a crash's leftovers went at start)
                 }
                 let Some(rel) = to_rel(&child_path) else {
-                    log::warn!("skipping {}: name cannot be synced", child_path.display());
+                    self.unsyncable(&child_path);
                     continue;
                 };
                 let is_dir = ent.file_type().is_ok_and(|t| t.is_dir());
@@ -1021,7 +1040,12 @@ impl Engine {
             }
         }
         if let (true, Some(s)) = (is_file, stat) {
-            self.by_ino.insert(s.ino, path);
+            self.by_ino.insert(s.ino, path.clone());
+        }
+        if let Some(l) = self.index.get(&path)
+            && let (Kind::File { hash, .. }, Some(_)) = (&l.entry.kind, l.stat)
+        {
+            self.by_hash.insert(*hash, path);
         }
     }
 
@@ -1506,6 +1530,18 @@ impl Engine {
                 self.finish_local(conn, e, r);
             } else if let Some(from) = self.take_stash(hash) {
                 self.apply_from_stash(conn, e, from, local.as_ref(), keep_local_copy);
+            } else if let Some(src) = self.same_content_here(&e) {
+                // The content is here under another name: most likely a rename whose delete
+                // comes a moment later (the peer saw the new names first, as when a directory
+                // moves into directories made for it). Wait for that delete once, then move
+                // the file; without it, copy ours instead of fetching the bytes again.
+                let key = (e.path.clone(), *hash);
+                if self.waited_move.insert(key.clone()) {
+                    self.retries.push((Instant::now() + MOVE_WAIT, conn, e));
+                } else {
+                    self.waited_move.remove(&key);
+                    self.copy_local(conn, e, &src, keep_local_copy);
+                }
             } else {
                 self.enqueue(conn, e, Purpose::Apply { keep_local_copy });
             }
@@ -1551,6 +1587,45 @@ impl Engine {
                 e,
                 r.map(|s| s.unwrap_or(Stat { mode: 0, size: 0, mtime: Timestamp::default(), ino: 0 })),
             ),
+        }
+    }
+
+    /// A live file of ours, at another path, with the content `e` wants (large files only:
+    /// small ones cost less to send than to wait for).
+    fn same_content_here(&self, e: &Entry) -> Option<RelPath> {
+        let Kind::File { size, hash, .. } = &e.kind else { return None };
+        if *size < MOVE_MIN_SIZE {
+            return None;
+        }
+        let p = self.by_hash.get(hash)?;
+        let l = self.index.get(p)?;
+        let same = matches!(&l.entry.kind, Kind::File { hash: h, .. } if h == hash);
+        (p != &e.path && same && l.stat.is_some()).then(|| p.clone())
+    }
+
+    /// Makes `e`'s content from our copy at `src` (verified by hash as it is read) instead of
+    /// fetching it; fetches it after all if `src` changed.
+    fn copy_local(&mut self, conn: ConnId, e: Entry, src: &RelPath, keep_local_copy: bool) {
+        let Kind::File { hash, .. } = e.kind else { return };
+        let expected = self.index.get(src).and_then(|l| l.stat);
+        let copied = executor::copy_to_temp(&self.root, src, expected, &e.path, &hash);
+        let tmp = match copied {
+            Ok(Some(t)) => t,
+            Ok(None) | Err(_) => return self.enqueue(conn, e, Purpose::Apply { keep_local_copy }),
+        };
+        log::debug!("{}: content copied from {src} here, nothing transferred", e.path);
+        let decided = self.index.get(&e.path).map(|l| l.entry.version.clone());
+        let f = Fetch {
+            entry: e,
+            purpose: Purpose::Apply { keep_local_copy },
+            decided,
+            tmp: None,
+            hasher: blake3::Hasher::new(),
+            received: 0,
+            failed: false,
+        };
+        if let Err(PeerError(reason)) = self.install_fetched(conn, f, tmp, hash) {
+            self.drop_session(conn, reason);
         }
     }
 
@@ -1661,6 +1736,27 @@ impl Engine {
         }
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.refused.insert(e.path.clone(), e);
+        }
+    }
+
+    /// A local path no peer could take (longer than 4,096 bytes, a name longer than 255):
+    /// reported once (log and `status`), then left alone while the rest syncs.
+    fn unsyncable(&mut self, p: &Path) {
+        if self.told_local.len() < 10_000 && self.told_local.insert(p.to_path_buf()) {
+            let len = p.as_os_str().len();
+            let why = match p.components().map(|c| c.as_os_str().len()).max() {
+                _ if len > mirror_protocol::path::MAX_PATH_LEN => {
+                    format!(
+                        "its path is {len} bytes long, more than the {} a peer takes",
+                        mirror_protocol::path::MAX_PATH_LEN
+                    )
+                }
+                Some(n) if n > 255 => format!("a name in it is {n} bytes long, more than 255"),
+                _ => "its name cannot be synced".into(),
+            };
+            let msg = format!("not syncing {}: {why}", p.display());
+            log::warn!("{msg}");
+            self.tell(msg);
         }
     }
 
@@ -1931,7 +2027,7 @@ impl Engine {
         if ours != hash {
             return Err(PeerError(format!("content of {} does not match the hash the peer sent", f.entry.path)));
         }
-        let Kind::File { size: want_size, hash: want_hash, mode } = f.entry.kind else { return Ok(()) };
+        let Kind::File { size: want_size, hash: want_hash, .. } = f.entry.kind else { return Ok(()) };
         if want_hash != hash || want_size != size {
             log::debug!("{} changed at the source while it was sent; waiting for its update", f.entry.path);
             return Ok(());
@@ -1954,6 +2050,13 @@ impl Engine {
                 }
             },
         };
+        self.install_fetched(conn, f, tmp, hash)
+    }
+
+    /// Puts a fetched (or locally copied) file, complete and verified in `tmp`, where `f` says.
+    fn install_fetched(&mut self, conn: ConnId, f: Fetch, tmp: TempFile, hash: Hash) -> Result<(), PeerError> {
+        let root = self.root.clone();
+        let Kind::File { mode, .. } = f.entry.kind else { return Ok(()) };
         // Our version moved on while the content travelled (a local save scanned meanwhile):
         // what was decided no longer holds. Decide again from what is here now; installing
         // would write over that save (issue 11, item 3).

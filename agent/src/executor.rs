@@ -16,7 +16,7 @@
 use crate::index::{S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, Stat};
 use crate::paths::{self, JailError, abs};
 use crate::rules::{AGENT_DIR, BESIDE_PREFIX, is_beside_temp};
-use mirror_protocol::{RelPath, Timestamp};
+use mirror_protocol::{Hash, RelPath, Timestamp};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -406,6 +406,33 @@ pub fn stash(root: &Path, rel: &RelPath, expected: Option<Stat>) -> Result<PathB
     let to = stash_name(root)?;
     fs::rename(abs(root, rel), &to)?;
     Ok(to)
+}
+
+/// A temp file for `to` holding a copy of our file `from` (which must still hold `expected`),
+/// if its bytes hash to `hash`; `None` if they do not (it changed).
+pub fn copy_to_temp(
+    root: &Path,
+    from: &RelPath,
+    expected: Option<Stat>,
+    to: &RelPath,
+    hash: &Hash,
+) -> Result<Option<TempFile>> {
+    verify(root, from, expected)?;
+    let mut src = crate::scan::open_nofollow(&abs(root, from))?;
+    let mut tmp = TempFile::create(root, to)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match std::io::Read::read(&mut src, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        h.update(&buf[..n]);
+        tmp.write_all(&buf[..n])?;
+    }
+    Ok((h.finalize().as_bytes() == hash).then_some(tmp))
 }
 
 /// Puts a stashed file in place at `rel` (which must still hold `expected`), with its mode and

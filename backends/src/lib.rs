@@ -279,6 +279,12 @@ pub(crate) fn watch_failure(
         log::warn!("cannot watch {}: {err}; what changes in it is not seen while it stays unreadable", abs.display());
         return Ok(());
     }
+    // ENAMETOOLONG: a path longer than the system takes (it cannot be synced either; the engine
+    // reports it once). Neither is it a reason to stop watching the rest.
+    if !is_root && err.raw_os_error() == Some(libc::ENAMETOOLONG) {
+        log::debug!("cannot watch {}: {err}", abs.display());
+        return Ok(());
+    }
     Err(WatchError::Io { path: abs, source: err })
 }
 
