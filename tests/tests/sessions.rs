@@ -182,3 +182,30 @@ fn a_client_with_other_patterns_for_a_served_directory_is_refused_with_the_reaso
     wait_content(&area.path("server/p/b.log"), b"wanted here");
     drop(second);
 }
+
+/// Issue 11, item 4, played in the order that made it happen: the peer announces the new name
+/// of a file before the delete of its old name (it saw the new directories first). The file is
+/// moved on the receiving side when the delete follows: its bytes are not requested again.
+#[test]
+fn a_rename_announced_create_first_moves_the_file_without_fetching_it() {
+    let area = Area::new();
+    let server = Server::start(&area.server_root(), &[]);
+    let content: Vec<u8> = (0..1024 * 1024).map(|i| (i % 253) as u8).collect();
+    let v = |n: u64| VersionVector::new().with(9, n);
+    let mut peer = Peer::connect(server.port, 9, "p");
+    peer.asked_since();
+    peer.index(vec![entry("old/a.bin", &content, v(1), "scripted-9")], 1);
+    let id = peer.requested("old/a.bin", Duration::from_secs(10));
+    peer.serve(id, &content);
+    wait_content(&area.path("server/p/old/a.bin"), &content);
+
+    peer.send(&Message::Update { entries: vec![entry("new/deeper/a.bin", &content, v(2), "scripted-9")], seq: 2 });
+    std::thread::sleep(Duration::from_millis(100)); // the delete comes a moment later: the scenario
+    let mut gone = entry("old/a.bin", &content, v(3), "scripted-9");
+    gone.kind = Kind::Deleted;
+    peer.send(&Message::Update { entries: vec![gone], seq: 3 });
+    wait_content(&area.path("server/p/new/deeper/a.bin"), &content);
+    wait_gone(&area.path("server/p/old/a.bin"));
+    let asked = peer.next(Duration::from_millis(300));
+    assert!(!matches!(asked, Some(Message::Request { .. })), "fetched again: {asked:?}");
+}
