@@ -1043,7 +1043,8 @@ impl Engine {
             self.by_ino.insert(s.ino, path.clone());
         }
         if let Some(l) = self.index.get(&path)
-            && let (Kind::File { hash, .. }, Some(_)) = (&l.entry.kind, l.stat)
+            && let (Kind::File { hash, size, .. }, Some(_)) = (&l.entry.kind, l.stat)
+            && *size >= MOVE_MIN_SIZE
         {
             self.by_hash.insert(*hash, path);
         }
@@ -1298,15 +1299,11 @@ impl Engine {
                     // again later. Its update, if one is coming, supersedes it meanwhile; until
                     // then the peer's high-water mark stays below it.
                     let current = self.fetching.get(&f.entry.path).is_some_and(|p| p.conn == conn && p.id == id);
-                    log::info!(
-                        "{}: the peer could not send it ({}); asking again in {}s",
-                        f.entry.path,
-                        crate::logsafe::shown(&reason),
-                        RETRY_AFTER.as_secs()
-                    );
                     self.fetch_done(&f.entry.path, conn, id);
                     if current && !f.failed {
-                        self.retries.push((Instant::now() + RETRY_AFTER, conn, f.entry));
+                        let why =
+                            format!("the peer could not send {} ({})", f.entry.path, crate::logsafe::shown(&reason));
+                        self.retry_later(conn, f.entry, why);
                     }
                 }
             }
@@ -1529,6 +1526,7 @@ impl Engine {
                 let r = executor::set_meta(&self.root, &e.path, expected, e.mtime, *mode);
                 self.finish_local(conn, e, r);
             } else if let Some(from) = self.take_stash(hash) {
+                self.waited_move.remove(&(e.path.clone(), *hash));
                 self.apply_from_stash(conn, e, from, local.as_ref(), keep_local_copy);
             } else if let Some(src) = self.same_content_here(&e) {
                 // The content is here under another name: most likely a rename whose delete
@@ -1707,22 +1705,34 @@ impl Engine {
                 }
             }
             ExecError::Jail(err) => self.refuse(conn, e, err.to_string()),
+            // The peer replaced a directory (by a file or symlink) that still holds what it does
+            // not have: written here meanwhile. As a modification beats a deletion, the
+            // directory wins; the peer's entry is kept as a conflict copy, and our directory's
+            // merged version makes the peer take the directory back (issue 11, item 5).
+            ExecError::NotEmpty if !e.kind.is_deleted() => {
+                log::info!("{}: the peer replaced this directory, which still holds files it does not have", e.path);
+                self.keep_remote_copy(conn, e);
+            }
             err => {
-                // Reported once; retried with a growing delay (a full disk may take a while),
-                // and at once when the peer sends a newer version.
-                let n = self.attempts.entry(e.path.clone()).or_insert(0);
-                *n += 1;
-                let wait = (RETRY_AFTER * 2u32.pow((*n - 1).min(6))).min(MAX_RETRY_AFTER);
                 let why = format!("cannot apply {} ({}): {err}", e.path, describe(&e.kind));
-                if self.told.insert(e.path.clone()) {
-                    log::error!("{why}; retrying in {}s, then less often", wait.as_secs());
-                    self.tell(why);
-                } else {
-                    log::debug!("{why}; retrying in {}s", wait.as_secs());
-                }
-                self.retries.push((Instant::now() + wait, conn, e));
+                self.retry_later(conn, e, why);
             }
         }
+    }
+
+    /// Reported once; retried with a growing delay (a full disk may take a while, a file the
+    /// peer cannot read may stay so), and at once when the peer sends a newer version.
+    fn retry_later(&mut self, conn: ConnId, e: Entry, why: String) {
+        let n = self.attempts.entry(e.path.clone()).or_insert(0);
+        *n += 1;
+        let wait = (RETRY_AFTER * 2u32.pow((*n - 1).min(6))).min(MAX_RETRY_AFTER);
+        if self.told.insert(e.path.clone()) {
+            log::error!("{why}; retrying in {}s, then less often", wait.as_secs());
+            self.tell(why);
+        } else {
+            log::debug!("{why}; retrying in {}s", wait.as_secs());
+        }
+        self.retries.push((Instant::now() + wait, conn, e));
     }
 
     /// A peer's entry that cannot be applied here as our tree is now: reported once, kept, and
@@ -1811,8 +1821,39 @@ impl Engine {
             l.entry.path,
             self.conflicts
         );
-        self.scan_one(&to);
+        self.record_copy(&to, &l.entry);
         Ok(())
+    }
+
+    /// Records a conflict copy we just made at `at` of the losing version `loser`. A new copy
+    /// takes the loser's version vector and origin rather than a new change of ours: every
+    /// replica that secures the same loser makes the same name (conflict.rs) and now the same
+    /// entry, so their copies meet as equal, and a later edit or deletion of the copy anywhere
+    /// supersedes all of them. (With a fresh version each, a deleted copy came back from a
+    /// replica that had made its own: concurrent, and a deletion never beats a modification.)
+    fn record_copy(&mut self, at: &RelPath, loser: &Entry) {
+        if self.index.contains_key(at) {
+            self.scan_one(at); // the name was used before: a new change of ours over its history
+            return;
+        }
+        let path = abs(&self.root, at);
+        let seen =
+            std::fs::symlink_metadata(&path).ok().and_then(|m| scan::observe_meta(&path, &m, None).ok().flatten());
+        match seen {
+            Some(seen) if !matches!(seen.kind, Kind::Directory) => {
+                let entry = Entry {
+                    path: at.clone(),
+                    kind: seen.kind,
+                    mtime: seen.mtime,
+                    version: loser.version.clone(),
+                    origin: loser.origin.clone(),
+                };
+                self.set(entry, Some(seen.stat), None);
+            }
+            _ => {
+                self.scan_one(at);
+            }
+        }
     }
 
     fn keep_remote_copy(&mut self, conn: ConnId, e: Entry) {
@@ -1831,7 +1872,7 @@ impl Engine {
                             self.exec_failed(conn, e, err);
                             return;
                         }
-                        self.scan_one(&dest);
+                        self.record_copy(&dest, &e);
                         break;
                     }
                     n += 1;
@@ -1852,7 +1893,13 @@ impl Engine {
                 e.path,
                 self.conflicts
             );
-            let version = l.entry.version.merged(&e.version);
+            let mut version = l.entry.version.merged(&e.version);
+            if version == e.version {
+                // Ours did not know theirs (a directory kept because it still holds files the
+                // peer's newer entry would have replaced): a new change of ours, or both sides
+                // would hold different content under one version.
+                version = self.next_version(&version);
+            }
             // Sent to the loser's peer too: it must learn that this version supersedes its own.
             self.set(Entry { version, ..l.entry }, l.stat, None);
         }
@@ -2029,7 +2076,10 @@ impl Engine {
         }
         let Kind::File { size: want_size, hash: want_hash, .. } = f.entry.kind else { return Ok(()) };
         if want_hash != hash || want_size != size {
-            log::debug!("{} changed at the source while it was sent; waiting for its update", f.entry.path);
+            // Changed at the source while it was sent: its update supersedes this; if none
+            // comes (rewritten keeping size and mtime), asking again gets the source to look.
+            let why = format!("{} changed at the source while it was sent", f.entry.path);
+            self.retry_later(conn, f.entry, why);
             return Ok(());
         }
         let target = match &f.purpose {
@@ -2092,7 +2142,7 @@ impl Engine {
                                 self.exec_failed(conn, f.entry, e);
                                 return Ok(());
                             }
-                            self.scan_one(&dest);
+                            self.record_copy(&dest, &f.entry);
                             break;
                         }
                         _ => {

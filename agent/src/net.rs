@@ -41,9 +41,11 @@ const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Stop reading a connection whose undecoded input exceeds this (room for one largest frame).
 const IN_HIGH_WATER: usize = mirror_protocol::MAX_FRAME_LEN + 64 * 1024;
-/// A connection is not read while this much of our output to it waits: a peer that sends
-/// (pings, requests) without reading the answers makes us hold no more than this.
-const OUT_HIGH_WATER: usize = 8 * 1024 * 1024;
+/// A peer whose output waiting here passes this is not reading it: closed. What a peer can make
+/// us answer is bounded well below (one pong at a time, [`MAX_UPLOADS`]); this is the backstop
+/// against an index or updates it never takes. (Not reading a connection whose output waits
+/// would be simpler, but two sides sending large indexes at once would stall each other.)
+const OUT_LIMIT: usize = 1024 * 1024 * 1024;
 /// Uploads queued for one connection at most. Our peers keep 64 requests in flight; one with
 /// more open files waiting for it than this is cut off.
 const MAX_UPLOADS: usize = 256;
@@ -98,8 +100,11 @@ struct Conn {
     ctrl: Vec<u8>,
     uploads: VecDeque<Upload>,
     parked: Option<ToEngine>,
-    /// Close once everything queued is written.
+    /// Close once everything queued is written (or when nothing moved for `DEAD_AFTER`).
     closing: bool,
+    closing_since: Option<Instant>,
+    /// A `Pong` waits in `ctrl`: a peer's pings are answered once, however many it sends.
+    pong_queued: bool,
     /// The socket is gone: close at once.
     dead: bool,
     /// Why it closed, for the engine and the log.
@@ -131,6 +136,8 @@ impl Conn {
             uploads: VecDeque::new(),
             parked: None,
             closing: false,
+            closing_since: None,
+            pong_queued: false,
             dead: false,
             close_reason: None,
             last_rx: Instant::now(),
@@ -163,6 +170,7 @@ impl Conn {
         self.out_pos = 0;
         if !self.ctrl.is_empty() {
             std::mem::swap(&mut self.out, &mut self.ctrl);
+            self.pong_queued = false;
             return true;
         }
         if let Some(msg) = next_chunk(&mut self.uploads) {
@@ -192,6 +200,7 @@ impl Conn {
             self.close_reason = Some(reason);
         }
         self.closing = true;
+        self.closing_since.get_or_insert_with(Instant::now);
     }
 
     /// The connection is unusable: close without flushing.
@@ -486,7 +495,7 @@ impl Net {
         // Edge-triggered: read until the kernel buffer is empty, or no readable event would ever
         // come back for what is left in it. Only engine back-pressure (a parked message) stops
         // this early, and the engine's wake-up resumes it.
-        while c.parked.is_none() && !c.closing && c.pending_out() < OUT_HIGH_WATER {
+        while c.parked.is_none() && !c.closing {
             let drained = self.read(&mut c);
             self.dispatch(id, &mut c);
             if drained {
@@ -510,6 +519,13 @@ impl Net {
                 c.send(&Message::Ping);
                 c.last_ping = Instant::now();
             }
+        } else if c.closing
+            && !c.dead
+            && c.closing_since.is_some_and(|t| t.elapsed() >= DEAD_AFTER)
+            && c.last_drain.elapsed() >= DEAD_AFTER
+        {
+            // Its goodbye never leaves (the peer stopped reading, or the link is gone): close.
+            c.lost("closing: nothing moved".into());
         } else if !c.closing && !matches!(c.state, State::Open(_)) && c.opened.elapsed() >= HANDSHAKE_LIMIT {
             log::warn!("{}: no complete handshake within {}s; closing", c.peer, HANDSHAKE_LIMIT.as_secs());
             c.lost("handshake timed out".into());
@@ -517,6 +533,10 @@ impl Net {
         // A connection on its way out sends what is queued (a goodbye), not more file data.
         if c.closing {
             c.uploads.clear();
+        }
+        if !c.closing && c.pending_out() > OUT_LIMIT {
+            log::error!("{}: more than {} MiB wait to be sent; it does not read; closing", c.peer, OUT_LIMIT >> 20);
+            c.lost("the peer does not read what we send".into());
         }
         // Edge-triggered: write until the socket pushes back or nothing is left, or no event
         // would ever come back to continue an upload.
@@ -651,7 +671,11 @@ impl Net {
                 }
             };
             match (&c.state, msg) {
-                (_, Message::Ping) => c.send(&Message::Pong),
+                (_, Message::Ping) => {
+                    if !std::mem::replace(&mut c.pong_queued, true) {
+                        c.send(&Message::Pong);
+                    }
+                }
                 (_, Message::Pong) => {}
                 (State::AwaitHello, Message::Hello(h)) => self.on_hello(id, c, h),
                 (State::AwaitWelcome, Message::Welcome(w)) => self.on_welcome(id, c, w),

@@ -167,7 +167,9 @@ impl Rules {
 /// Whether `rel` is the agent's own: [`AGENT_DIR`] at the root or anything in it, or a temp file
 /// beside its destination ([`is_beside_temp`]).
 pub fn is_temp(rel: &Path) -> bool {
-    rel.components().next() == Some(std::path::Component::Normal(OsStr::new(AGENT_DIR)))
+    // At any depth: a served root may hold another one (`-r a` and `-r a/sub`), whose agent
+    // directory is no more the user's than ours is.
+    rel.components().any(|c| c == std::path::Component::Normal(OsStr::new(AGENT_DIR)))
         || rel.file_name().is_some_and(|n| is_beside_temp(n.as_encoded_bytes()))
 }
 

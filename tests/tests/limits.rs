@@ -39,8 +39,8 @@ fn a_hello_with_too_many_patterns_is_refused_with_the_reason() {
 }
 
 /// A peer that sends pings and never reads the pongs used to grow the server by what it sent
-/// (600 MiB of pings, 638 MiB of server). Its output is bounded now: past it the server stops
-/// reading that peer, and the silent link is then closed as dead.
+/// (600 MiB of pings, 638 MiB of server). Pings are answered one pong at a time now, however
+/// many wait: 200 MiB of them cost the server nothing.
 #[test]
 fn a_peer_that_never_reads_is_held_to_a_bounded_output_buffer() {
     let area = Area::new();
@@ -52,10 +52,11 @@ fn a_peer_that_never_reads_is_held_to_a_bounded_output_buffer() {
     while Instant::now() < end && sent < 200 << 20 {
         match p.s.write(&pings) {
             Ok(n) => sent += n,
-            Err(_) => break, // pushed back (or closed): the server stopped reading us
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("the server closed the connection: {e}"),
         }
     }
-    assert!(sent < 200 << 20, "the server took all {} MiB of pings without our reading", sent >> 20);
+    assert!(sent >= 100 << 20, "only {} MiB of pings went out in 20 s", sent >> 20);
     let rss = server.agent.peak_rss();
     assert!(rss < 160 * 1024 * 1024, "the server grew to {} MiB for {} MiB of pings", rss >> 20, sent >> 20);
     assert_still_serving(&server, &area, "b");

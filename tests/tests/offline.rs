@@ -241,3 +241,30 @@ fn a_conflict_on_a_252_byte_name_keeps_both_versions() {
         assert_eq!(fs::read_to_string(s.join(copy)).unwrap(), "loser", "{copy:?}");
     }
 }
+
+/// Issue 11, item 5, offline: the server's user replaces `fill/` by a symlink while the laptop,
+/// stopped, wrote a new file into it. The directory still holds a write the server never had,
+/// so it wins (as a modification beats a deletion): the laptop's file reaches the server inside
+/// `fill/` again, and the server's symlink is kept as a conflict copy. This used to wedge: the
+/// laptop kept the directory under the symlink's version vector, and the two sides differed
+/// for ever.
+#[test]
+fn a_directory_replaced_by_a_symlink_while_the_other_side_wrote_into_it_keeps_the_write() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &[]);
+    let mut client = server.client("client", &c, "p", &[]);
+    write(&c.join("fill/a.txt"), "a");
+    wait_content(&s.join("fill/a.txt"), b"a");
+    assert_eq!(client.terminate(), Some(0));
+    write(&c.join("fill/b.txt"), "written offline into fill/");
+    fs::remove_dir_all(s.join("fill")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", s.join("fill")).unwrap();
+    let _client = server.client("client", &c, "p", &[]);
+    wait_content(&s.join("fill/b.txt"), b"written offline into fill/");
+    let snap = wait_same(&c, &s);
+    let kept_link = snap.iter().any(|(p, n)| {
+        p.to_string_lossy().starts_with("fill.conflict-") && *n == Node::Link(std::path::PathBuf::from("elsewhere"))
+    });
+    assert!(kept_link, "the server's symlink is not kept: {snap:?}");
+}

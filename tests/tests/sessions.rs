@@ -209,3 +209,41 @@ fn a_rename_announced_create_first_moves_the_file_without_fetching_it() {
     let asked = peer.next(Duration::from_millis(300));
     assert!(!matches!(asked, Some(Message::Request { .. })), "fetched again: {asked:?}");
 }
+
+/// A conflict copy made independently by two replicas is one entry, not two concurrent ones: a
+/// peer that kept the same loser (same name, same content) and then deleted its copy deletes
+/// ours too. With a fresh version for each copy, the deletion lost to our copy as a
+/// concurrent modification and the copy came back (model soak, seed 8046).
+#[test]
+fn a_conflict_copy_deleted_by_a_peer_that_made_it_too_stays_deleted() {
+    let area = Area::new();
+    write(&area.path("server/p/f.txt"), "the server's version");
+    let server = Server::start(&area.server_root(), &[]);
+    let mut peer = Peer::connect(server.port, 9, "p");
+    peer.asked_since();
+    peer.send(&Message::IndexFrom { since: 0 });
+    let ours = peer.expect("the server's f.txt", Duration::from_secs(10), |m| match m {
+        Message::IndexBatch { entries, .. } => entries.iter().find(|e| e.path.as_bytes() == b"f.txt").cloned(),
+        _ => None,
+    });
+    // Our concurrent edit, later: it wins, and the server moves its version aside.
+    let mut theirs = entry("f.txt", b"the peer's version", VersionVector::new().with(9, 1), "scripted-9");
+    theirs.mtime = Timestamp { secs: ours.mtime.secs + 1000, nanos: 0 };
+    peer.index(vec![theirs], 1);
+    let id = peer.requested("f.txt", Duration::from_secs(10));
+    peer.serve(id, b"the peer's version");
+    let copy = peer.expect("the server's conflict copy", Duration::from_secs(10), |m| match m {
+        Message::Update { entries, .. } => {
+            entries.iter().find(|e| e.path.as_bytes().windows(10).any(|w| w == b".conflict-")).cloned()
+        }
+        _ => None,
+    });
+    let at = area.path("server/p").join(std::str::from_utf8(copy.path.as_bytes()).unwrap());
+    wait_content(&at, b"the server's version");
+    // We kept the same loser under the same name (its version: the loser's), then deleted it.
+    let mut gone = copy.clone();
+    gone.kind = Kind::Deleted;
+    gone.version = ours.version.merged(&VersionVector::new().with(9, 3));
+    peer.send(&Message::Update { entries: vec![gone], seq: 3 });
+    wait_gone(&at);
+}
