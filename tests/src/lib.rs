@@ -258,6 +258,16 @@ pub fn secure_client(area: &Area, name: &str, port: u16, local: &Path, remote: &
     spawn_client_to(port, name, local, remote, &area.path(&format!("state-{name}")), &[])
 }
 
+/// A well-behaved client of `server` (directory `good-TAG`) that must still sync, whatever a
+/// hostile peer did before.
+pub fn assert_still_serving(server: &Server, area: &Area, tag: &str) {
+    let c = area.path(&format!("good-{tag}"));
+    let client = server.client(&format!("good-{tag}"), &c, &format!("good-{tag}"), &[]);
+    write(&c.join("ok.txt"), tag);
+    wait_content(&area.path(&format!("server/good-{tag}/ok.txt")), tag.as_bytes());
+    drop(client);
+}
+
 /// Polls `f` until it returns `Some`, or panics after [`DEADLINE`] naming `what`.
 pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + DEADLINE;

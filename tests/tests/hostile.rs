@@ -58,15 +58,6 @@ fn file_entry(path: &[u8], content: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A well-behaved client that must keep syncing while the hostile ones are thrown out.
-fn assert_still_serving(server: &Server, area: &Area, tag: &str) {
-    let c = area.path(&format!("good-{tag}"));
-    let client = server.client(&format!("good-{tag}"), &c, &format!("good-{tag}"), &[]);
-    write(&c.join("ok.txt"), tag);
-    wait_content(&area.path(&format!("server/good-{tag}/ok.txt")), tag.as_bytes());
-    drop(client);
-}
-
 #[test]
 fn garbage_oversized_and_truncated_input_close_only_that_connection() {
     let area = Area::new();

@@ -9,15 +9,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// A well-behaved client that must keep syncing while the hostile one does its worst.
-fn assert_still_serving(server: &Server, area: &Area, tag: &str) {
-    let c = area.path(&format!("good-{tag}"));
-    let client = server.client(&format!("good-{tag}"), &c, &format!("good-{tag}"), &[]);
-    write(&c.join("ok.txt"), tag);
-    wait_content(&area.path(&format!("server/good-{tag}/ok.txt")), tag.as_bytes());
-    drop(client);
-}
-
 /// A 3 MB `Hello` with 300,000 exclude patterns used to cost the server 2 GB that stayed after
 /// the peer left, and stalled every other connection for seconds while matchers were built.
 #[test]
