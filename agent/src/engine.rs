@@ -332,7 +332,9 @@ struct Engine {
     last_done: HashMap<RelPath, Instant>,
     retries: Vec<(Instant, ConnId, Entry)>,
     /// Directory deletions that waited for their children.
-    deferred: Vec<(ConnId, Entry)>,
+    /// Directory deletions that waited for their children, until when: the children's own
+    /// deletions may come in a later message than the directory's.
+    deferred: Vec<(Instant, ConnId, Entry)>,
     /// Changed entries to broadcast, each with the session it came from (not sent back there).
     outbox: Vec<(Entry, Option<ConnId>)>,
     next_id: u64,
@@ -1181,7 +1183,7 @@ impl Engine {
         self.sessions.remove(&conn);
         self.attached.store(self.sessions.len(), Ordering::SeqCst);
         self.retries.retain(|r| r.1 != conn);
-        self.deferred.retain(|d| d.0 != conn);
+        self.deferred.retain(|d| d.1 != conn);
         for p in self.fetching.values_mut() {
             p.also.retain(|(c, _)| *c != conn);
         }
@@ -1226,7 +1228,7 @@ impl Engine {
             .retries
             .iter()
             .map(|r| r.1)
-            .chain(self.deferred.iter().map(|d| d.0))
+            .chain(self.deferred.iter().map(|d| d.1))
             .chain(self.fetching.values().flat_map(|p| p.also.iter().map(|(c, _)| *c)))
             .chain(
                 self.sessions
@@ -1579,7 +1581,9 @@ impl Engine {
             Kind::File { .. } => return,
         };
         match r {
-            Err(ExecError::NotEmpty) if e.kind.is_deleted() => self.deferred.push((conn, e)),
+            Err(ExecError::NotEmpty) if e.kind.is_deleted() => {
+                self.deferred.push((Instant::now() + STASH_FOR, conn, e));
+            }
             r => self.finish_local(
                 conn,
                 e,
@@ -1909,10 +1913,10 @@ impl Engine {
         let mut progress = true;
         while progress && !self.deferred.is_empty() {
             progress = false;
-            for (conn, e) in std::mem::take(&mut self.deferred) {
+            for (until, conn, e) in std::mem::take(&mut self.deferred) {
                 let expected = self.index.get(&e.path).and_then(|l| l.stat);
                 match executor::remove(&self.root, &e.path, expected) {
-                    Err(ExecError::NotEmpty) => self.deferred.push((conn, e)),
+                    Err(ExecError::NotEmpty) => self.deferred.push((until, conn, e)),
                     r => {
                         progress = true;
                         self.finish_local(
@@ -1924,13 +1928,28 @@ impl Engine {
                 }
             }
         }
-        // What is still deferred holds files the peer never had (ignored here, or new): keep them.
-        for (_, e) in std::mem::take(&mut self.deferred) {
+        // What is still deferred when its time is up holds files the peer never had (ignored
+        // here, or new): keep them. If some are synced ones, the directory is live again
+        // everywhere: a new change of ours over the peer's deletion (a modification beats a
+        // deletion), or the two sides would differ for ever.
+        let now = Instant::now();
+        let (waiting, expired): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.deferred).into_iter().partition(|d| d.0 > now);
+        self.deferred = waiting;
+        for (_, _, e) in expired {
             log::warn!("not deleting directory {}: it still holds files the peer does not have", e.path);
+            let synced_inside = subtree(&self.index, &e.path).any(|(p, l)| *p != e.path && !l.entry.kind.is_deleted());
+            if synced_inside && let Some(l) = self.index.get(&e.path).cloned() {
+                let version = self.next_version(&l.entry.version.merged(&e.version));
+                self.set(Entry { version, ..l.entry }, l.stat, None);
+            }
         }
     }
 
     fn process_retries(&mut self) {
+        if !self.deferred.is_empty() {
+            self.retry_deferred();
+        }
         let now = Instant::now();
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries).into_iter().partition(|r| r.0 <= now);
         self.retries = later;

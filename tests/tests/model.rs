@@ -154,7 +154,7 @@ fn random_op(rng: &mut Rng, root: &Path, model: &mut Model, tops: &[&str], log: 
                     model.iter().filter(|(p, _)| p.starts_with(&d)).map(|(p, m)| (p.clone(), m.clone())).collect();
                 model.retain(|p, _| !p.starts_with(&d));
                 for (p, m) in moved {
-                    model.insert(to.join(p.strip_prefix(&d).unwrap()), m);
+                    model.insert(moved_to(&to, &p, &d), m);
                 }
                 log.push(format!("rename dir {} -> {}", d.display(), to.display()));
             }
@@ -197,22 +197,19 @@ fn random_op(rng: &mut Rng, root: &Path, model: &mut Model, tops: &[&str], log: 
                     model.iter().filter(|(p, _)| p.starts_with(&d)).map(|(p, m)| (p.clone(), m.clone())).collect();
                 model.retain(|p, _| !p.starts_with(&d));
                 for (p, m) in moved {
-                    model.insert(to.join(p.strip_prefix(&d).unwrap()), m);
+                    model.insert(moved_to(&to, &p, &d), m);
                 }
                 log.push(format!("mkdir -p {} && mv {} there", parent.display(), d.display()));
             }
         }
         104..=107 => {
             // issue 11, item 5: a directory replaced by a symlink (maybe while the other side
-            // fills it). Only with MIRROR_MODEL_SHAPES=1: it still finds a rare race (the
-            // directory is back before the link is made; see the closing note of issue 11).
-            if std::env::var_os("MIRROR_MODEL_SHAPES").is_none() {
-                return;
-            }
+            // fills it)
             if let Some(d) = rng.pick(&inner_dirs).cloned() {
                 fs::remove_dir_all(root.join(&d)).unwrap();
                 let target = format!("target-{}", rng.below(5));
-                std::os::unix::fs::symlink(&target, root.join(&d)).unwrap();
+                std::os::unix::fs::symlink(&target, root.join(&d))
+                    .unwrap_or_else(|e| panic!("symlink {}: {e}\n{}", d.display(), log.join("\n")));
                 model.retain(|p, _| !p.starts_with(&d));
                 model.insert(d.clone(), M::Link(target));
                 log.push(format!("replace dir {} by a symlink", d.display()));
@@ -258,6 +255,13 @@ fn random_op(rng: &mut Rng, root: &Path, model: &mut Model, tops: &[&str], log: 
 }
 
 /// Temp files of ours, in the agent's directory or (wrongly) anywhere else.
+/// Where `p` (inside `d`, or `d` itself) is after `d` moved to `to`. Not `to.join("")` for `d`
+/// itself: that is `to/`, a path only a directory can have (a later symlink there fails).
+fn moved_to(to: &Path, p: &Path, d: &Path) -> PathBuf {
+    let rest = p.strip_prefix(d).unwrap();
+    if rest.as_os_str().is_empty() { to.to_path_buf() } else { to.join(rest) }
+}
+
 fn temp_files(root: &Path) -> Vec<PathBuf> {
     let mut out = stray_temp_files(root);
     out.extend(agent_files(root).into_iter().map(|p| Path::new(AGENT_DIR).join(p)));
