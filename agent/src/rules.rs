@@ -239,12 +239,14 @@ mod tests {
     }
 
     #[test]
-    fn only_the_agent_directory_at_the_root_is_ours() {
+    fn only_agent_directories_and_recorded_temp_names_are_ours() {
         for (p, ours) in [
             (".mirror-agent.tmp", true),
             (".mirror-agent.tmp/stash-0123456789abcdef", true),
-            ("dir/.mirror-agent.tmp", false),
-            ("dir/.mirror-agent.tmp/x", false),
+            // Another served root's (`-r a` and `-r a/sub` on one server): not the user's either.
+            ("dir/.mirror-agent.tmp", true),
+            ("dir/.mirror-agent.tmp/x", true),
+            ("dir/.mirror-agent.tmpx", false),
             ("dir/.mirror-agent.tmp-0123456789abcdef", true),
             (".mirror-agent.tmp-0123456789abcdef0", false),
             (".mirror-tmp-0123456789abcdef", false),
