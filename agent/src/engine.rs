@@ -61,6 +61,9 @@ const MOVE_MIN_SIZE: u64 = 256 * 1024;
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// ...doubling with each failure in a row, up to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Files from this size on are requested only if they fit in the free space (one `statvfs` a
+/// request would be a cost on every small file; a full disk is still handled as it fills).
+const SPACE_CHECK_FROM: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -713,10 +716,16 @@ impl Engine {
         // What we skipped in earlier sessions may be wanted now: the next ones ask for all.
         let fp = self.rules_fingerprint();
         self.store.set_rules(fp);
+        self.reoffer_held(|s| &mut s.skipped);
+    }
+
+    /// Takes the peer entries every session holds in `held` (skipped or refused ones) and
+    /// looks at each again.
+    fn reoffer_held(&mut self, held: fn(&mut Session) -> &mut BTreeMap<RelPath, Entry>) {
         let offers: Vec<(ConnId, Entry)> = self
             .sessions
             .iter_mut()
-            .flat_map(|(c, s)| std::mem::take(&mut s.skipped).into_values().map(move |e| (*c, e)))
+            .flat_map(|(c, s)| std::mem::take(held(s)).into_values().map(move |e| (*c, e)))
             .collect();
         for (conn, e) in offers {
             if let Err(PeerError(reason)) = self.on_remote(conn, e) {
@@ -1785,16 +1794,7 @@ impl Engine {
         if !std::mem::take(&mut self.shape_changed) {
             return;
         }
-        let offers: Vec<(ConnId, Entry)> = self
-            .sessions
-            .iter_mut()
-            .flat_map(|(c, s)| std::mem::take(&mut s.refused).into_values().map(move |e| (*c, e)))
-            .collect();
-        for (conn, e) in offers {
-            if let Err(PeerError(reason)) = self.on_remote(conn, e) {
-                self.drop_session(conn, reason);
-            }
-        }
+        self.reoffer_held(|s| &mut s.refused);
     }
 
     fn move_local_aside(&mut self, l: &LocalEntry) -> Result<(), ExecError> {
@@ -1966,6 +1966,7 @@ impl Engine {
         // A file that cannot fit is not requested (a peer announcing 2^62 bytes would otherwise
         // fill the disk): reported once and tried again later, as a full disk is.
         if let Kind::File { size, .. } = entry.kind
+            && size >= SPACE_CHECK_FROM
             && let Some(free) = free_space(&self.root)
             && size > free
         {

@@ -17,18 +17,7 @@ pub struct Peer {
 impl Peer {
     /// Connects to `port`, sends the preamble and a `Hello` for `remote`, and reads `Welcome`.
     pub fn connect(port: u16, replica: ReplicaId, remote: &str) -> Peer {
-        Self::connect_with(port, replica, remote, vec![], vec![])
-    }
-
-    /// [`connect`](Self::connect) with include and exclude patterns.
-    pub fn connect_with(
-        port: u16,
-        replica: ReplicaId,
-        remote: &str,
-        includes: Vec<String>,
-        excludes: Vec<String>,
-    ) -> Peer {
-        let mut p = Self::hello(port, replica, remote, includes, excludes);
+        let mut p = Self::hello(port, replica, remote, vec![], vec![]);
         match p.next(Duration::from_secs(10)) {
             Some(Message::Welcome(_)) => p,
             other => panic!("expected Welcome, got {other:?}"),
