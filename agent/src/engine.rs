@@ -1914,6 +1914,12 @@ impl Engine {
         while progress && !self.deferred.is_empty() {
             progress = false;
             for (until, conn, e) in std::mem::take(&mut self.deferred) {
+                // Superseded while it waited (the peer made the directory again, or we have
+                // something newer): it is no longer a deletion to carry out, now or later.
+                if reconcile(self.index.get(&e.path).map(|l| &l.entry), &e) != Action::Apply {
+                    log::debug!("{}: the deletion that waited is superseded", e.path);
+                    continue;
+                }
                 let expected = self.index.get(&e.path).and_then(|l| l.stat);
                 match executor::remove(&self.root, &e.path, expected) {
                     Err(ExecError::NotEmpty) => self.deferred.push((until, conn, e)),

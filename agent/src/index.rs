@@ -7,6 +7,7 @@
 use mirror_protocol::{Entry, RelPath, Timestamp};
 use std::collections::BTreeMap;
 use std::fs::Metadata;
+use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
 
 /// File-type bits of `Stat::mode`. POSIX fixes these values on every Unix; `libc` has them as
@@ -52,13 +53,52 @@ pub struct LocalEntry {
 
 pub type Index = BTreeMap<RelPath, LocalEntry>;
 
-/// The paths at or beneath `dir`, in order.
-pub fn subtree<'a>(index: &'a Index, dir: &'a RelPath) -> impl Iterator<Item = (&'a RelPath, &'a LocalEntry)> + 'a {
-    index.range(dir.clone()..).take_while(move |(p, _)| p.starts_with(dir))
+/// `dir`, then the paths beneath it, in order.
+///
+/// In byte order the siblings `dir.txt` and `dir-old` sort between `dir` and `dir/a` ('.' and '-'
+/// come before '/'), so what lies beneath `dir` is the range from `dir/` up to `dir0` ('0'
+/// follows '/'), not whatever follows `dir`.
+pub fn subtree<'a>(index: &'a Index, dir: &RelPath) -> impl Iterator<Item = (&'a RelPath, &'a LocalEntry)> + 'a {
+    let below = |last: u8| {
+        let mut v = dir.as_bytes().to_vec();
+        v.push(last);
+        v
+    };
+    let (from, to) = (below(b'/'), below(b'/' + 1));
+    let inside = index.range::<[u8], _>((Bound::Included(from.as_slice()), Bound::Excluded(to.as_slice())));
+    index.get_key_value(dir).into_iter().chain(inside)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use mirror_protocol::{Kind, VersionVector};
+
+    #[test]
+    fn a_subtree_holds_everything_beneath_its_directory_whatever_sorts_beside_it() {
+        let mut index = Index::new();
+        let names = ["a", "a b", "a-old", "a.txt", "a/b", "a/b.c/d", "a/z", "a/~", "a0", "a0/x", "b", "Z"];
+        for n in names {
+            let p = RelPath::new(n).unwrap();
+            let entry = Entry {
+                path: p.clone(),
+                kind: Kind::Directory,
+                mtime: Timestamp::default(),
+                version: VersionVector::new(),
+                origin: String::new(),
+            };
+            index.insert(p, LocalEntry { entry, stat: None, seq: 0 });
+        }
+        let got = |d: &str| -> Vec<String> {
+            subtree(&index, &RelPath::new(d).unwrap()).map(|(p, _)| p.to_string()).collect()
+        };
+        assert_eq!(got("a"), ["a", "a/b", "a/b.c/d", "a/z", "a/~"]);
+        assert_eq!(got("a/b"), ["a/b"]);
+        assert_eq!(got("a0"), ["a0", "a0/x"]);
+        assert_eq!(got("c"), Vec::<String>::new());
+        assert_eq!(got("a/b.c"), ["a/b.c/d"], "a directory the index lacks still has its descendants");
+    }
+
     #[test]
     #[allow(clippy::useless_conversion)] // `mode_t` is `u32` here, `u16` on macOS
     fn file_type_bits_are_this_platforms() {

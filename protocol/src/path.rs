@@ -49,6 +49,14 @@ impl fmt::Display for PathError {
 
 impl std::error::Error for PathError {}
 
+/// A path's bytes are its order: a `BTreeMap<RelPath, _>` can be ranged by byte strings that
+/// are not paths themselves (`dir/`, the first thing beneath `dir`).
+impl std::borrow::Borrow<[u8]> for RelPath {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl RelPath {
     /// Validates `bytes` as a relative path.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, PathError> {

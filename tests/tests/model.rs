@@ -293,7 +293,7 @@ impl World {
     }
     fn start_client(&mut self) {
         let state = self.area.path("state-client");
-        let a = spawn_client_to(self.proxy.port, "client", &self.c(), "p", &state, &["--insecure"]);
+        let a = spawn_client_to(self.proxy.port, "client", &self.c(), "p", &state, &trace_args(&["--insecure"]));
         a.wait_log("connected to");
         self.client = Some(a);
     }
@@ -316,7 +316,7 @@ impl World {
         } else {
             assert_eq!(self.server.agent.terminate(), Some(0), "server exit code");
         }
-        self.server = Server::start_at(&self.area.server_root(), &format!("127.0.0.1:{}", self.port), &[]);
+        self.server = Server::start_at(&self.area.server_root(), &format!("127.0.0.1:{}", self.port), &trace_args(&[]));
     }
     fn stop_client(&mut self, hard: bool) {
         if let Some(mut c) = self.client.take() {
@@ -329,18 +329,29 @@ impl World {
     }
 }
 
+/// The agents' arguments, with `--debug-prefix P` when `MIRROR_MODEL_TRACE=P` (to see every
+/// decision about the paths a failing seed names).
+fn trace_args<'a>(base: &[&'a str]) -> Vec<&'a str> {
+    static TRACE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let mut v = base.to_vec();
+    if let Some(p) = TRACE.get_or_init(|| std::env::var("MIRROR_MODEL_TRACE").ok()) {
+        v.extend(["--debug-prefix", p.as_str()]);
+    }
+    v
+}
+
 fn run_seed(seed: u64, rounds: usize, ops: usize) {
     let mut rng = Rng(seed);
     let area = Area::new();
     for t in TOPS {
         fs::create_dir_all(area.path("client").join(t)).unwrap();
     }
-    let server = Server::start(&area.server_root(), &[]);
+    let server = Server::start(&area.server_root(), &trace_args(&[]));
     let port = server.port;
     let proxy = FaultProxy::start(port);
     let delay = rng.below(4) as u64 * 15;
     proxy.set_delay(delay);
-    let client2 = Some(server.client("client2", &area.path("client2"), "p", &[]));
+    let client2 = Some(server.client("client2", &area.path("client2"), "p", &trace_args(&[])));
     let mut w = World { area, server, client: None, client2, proxy, port };
     w.start_client();
     wait_same(&w.c(), &w.s());

@@ -247,3 +247,48 @@ fn a_conflict_copy_deleted_by_a_peer_that_made_it_too_stays_deleted() {
     peer.send(&Message::Update { entries: vec![gone], seq: 3 });
     wait_gone(&at);
 }
+
+/// Model seed 3 (shape operations): a peer's deletion of `d`, which still held a file of ours,
+/// waits (PROTOCOL.md, "Directories"); meanwhile the peer makes `d` again with a newer version.
+/// When the wait ended, the superseded deletion still counted: `d` got a new version of ours
+/// that was concurrent with everything the peer did next, and a later `rm -r d` on the peer was
+/// undone by it. A waiting deletion that a newer entry supersedes is dropped.
+#[test]
+fn a_waiting_directory_deletion_that_a_newer_entry_supersedes_makes_no_new_version() {
+    let area = Area::new();
+    let s = area.path("server/p");
+    write(&s.join("d/ours.txt"), "the server's, unknown to the peer");
+    let server = Server::start(&area.server_root(), &[]);
+    let mut peer = Peer::connect(server.port, 9, "p");
+    peer.asked_since();
+    peer.send(&Message::IndexFrom { since: 0 });
+    let d = peer.expect("the server's d", Duration::from_secs(10), |m| match m {
+        Message::IndexBatch { entries, .. } => entries.iter().find(|e| e.path.as_bytes() == b"d").cloned(),
+        _ => None,
+    });
+    peer.index(vec![], 0);
+    // The peer deletes d without knowing ours.txt (the server keeps d while it waits), then
+    // makes d again: a version that supersedes its deletion.
+    let mut gone = d.clone();
+    gone.kind = Kind::Deleted;
+    gone.version = d.version.merged(&VersionVector::new().with(9, 1));
+    peer.send(&Message::Update { entries: vec![gone.clone()], seq: 1 });
+    let mut again = d.clone();
+    again.version = gone.version.merged(&VersionVector::new().with(9, 2));
+    peer.send(&Message::Update { entries: vec![again.clone()], seq: 2 });
+
+    // Past the wait (2 s), a change of the server's own is the marker: whatever the server
+    // says of d before it, it says because of the wait.
+    std::thread::sleep(Duration::from_secs(3));
+    write(&s.join("marker.txt"), "after the wait");
+    let mut said_of_d = vec![];
+    peer.expect("the server's marker.txt", Duration::from_secs(10), |m| match m {
+        Message::Update { entries, .. } => {
+            said_of_d.extend(entries.iter().filter(|e| e.path.as_bytes() == b"d").cloned());
+            entries.iter().any(|e| e.path.as_bytes() == b"marker.txt").then_some(())
+        }
+        _ => None,
+    });
+    assert!(said_of_d.is_empty(), "a new version of d: {said_of_d:?}\n{}", server.agent.log());
+    assert!(s.join("d/ours.txt").exists());
+}

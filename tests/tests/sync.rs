@@ -399,3 +399,30 @@ fn files_in_new_directories_of_moved_in_directories_all_arrive() {
     });
     wait_same(&c, &s);
 }
+
+/// Byte order puts `d.txt`, `d-old` and `d b` between `d` and `d/f.txt`: a deletion or rename of
+/// `d` once stopped looking for what lay inside at the first such sibling, and the peer kept `d`
+/// with its files ("still holds files the peer does not have"). Found by model seed 10004 (a
+/// conflict copy `e3.conflict-…` beside the renamed `e3`).
+#[test]
+fn deleting_or_renaming_a_directory_reaches_its_files_whatever_sorts_beside_it() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    for (d, f) in [("gone", "f.txt"), ("gone", "sub/g.txt"), ("moved", "f.txt"), ("moved", "sub/g.txt")] {
+        write(&c.join(d).join(f), f);
+        for sibling in [".txt", "-old/x", " b/y", ".conflict-vm-20261202-012412-9b82"] {
+            write(&c.join(format!("{d}{sibling}")), sibling);
+        }
+    }
+    let server = Server::start(&area.server_root(), &[]);
+    let _client = server.client("client", &c, "p", &[]);
+    wait_same(&c, &s);
+
+    fs::remove_dir_all(c.join("gone")).unwrap();
+    fs::rename(c.join("moved"), c.join("there")).unwrap();
+    wait_content(&s.join("there/sub/g.txt"), b"sub/g.txt");
+    wait_gone(&s.join("gone"));
+    wait_gone(&s.join("moved"));
+    let snap = wait_same(&c, &s);
+    assert!(snap.contains_key(Path::new("gone.txt")) && snap.contains_key(Path::new("moved-old/x")), "{snap:?}");
+}
