@@ -8,24 +8,24 @@
 //! Flow of a local change: a watcher hint marks a path dirty; after a short debounce the path is
 //! re-stat'ed (and hashed only if size/mtime/inode moved); a real change bumps our counter in the
 //! path's version vector and is broadcast as an `Update`. Flow of a remote change: the peer's
-//! entry is [reconciled](crate::reconcile) against ours; content is requested, streamed into a
+//! entry is [reconciled](mirror_core::reconcile) against ours; content is requested, streamed into a
 //! temp file, verified by hash, and renamed into place after checking that the user did not
 //! change the path meanwhile. What we write is recorded with its stat before the watcher reports
 //! it, so the report finds nothing new: no echo.
 
-use crate::conflict::{conflict_path_of, numbered};
 use crate::executor::{self, ExecError, TempFile};
 use crate::fold::Folding;
-use crate::index::{Index, LocalEntry, Stat, subtree};
+use crate::index::{Index, LocalEntry, Stat, order_for_apply, subtree};
 use crate::link::{ConnId, NetHandle, ToEngine, ToNet};
 use crate::paths::{self, abs, rel_path, to_rel};
-use crate::reconcile::{Action, reconcile};
 use crate::rules::{Rules, is_temp};
 use crate::scan::{self, Seen};
 use crate::status::{Status, unix_now};
 use crate::store::{CLOCK_BLOCK, Fingerprint, Store};
 use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use mirror_backends::{Backend, Checkpoint, WatchConfig, WatchEvent, Watcher};
+use mirror_core::conflict::{conflict_path_of, numbered};
+use mirror_core::reconcile::{Action, reconcile};
 use mirror_protocol::{Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
@@ -224,7 +224,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         patterns_key,
         status: cfg.status,
         folding,
-        name_max: crate::conflict::name_limit(&cfg.root),
+        name_max: crate::paths::name_limit(&cfg.root),
         by_fold: HashMap::new(),
         fetch_fold: HashMap::new(),
         collided: HashSet::new(),
@@ -374,7 +374,7 @@ struct Engine {
     /// How this file system compares names; with `by_fold`, the live path of each folded name
     /// (kept only when the file system folds anything).
     folding: Folding,
-    /// The longest conflict-copy name to make here ([`crate::conflict::name_limit`]).
+    /// The longest conflict-copy name to make here ([`crate::paths::name_limit`]).
     name_max: usize,
     by_fold: HashMap<Vec<u8>, RelPath>,
     /// The same for files being fetched: the first spelling to arrive claims the name.
@@ -929,7 +929,7 @@ impl Engine {
         };
         let observed = meta.map(|m| {
             // A file moved here keeps its inode: reuse the hash recorded under its old name.
-            let ino = Stat::of(&m).ino;
+            let ino = crate::index::stat_of(&m).ino;
             let own = self.index.get(rel).and_then(scan::known_hash).filter(|(s, _)| s.ino == ino);
             let known = own
                 .or_else(|| self.by_ino.get(&ino).and_then(|p| self.index.get(p)).and_then(scan::known_hash))
@@ -2182,18 +2182,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-/// Orders entries so that applying them in turn works: deletions deepest first (children before
-/// their directory), then everything else parents first.
-pub fn order_for_apply(mut entries: Vec<Entry>) -> Vec<Entry> {
-    entries.sort_by(|a, b| match (a.kind.is_deleted(), b.kind.is_deleted()) {
-        (true, true) => b.path.cmp(&a.path),
-        (true, false) => std::cmp::Ordering::Less,
-        (false, true) => std::cmp::Ordering::Greater,
-        (false, false) => a.path.cmp(&b.path),
-    });
-    entries
 }
 
 /// Device and inode of the root directory.

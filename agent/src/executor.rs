@@ -65,7 +65,7 @@ type Result<T> = std::result::Result<T, ExecError>;
 /// the next scan sees the user's change as a change, rather than our retry undoing it.
 fn stat_after(path: &Path, kind: u32) -> io::Result<Stat> {
     match fs::symlink_metadata(path) {
-        Ok(m) => Ok(Stat::of(&m)),
+        Ok(m) => Ok(crate::index::stat_of(&m)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             Ok(Stat { mode: kind, size: u64::MAX, mtime: Timestamp { secs: i64::MIN, nanos: 0 }, ino: 0 })
         }
@@ -76,7 +76,7 @@ fn stat_after(path: &Path, kind: u32) -> io::Result<Stat> {
 /// The current stat of `rel`, `None` when absent.
 pub fn current(root: &Path, rel: &RelPath) -> io::Result<Option<Stat>> {
     match fs::symlink_metadata(abs(root, rel)) {
-        Ok(m) => Ok(Some(Stat::of(&m))),
+        Ok(m) => Ok(Some(crate::index::stat_of(&m))),
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(None),
         Err(e) => Err(e),
     }
@@ -331,7 +331,7 @@ pub fn set_meta(root: &Path, rel: &RelPath, expected: Option<Stat>, mtime: Times
     verify(root, rel, expected)?;
     let path = abs(root, rel);
     set_meta_at(&path, mode, mtime)?;
-    Ok(Stat::of(&fs::symlink_metadata(&path)?))
+    Ok(crate::index::stat_of(&fs::symlink_metadata(&path)?))
 }
 
 /// Removes whatever non-directory or empty directory is at `rel`, if it is still `expected`.

@@ -6,7 +6,6 @@
 
 mod cli;
 mod config;
-mod conflict;
 mod control;
 mod daemon;
 mod engine;
@@ -19,7 +18,6 @@ mod logsafe;
 mod net;
 mod notify;
 mod paths;
-mod reconcile;
 mod rules;
 mod scan;
 mod status;

@@ -170,9 +170,26 @@ pub fn resolve_remote(root: &Path, remote: &[u8]) -> Result<PathBuf, String> {
     Ok(target)
 }
 
+/// The longest conflict-copy name to make under `root`: its file system's `NAME_MAX`, but
+/// never more than [`MAX_COMPONENT_LEN`](mirror_protocol::path::MAX_COMPONENT_LEN) (what every
+/// replica takes, so that the name is the same everywhere) nor less than
+/// [`MIN_NAME_MAX`](mirror_core::conflict::MIN_NAME_MAX).
+pub fn name_limit(root: &Path) -> usize {
+    use mirror_core::conflict::MIN_NAME_MAX;
+    use mirror_protocol::path::MAX_COMPONENT_LEN;
+    mirror_backends::name_max(root).map_or(MAX_COMPONENT_LEN, |n| n.clamp(MIN_NAME_MAX, MAX_COMPONENT_LEN))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conflict_names_may_be_as_long_as_the_root_takes() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(name_limit(d.path()), 255, "the usual file systems of a test host");
+        assert_eq!(name_limit(&d.path().join("missing")), 255);
+    }
 
     #[test]
     fn round_trip_and_refusals() {

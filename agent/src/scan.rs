@@ -58,7 +58,7 @@ pub fn permissions(m: &Metadata) -> u32 {
 /// (socket, FIFO, device). `known` is a stat and the hash it was seen with: a file whose size,
 /// mtime and inode still match is not hashed again.
 pub fn observe_meta(abs: &Path, m: &Metadata, known: Option<(Stat, Hash)>) -> io::Result<Option<Seen>> {
-    let stat = Stat::of(m);
+    let stat = crate::index::stat_of(m);
     let ft = m.file_type();
     let kind = if ft.is_file() {
         let mode = permissions(m);

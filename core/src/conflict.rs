@@ -31,13 +31,6 @@ pub fn conflict_path_of(loser: &Entry, max: usize) -> RelPath {
     conflict_path_within(&loser.path, &loser.origin, loser.mtime, &tag, max)
 }
 
-/// The longest conflict-copy name to make under `root`: its file system's `NAME_MAX`, but
-/// never more than [`MAX_COMPONENT_LEN`] (what every replica takes, so that the name is the same
-/// everywhere) nor less than [`MIN_NAME_MAX`].
-pub fn name_limit(root: &std::path::Path) -> usize {
-    mirror_backends::name_max(root).map_or(MAX_COMPONENT_LEN, |n| n.clamp(MIN_NAME_MAX, MAX_COMPONENT_LEN))
-}
-
 /// The conflict copy's path for `path`, its name at most `max` bytes (at least
 /// [`MIN_NAME_MAX`]): the stem is shortened first, then the extension (or it is dropped), never
 /// the conflict tag, and never in the middle of a UTF-8 character. A name that did not fit
@@ -251,9 +244,6 @@ mod tests {
                 assert!(seen.insert(num));
             }
         }
-        let d = tempfile::tempdir().unwrap();
-        assert_eq!(name_limit(d.path()), 255, "the usual file systems of a test host");
-        assert_eq!(name_limit(&d.path().join("missing")), 255);
         // The usual limit, 255 bytes, with the report's 252-byte name.
         let p = RelPath::new(format!("{}.txt", "n".repeat(248))).unwrap();
         let c = conflict_path_within(&p, "laptop", t, "ab12", 255);

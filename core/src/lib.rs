@@ -1,0 +1,16 @@
+//! mirror-core: what a replica decides, as values and pure functions.
+//!
+//! No file system, threads, sockets, clocks or randomness here: every input (what is on disk,
+//! what a peer said, what time it is) is an argument, so every decision can be tested as a
+//! table and, later, stepped by a simulator over millions of histories (issue 12). The agent
+//! carries the decisions out.
+//!
+//! - [`reconcile`]: ours against a peer's entry for one path: nothing, adopt, apply or conflict.
+//! - [`conflict`]: the name a losing version is kept under, the same on every replica.
+//! - [`tree`]: what a replica knows of each path (entry plus the disk stat it was seen with),
+//!   and the subtree and apply orders over it.
+#![forbid(unsafe_code)]
+
+pub mod conflict;
+pub mod reconcile;
+pub mod tree;
