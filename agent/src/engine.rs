@@ -15,7 +15,7 @@
 
 use crate::executor::{self, ExecError, TempFile};
 use crate::fold::Folding;
-use crate::index::{Index, LocalEntry, Stat, order_for_apply, subtree};
+use crate::index::{BY_CONTENT_MIN, Index, LocalEntry, Stat, Tree, known_hash, order_for_apply, subtree};
 use crate::link::{ConnId, NetHandle, ToEngine, ToNet};
 use crate::paths::{self, abs, rel_path, to_rel};
 use crate::rules::{Rules, is_temp};
@@ -53,10 +53,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// of a rename comes in the same batch, or a few messages later for a large directory.
 const STASH_FOR: Duration = Duration::from_secs(2);
 /// How long a peer's new file whose content is here under another name waits for the delete of
-/// that name (the other half of a rename) before the content is copied...
+/// that name (the other half of a rename) before the content is copied (files of at least
+/// [`BY_CONTENT_MIN`] bytes; smaller ones are simply sent).
 const MOVE_WAIT: Duration = Duration::from_millis(500);
-/// ...for files at least this large (smaller ones are simply sent).
-const MOVE_MIN_SIZE: u64 = 256 * 1024;
 /// How long to wait before retrying a failed write (full disk, permission)...
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// ...doubling with each failure in a row, up to this.
@@ -192,7 +191,10 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         root: cfg.root.clone(),
         host: cfg.host.clone(),
         debug_prefix: cfg.debug_prefix.clone(),
-        index: loaded.index,
+        index: {
+            let key = |p: &RelPath| folding.key(p);
+            Tree::new(loaded.index, folding.active().then_some(&key as &mirror_core::tree::FoldKey<'_>))
+        },
         store,
         unsaved: BTreeSet::new(),
         clock_next,
@@ -211,10 +213,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         next_id: 1,
         fetching: HashMap::new(),
         stash: HashMap::new(),
-        by_ino: HashMap::new(),
-        by_hash: HashMap::new(),
         waited_move: HashSet::new(),
-        gone_inodes: HashMap::new(),
         halted: None,
         initial: !loaded.existed,
         accept_empty: cfg.resume,
@@ -225,7 +224,6 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         status: cfg.status,
         folding,
         name_max: crate::paths::name_limit(&cfg.root),
-        by_fold: HashMap::new(),
         fetch_fold: HashMap::new(),
         collided: HashSet::new(),
         checkpoint: None,
@@ -316,7 +314,8 @@ struct Engine {
     root: PathBuf,
     host: String,
     debug_prefix: Option<Vec<u8>>,
-    index: Index,
+    /// What we know of each path, with its lookups (by inode, by content, by folded name).
+    index: Tree,
     store: Store,
     /// Paths whose index entry changed since the last journal write.
     unsaved: BTreeSet<RelPath>,
@@ -344,16 +343,9 @@ struct Engine {
     /// Files deleted for a peer, kept for a while under temp names by content, so that a rename
     /// (a delete and a create of the same content) moves the file instead of transferring it.
     stash: HashMap<Hash, Vec<(PathBuf, Instant)>>,
-    /// Which path holds each inode, so a file renamed here is recognised without hashing it.
-    by_ino: HashMap<u64, RelPath>,
-    /// A path that held each content (checked against the index before use), so a peer's new
-    /// file whose content is already here is moved or copied, not fetched.
-    by_hash: HashMap<Hash, RelPath>,
     /// Peer files whose content is here under another name, waiting once for the delete that
     /// would make them a rename.
     waited_move: HashSet<(RelPath, Hash)>,
-    /// Files deleted here a moment ago, by inode: the other half of a rename may come next.
-    gone_inodes: HashMap<u64, (Stat, Hash, Instant)>,
     /// The transfer under way or queued for each path: which session, which request, and the
     /// other sessions that offered the same version meanwhile (owed again if this one fails).
     fetching: HashMap<RelPath, Pending>,
@@ -371,12 +363,11 @@ struct Engine {
     /// A hash of the command line's `-i`/`-e` patterns (part of the rules fingerprint).
     patterns_key: [u8; 32],
     status: Option<Status>,
-    /// How this file system compares names; with `by_fold`, the live path of each folded name
-    /// (kept only when the file system folds anything).
+    /// How this file system compares names (the tree keeps the live path of each folded name
+    /// when the file system folds anything).
     folding: Folding,
     /// The longest conflict-copy name to make here ([`crate::paths::name_limit`]).
     name_max: usize,
-    by_fold: HashMap<Vec<u8>, RelPath>,
     /// The same for files being fetched: the first spelling to arrive claims the name.
     fetch_fold: HashMap<Vec<u8>, RelPath>,
     /// Folded names a peer offered a second spelling of: when ours goes, theirs is offered again.
@@ -409,19 +400,6 @@ impl Engine {
         watch_rx: Receiver<WatchEvent>,
     ) -> Result<(), String> {
         let started = Instant::now();
-        self.by_ino = self
-            .index
-            .iter()
-            .filter(|(_, l)| matches!(l.entry.kind, Kind::File { .. }))
-            .filter_map(|(p, l)| l.stat.map(|s| (s.ino, p.clone())))
-            .collect();
-        if self.folding.active() {
-            let live: Vec<RelPath> =
-                self.index.iter().filter(|(_, l)| !l.entry.kind.is_deleted()).map(|(p, _)| p.clone()).collect();
-            for p in live {
-                self.by_fold.insert(self.folding.key(&p), p);
-            }
-        }
         let replayed = watcher.replaying() && self.replay(&watch_rx);
         if !replayed {
             self.full_scan();
@@ -930,10 +908,8 @@ impl Engine {
         let observed = meta.map(|m| {
             // A file moved here keeps its inode: reuse the hash recorded under its old name.
             let ino = crate::index::stat_of(&m).ino;
-            let own = self.index.get(rel).and_then(scan::known_hash).filter(|(s, _)| s.ino == ino);
-            let known = own
-                .or_else(|| self.by_ino.get(&ino).and_then(|p| self.index.get(p)).and_then(scan::known_hash))
-                .or_else(|| self.gone_inodes.get(&ino).map(|(s, h, _)| (*s, *h)));
+            let own = self.index.get(rel).and_then(known_hash).filter(|(s, _)| s.ino == ino);
+            let known = own.or_else(|| self.index.known_inode(ino));
             scan::observe_meta(&path, &m, known)
         });
         let seen = match observed.unwrap_or(Ok(None)) {
@@ -963,10 +939,10 @@ impl Engine {
         // For files the mtime is part of what is synced (build tools compare them); directory
         // mtimes move with their children and are not.
         let is_file = matches!(seen.kind, Kind::File { .. });
-        let (version, was_dir) = match self.index.get_mut(rel) {
+        let (version, was_dir) = match self.index.get(rel) {
             Some(l) if !l.entry.kind.is_deleted() && l.stat == Some(seen.stat) => return,
             Some(l) if l.entry.kind == seen.kind && (!is_file || l.entry.mtime == seen.mtime) => {
-                l.stat = Some(seen.stat);
+                self.index.set_stat(rel, seen.stat);
                 return;
             }
             Some(l) => (l.entry.version.clone(), matches!(l.entry.kind, Kind::Directory)),
@@ -1026,45 +1002,21 @@ impl Engine {
         if !(was_file && matches!(entry.kind, Kind::File { .. })) {
             self.shape_changed = true;
         }
-        if self.folding.active() {
-            let key = self.folding.key(&entry.path);
-            if !entry.kind.is_deleted() {
-                self.by_fold.insert(key, entry.path.clone());
-            } else if self.by_fold.get(&key) == Some(&entry.path) {
-                self.by_fold.remove(&key);
-                if self.collided.remove(&key) {
-                    self.rules_changed = true; // offer the peers' other spelling again
-                }
-            }
-        }
         self.unsaved.insert(entry.path.clone());
         self.outbox.push((entry.clone(), from));
-        let path = entry.path.clone();
-        let is_file = matches!(entry.kind, Kind::File { .. });
-        if let Some((old, hash)) =
-            self.index.insert(path.clone(), LocalEntry { entry, stat, seq }).as_ref().and_then(scan::known_hash)
-            && self.by_ino.get(&old.ino) == Some(&path)
+        let key = self.folding.active().then(|| self.folding.key(&entry.path));
+        let replaced = self.index.insert(LocalEntry { entry, stat, seq }, key, Instant::now());
+        if let Some(key) = replaced.freed_fold
+            && self.collided.remove(&key)
         {
-            self.by_ino.remove(&old.ino);
-            if stat.is_none() {
-                self.gone_inodes.insert(old.ino, (old, hash, Instant::now()));
-            }
-        }
-        if let (true, Some(s)) = (is_file, stat) {
-            self.by_ino.insert(s.ino, path.clone());
-        }
-        if let Some(l) = self.index.get(&path)
-            && let (Kind::File { hash, size, .. }, Some(_)) = (&l.entry.kind, l.stat)
-            && *size >= MOVE_MIN_SIZE
-        {
-            self.by_hash.insert(*hash, path);
+            self.rules_changed = true; // offer the peers' other spelling again
         }
     }
 
     /// Deletes stashed files older than `age`, and forgets deleted inodes as old.
     fn purge_stash(&mut self, age: Duration) {
         let now = Instant::now();
-        self.gone_inodes.retain(|_, (_, _, t)| now.duration_since(*t) < age);
+        self.index.forget_gone(now, age);
         if self.stash.is_empty() {
             return;
         }
@@ -1443,7 +1395,7 @@ impl Engine {
         while let Some(cur) = p {
             let key = self.folding.key(&cur);
             // Ours on disk, or on its way (a transfer of another spelling under way).
-            for ours in [self.by_fold.get(&key), self.fetch_fold.get(&key)].into_iter().flatten() {
+            for ours in [self.index.folded(&key), self.fetch_fold.get(&key)].into_iter().flatten() {
                 if *ours != cur {
                     return Some(ours.clone());
                 }
@@ -1605,13 +1557,10 @@ impl Engine {
     /// small ones cost less to send than to wait for).
     fn same_content_here(&self, e: &Entry) -> Option<RelPath> {
         let Kind::File { size, hash, .. } = &e.kind else { return None };
-        if *size < MOVE_MIN_SIZE {
+        if *size < BY_CONTENT_MIN {
             return None;
         }
-        let p = self.by_hash.get(hash)?;
-        let l = self.index.get(p)?;
-        let same = matches!(&l.entry.kind, Kind::File { hash: h, .. } if h == hash);
-        (p != &e.path && same && l.stat.is_some()).then(|| p.clone())
+        self.index.elsewhere(hash, &e.path).cloned()
     }
 
     /// Makes `e`'s content from our copy at `src` (verified by hash as it is read) instead of

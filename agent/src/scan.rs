@@ -1,6 +1,6 @@
 //! Reading the disk: stat, hash, list. Nothing here decides anything.
 
-use crate::index::{LocalEntry, Stat, mtime_of};
+use crate::index::{Stat, mtime_of};
 use mirror_protocol::{Hash, Kind, Timestamp};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
@@ -39,14 +39,6 @@ pub fn hash_file(path: &Path) -> io::Result<(Hash, u64)> {
         }
     }
     Ok((*h.finalize().as_bytes(), n))
-}
-
-/// The stat and hash a file entry was recorded with, if it is a file seen on disk.
-pub fn known_hash(l: &LocalEntry) -> Option<(Stat, Hash)> {
-    match (&l.entry.kind, l.stat) {
-        (Kind::File { hash, .. }, Some(s)) => Some((s, *hash)),
-        _ => None,
-    }
 }
 
 /// The permission bits a file's entry carries (`rwx` for user, group and others).
@@ -89,6 +81,7 @@ pub fn observe_meta(abs: &Path, m: &Metadata, known: Option<(Stat, Hash)>) -> io
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::{LocalEntry, known_hash};
 
     fn observe(abs: &Path, prev: Option<&LocalEntry>) -> io::Result<Option<Seen>> {
         match std::fs::symlink_metadata(abs) {
@@ -115,7 +108,6 @@ mod tests {
 
     #[test]
     fn an_unchanged_stat_skips_hashing_and_a_changed_one_does_not() {
-        use crate::index::LocalEntry;
         use mirror_protocol::{Entry, RelPath, VersionVector};
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("f");

@@ -4,9 +4,10 @@
 //! re-hashed, and a change we applied ourselves is recorded with its stat before the watcher
 //! reports it, so the report stops at "unchanged".
 
-use mirror_protocol::{Entry, RelPath, Timestamp};
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use mirror_protocol::{Entry, Hash, Kind, RelPath, Timestamp};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::{Bound, Deref};
+use std::time::{Duration, Instant};
 
 /// File-type bits of `Stat::mode`. POSIX fixes these values on every Unix; `libc` has them as
 /// `mode_t`, which is `u16` on macOS and `u32` on Linux, so they are spelled out once here (the
@@ -65,6 +66,161 @@ pub fn subtree<'a>(index: &'a Index, dir: &RelPath) -> impl Iterator<Item = (&'a
     index.get_key_value(dir).into_iter().chain(inside)
 }
 
+/// Files at least this large are found by content ([`Tree::elsewhere`]): a peer's new file
+/// whose bytes are already here under another name is moved or copied, not sent again. Smaller
+/// ones cost less to send than to look for.
+pub const BY_CONTENT_MIN: u64 = 256 * 1024;
+
+/// What a replica knows of each path, with the lookups kept in step with it in one place (its
+/// only mutators are [`Tree::insert`] and [`Tree::set_stat`]): which path holds each inode (a
+/// file renamed here is recognised without hashing it), which path holds each large content, the
+/// live path of each folded name (on file systems that fold names), and the inodes of files
+/// deleted a moment ago (the other half of a rename may come next).
+///
+/// It reads as the [`Index`] it wraps (`Deref`), so lookups and iteration stay plain map calls;
+/// only changes go through the methods.
+#[derive(Debug, Default)]
+pub struct Tree {
+    paths: Index,
+    by_ino: HashMap<u64, RelPath>,
+    by_content: HashMap<Hash, RelPath>,
+    by_fold: HashMap<Vec<u8>, RelPath>,
+    gone: HashMap<u64, (Stat, Hash, Instant)>,
+}
+
+/// The folded name of a path, on a file system that folds names.
+pub type FoldKey<'a> = dyn Fn(&RelPath) -> Vec<u8> + 'a;
+
+/// What [`Tree::insert`] replaced.
+#[derive(Debug)]
+pub struct Replaced {
+    pub old: Option<LocalEntry>,
+    /// The folded name the path gave up (it was deleted): the name is free again.
+    pub freed_fold: Option<Vec<u8>>,
+}
+
+impl Deref for Tree {
+    type Target = Index;
+    fn deref(&self) -> &Index {
+        &self.paths
+    }
+}
+
+impl Tree {
+    /// A tree of `paths` (as the journal had them); `fold` gives the folded name of a path when
+    /// the file system folds names.
+    pub fn new(paths: Index, fold: Option<&FoldKey<'_>>) -> Self {
+        let mut t = Tree { paths: Index::new(), ..Tree::default() };
+        for (p, l) in &paths {
+            if let Some(s) = l.stat.filter(|_| matches!(l.entry.kind, Kind::File { .. })) {
+                t.by_ino.insert(s.ino, p.clone());
+            }
+            if let (Some(fold), false) = (fold, l.entry.kind.is_deleted()) {
+                t.by_fold.insert(fold(p), p.clone());
+            }
+            t.note_content(p, l);
+        }
+        t.paths = paths;
+        t
+    }
+
+    /// Records `l` at its path (`fold_key`: its folded name, when names fold here), keeping
+    /// every lookup in step. A file that left the disk is remembered by inode until
+    /// [`Tree::forget_gone`] says it is old.
+    pub fn insert(&mut self, l: LocalEntry, fold_key: Option<Vec<u8>>, now: Instant) -> Replaced {
+        let path = l.entry.path.clone();
+        let mut freed_fold = None;
+        if let Some(key) = fold_key {
+            if !l.entry.kind.is_deleted() {
+                self.by_fold.insert(key, path.clone());
+            } else if self.by_fold.get(&key) == Some(&path) {
+                self.by_fold.remove(&key);
+                freed_fold = Some(key);
+            }
+        }
+        let stat = l.stat;
+        let is_file = matches!(l.entry.kind, Kind::File { .. });
+        let old = self.paths.insert(path.clone(), l);
+        if let Some((s, hash)) = old.as_ref().and_then(known_hash)
+            && self.by_ino.get(&s.ino) == Some(&path)
+        {
+            self.by_ino.remove(&s.ino);
+            if stat.is_none() {
+                self.gone.insert(s.ino, (s, hash, now));
+            }
+        }
+        if let (true, Some(s)) = (is_file, stat) {
+            self.by_ino.insert(s.ino, path.clone());
+        }
+        if let Some(l) = self.paths.get(&path) {
+            let l = l.clone();
+            self.note_content(&path, &l);
+        }
+        Replaced { old, freed_fold }
+    }
+
+    /// The disk object of `path` has this stat now, its entry unchanged (a `chmod` of nothing
+    /// synced, a copy with the same content and mtime).
+    pub fn set_stat(&mut self, path: &RelPath, stat: Stat) {
+        let Some(l) = self.paths.get_mut(path) else { return };
+        let old = l.stat.replace(stat);
+        if matches!(l.entry.kind, Kind::File { .. }) {
+            if let Some(o) = old.filter(|o| o.ino != stat.ino)
+                && self.by_ino.get(&o.ino) == Some(path)
+            {
+                self.by_ino.remove(&o.ino);
+            }
+            self.by_ino.insert(stat.ino, path.clone());
+        }
+    }
+
+    /// The stat and hash last recorded for the file with inode `ino`, under any path, or deleted
+    /// a moment ago: a file moved here keeps its inode, and its hash need not be read again.
+    pub fn known_inode(&self, ino: u64) -> Option<(Stat, Hash)> {
+        self.by_ino
+            .get(&ino)
+            .and_then(|p| self.paths.get(p))
+            .and_then(known_hash)
+            .filter(|(s, _)| s.ino == ino)
+            .or_else(|| self.gone.get(&ino).map(|(s, h, _)| (*s, *h)))
+    }
+
+    /// A live file of ours, at a path other than `not`, with content `hash` (large files only,
+    /// [`BY_CONTENT_MIN`]).
+    pub fn elsewhere(&self, hash: &Hash, not: &RelPath) -> Option<&RelPath> {
+        let p = self.by_content.get(hash)?;
+        let l = self.paths.get(p)?;
+        let same = matches!(&l.entry.kind, Kind::File { hash: h, .. } if h == hash);
+        (p != not && same && l.stat.is_some()).then_some(p)
+    }
+
+    /// The live path holding folded name `key`.
+    pub fn folded(&self, key: &[u8]) -> Option<&RelPath> {
+        self.by_fold.get(key)
+    }
+
+    /// Forgets the inodes of files deleted `age` or longer before `now`.
+    pub fn forget_gone(&mut self, now: Instant, age: Duration) {
+        self.gone.retain(|_, (_, _, t)| now.duration_since(*t) < age);
+    }
+
+    fn note_content(&mut self, path: &RelPath, l: &LocalEntry) {
+        if let (Kind::File { hash, size, .. }, Some(_)) = (&l.entry.kind, l.stat)
+            && *size >= BY_CONTENT_MIN
+        {
+            self.by_content.insert(*hash, path.clone());
+        }
+    }
+}
+
+/// The stat and hash of a file whose entry matches the disk.
+pub fn known_hash(l: &LocalEntry) -> Option<(Stat, Hash)> {
+    match (&l.entry.kind, l.stat) {
+        (Kind::File { hash, .. }, Some(s)) => Some((s, *hash)),
+        _ => None,
+    }
+}
+
 /// Orders entries so that applying them in turn works: deletions deepest first (children before
 /// their directory), then everything else parents first.
 pub fn order_for_apply(mut entries: Vec<Entry>) -> Vec<Entry> {
@@ -81,6 +237,70 @@ pub fn order_for_apply(mut entries: Vec<Entry>) -> Vec<Entry> {
 mod tests {
     use super::*;
     use mirror_protocol::{Kind, VersionVector};
+
+    fn file(path: &str, content: u8, size: u64, ino: Option<u64>) -> LocalEntry {
+        let entry = Entry {
+            path: RelPath::new(path).unwrap(),
+            kind: Kind::File { size, hash: [content; 32], mode: 0o644 },
+            mtime: Timestamp::default(),
+            version: VersionVector::new(),
+            origin: String::new(),
+        };
+        let stat = ino.map(|ino| Stat::new(S_IFREG | 0o644, size, Timestamp::default(), ino));
+        LocalEntry { entry, stat, seq: 0 }
+    }
+
+    fn gone(path: &str) -> LocalEntry {
+        let mut l = file(path, 0, 0, None);
+        l.entry.kind = Kind::Deleted;
+        l
+    }
+
+    #[test]
+    fn the_lookups_follow_every_change_of_the_tree() {
+        let t0 = Instant::now();
+        let big = BY_CONTENT_MIN;
+        let mut t = Tree::new(Index::new(), None);
+        t.insert(file("a", 1, big, Some(10)), None, t0);
+        t.insert(file("small", 2, 5, Some(11)), None, t0);
+        assert_eq!(t.known_inode(10), Some((Stat::new(S_IFREG | 0o644, big, Timestamp::default(), 10), [1; 32])));
+        let here = RelPath::new("b").unwrap();
+        assert_eq!(t.elsewhere(&[1; 32], &here).map(|p| p.to_string()), Some("a".into()));
+        assert_eq!(t.elsewhere(&[2; 32], &here), None, "small files are not looked up by content");
+        assert_eq!(t.elsewhere(&[1; 32], &RelPath::new("a").unwrap()), None, "not the path itself");
+
+        // Renamed here: the old path is deleted (no stat), and its inode is remembered a while.
+        t.insert(gone("a"), None, t0);
+        assert_eq!(t.elsewhere(&[1; 32], &here), None, "a deleted file holds no content");
+        assert!(t.known_inode(10).is_some(), "the other half of a rename may come next");
+        t.forget_gone(t0 + Duration::from_secs(5), Duration::from_secs(10));
+        assert!(t.known_inode(10).is_some());
+        t.forget_gone(t0 + Duration::from_secs(10), Duration::from_secs(10));
+        assert_eq!(t.known_inode(10), None);
+
+        // The same entry seen with another inode (copied over with the same content and mtime).
+        t.set_stat(&RelPath::new("small").unwrap(), Stat::new(S_IFREG | 0o644, 5, Timestamp::default(), 12));
+        assert_eq!(t.known_inode(11), None);
+        assert_eq!(t.known_inode(12).map(|(_, h)| h), Some([2; 32]));
+    }
+
+    #[test]
+    fn a_folded_name_is_held_by_its_live_path_and_freed_when_it_goes() {
+        let fold = |p: &RelPath| p.as_bytes().to_ascii_lowercase();
+        let mut index = Index::new();
+        let l = file("README", 1, 1, Some(1));
+        index.insert(l.entry.path.clone(), l);
+        let mut t = Tree::new(index, Some(&fold));
+        assert_eq!(t.folded(b"readme").map(|p| p.to_string()), Some("README".into()));
+        // Another spelling's deletion frees nothing; ours does.
+        let r = t.insert(gone("readme"), Some(b"readme".to_vec()), Instant::now());
+        assert_eq!(r.freed_fold, None);
+        assert!(t.folded(b"readme").is_some());
+        let r = t.insert(gone("README"), Some(b"readme".to_vec()), Instant::now());
+        assert_eq!(r.freed_fold, Some(b"readme".to_vec()));
+        assert!(r.old.is_some_and(|o| matches!(o.entry.kind, Kind::File { .. })));
+        assert_eq!(t.folded(b"readme"), None);
+    }
 
     #[test]
     fn a_subtree_holds_everything_beneath_its_directory_whatever_sorts_beside_it() {
