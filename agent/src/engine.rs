@@ -21,9 +21,10 @@ use crate::paths::{self, abs, rel_path, to_rel};
 use crate::rules::{Rules, is_temp};
 use crate::scan::{self, Seen};
 use crate::status::{Status, unix_now};
-use crate::store::{CLOCK_BLOCK, Fingerprint, Store};
+use crate::store::{Fingerprint, Store};
 use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use mirror_backends::{Backend, Checkpoint, WatchConfig, WatchEvent, Watcher};
+use mirror_core::clock::Clock;
 use mirror_core::conflict::{conflict_path_of, numbered};
 use mirror_core::reconcile::{Action, reconcile};
 use mirror_protocol::{Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, VersionVector};
@@ -165,9 +166,8 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         }
         _ => None,
     };
-    let clock_next = loaded.clock_start.max(mine) + 1;
-    let clock_reserved = clock_next + CLOCK_BLOCK;
-    store.reserve_clock(clock_reserved)?;
+    let (clock, reserve) = Clock::start(me, loaded.clock_start, mine);
+    store.reserve_clock(reserve)?;
     let rules = Arc::new(Mutex::new(rules));
     let (watch_tx, watch_rx) = bounded(4096);
     let filter_rules = rules.clone();
@@ -187,7 +187,6 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
     let attached = Arc::new(AtomicUsize::new(0));
     let engine = Engine {
         attached: attached.clone(),
-        me,
         root: cfg.root.clone(),
         host: cfg.host.clone(),
         debug_prefix: cfg.debug_prefix.clone(),
@@ -197,8 +196,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         },
         store,
         unsaved: BTreeSet::new(),
-        clock_next,
-        clock_reserved,
+        clock,
         root_id,
         root_checked: Instant::now(),
         rules,
@@ -310,7 +308,6 @@ struct Dirty {
 struct Engine {
     /// Sessions attached, for [`EngineHandle::attached`].
     attached: Arc<AtomicUsize>,
-    me: ReplicaId,
     root: PathBuf,
     host: String,
     debug_prefix: Option<Vec<u8>>,
@@ -319,9 +316,8 @@ struct Engine {
     store: Store,
     /// Paths whose index entry changed since the last journal write.
     unsaved: BTreeSet<RelPath>,
-    /// The next counter of this replica's clock, and the end of its persisted reservation.
-    clock_next: u64,
-    clock_reserved: u64,
+    /// This replica's clock (its changes' counters, reserved durably before use).
+    clock: Clock,
     /// Device and inode of the root, checked now and then: a different one means the root was
     /// replaced (unmounted, re-created), and the pair halts.
     root_id: (u64, u64),
@@ -751,21 +747,24 @@ impl Engine {
 
     /// This replica's next clock value, reserved durably before it is handed out.
     fn tick(&mut self) -> u64 {
-        let c = self.clock_next;
-        self.clock_next += 1;
-        if self.clock_next >= self.clock_reserved {
-            self.clock_reserved = self.clock_next + CLOCK_BLOCK;
-            if let Err(e) = self.store.reserve_clock(self.clock_reserved) {
-                self.halt(format!("cannot persist the replica clock: {e}"));
-            }
-        }
-        c
+        let t = self.clock.tick();
+        self.reserve(t.reserve);
+        t.value
     }
 
     /// `v` with a new change by this replica.
     fn next_version(&mut self, v: &VersionVector) -> VersionVector {
-        let c = self.tick();
-        v.with(self.me, c)
+        let (v, reserve) = self.clock.next_version(v);
+        self.reserve(reserve);
+        v
+    }
+
+    fn reserve(&mut self, upto: Option<u64>) {
+        if let Some(upto) = upto
+            && let Err(e) = self.store.reserve_clock(upto)
+        {
+            self.halt(format!("cannot persist the replica clock: {e}"));
+        }
     }
 
     /// Halts if the root vanished or was replaced since the last check (at most once a second).
@@ -1153,7 +1152,7 @@ impl Engine {
 
     /// Our counter: every change of the index so far has a `seq` at most this.
     fn seq_now(&self) -> u64 {
-        self.clock_next - 1
+        self.clock.last()
     }
 
     /// Answers a peer's `IndexFrom`: the entries that changed after `since` (all of them when

@@ -17,7 +17,7 @@
 //!   empty journal is renamed in. Both carry a generation number, and a journal is replayed only
 //!   onto the snapshot of its own generation, so a crash between the two renames replays nothing
 //!   twice and loses nothing.
-//! - The replica clock is reserved in blocks ([`CLOCK_BLOCK`]) that are persisted *before* any
+//! - The replica clock is reserved in blocks ([`mirror_core::clock::BLOCK`]) that are persisted *before* any
 //!   counter of the block is used, so a version once sent is never reused after a crash, even if
 //!   the journal lost the entry that carried it.
 //! - A lock file (`flock`) keeps a second agent off the same pair.
@@ -47,8 +47,6 @@ use std::path::{Path, PathBuf};
 
 const SNAP_MAGIC: &[u8; 8] = b"MIRBASE4";
 const LOG_MAGIC: &[u8; 8] = b"MIRJRNL4";
-/// Counters reserved per clock write.
-pub const CLOCK_BLOCK: u64 = 10_000;
 /// Records that fit in memory at once while loading; bounds a corrupt length prefix.
 const MAX_RECORD: usize = 1 << 20;
 

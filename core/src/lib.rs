@@ -5,12 +5,14 @@
 //! table and, later, stepped by a simulator over millions of histories (issue 12). The agent
 //! carries the decisions out.
 //!
+//! - [`clock`]: the replica clock, each value handed out once across crashes.
 //! - [`reconcile`]: ours against a peer's entry for one path: nothing, adopt, apply or conflict.
 //! - [`conflict`]: the name a losing version is kept under, the same on every replica.
 //! - [`tree`]: what a replica knows of each path (entry plus the disk stat it was seen with),
 //!   and the subtree and apply orders over it.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod conflict;
 pub mod reconcile;
 pub mod tree;
