@@ -13,19 +13,23 @@
 //! change the path meanwhile. What we write is recorded with its stat before the watcher reports
 //! it, so the report finds nothing new: no echo.
 
-use crate::executor::{self, ExecError, TempFile};
+use crate::disk::RealDisk;
+use crate::executor::{self, ExecError};
 use crate::fold::Folding;
-use crate::index::{BY_CONTENT_MIN, Index, LocalEntry, Stat, Tree, known_hash, order_for_apply, subtree};
+use crate::index::{
+    BY_CONTENT_MIN, Index, LocalEntry, S_IFDIR, S_IFMT, Stat, Tree, known_hash, order_for_apply, subtree,
+};
 use crate::link::{ConnId, NetHandle, ToEngine, ToNet};
-use crate::paths::{self, abs, rel_path, to_rel};
+use crate::paths::{abs, rel_path, to_rel};
 use crate::rules::{Rules, is_temp};
-use crate::scan::{self, Seen};
+use crate::scan::Seen;
 use crate::status::{Status, unix_now};
 use crate::store::{Fingerprint, Store};
 use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use mirror_backends::{Backend, Checkpoint, WatchConfig, WatchEvent, Watcher};
 use mirror_core::clock::Clock;
 use mirror_core::conflict::{conflict_path_of, numbered};
+use mirror_core::disk::Disk;
 use mirror_core::reconcile::{Action, reconcile};
 use mirror_protocol::{Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -110,7 +114,8 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         log::warn!("resuming {} (halted earlier: {reason})", cfg.root.display());
         store.set_halted(None)?;
     }
-    let root_id = root_identity(&cfg.root)?;
+    let disk = RealDisk::new(cfg.root.clone());
+    let root_id = disk.root_identity()?;
     if loaded.existed && loaded.root_id.is_some_and(|id| id != root_id) && !cfg.resume {
         let reason = format!(
             "sync root {} is not the directory that was synced before (another file system or a \
@@ -198,6 +203,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         unsaved: BTreeSet::new(),
         clock,
         root_id,
+        disk,
         root_checked: Instant::now(),
         rules,
         net,
@@ -266,7 +272,7 @@ struct Fetch {
     /// still the one: a local change scanned meanwhile means deciding again, never installing
     /// over it (issue 11, item 3).
     decided: Option<VersionVector>,
-    tmp: Option<TempFile>,
+    tmp: Option<<RealDisk as Disk>::Temp>,
     hasher: blake3::Hasher,
     received: u64,
     failed: bool,
@@ -321,6 +327,8 @@ struct Engine {
     /// Device and inode of the root, checked now and then: a different one means the root was
     /// replaced (unmounted, re-created), and the pair halts.
     root_id: (u64, u64),
+    /// The root's file system: every read and change of the disk goes through it.
+    disk: RealDisk,
     root_checked: Instant,
     rules: Arc<Mutex<Rules>>,
     net: NetHandle,
@@ -338,7 +346,7 @@ struct Engine {
     next_id: u64,
     /// Files deleted for a peer, kept for a while under temp names by content, so that a rename
     /// (a delete and a create of the same content) moves the file instead of transferring it.
-    stash: HashMap<Hash, Vec<(PathBuf, Instant)>>,
+    stash: HashMap<Hash, Vec<(<RealDisk as Disk>::Stashed, Instant)>>,
     /// Peer files whose content is here under another name, waiting once for the delete that
     /// would make them a rename.
     waited_move: HashSet<(RelPath, Hash)>,
@@ -476,7 +484,7 @@ impl Engine {
         self.persist();
         self.purge_stash(Duration::ZERO);
         self.sessions.clear(); // drops temp files of unfinished transfers
-        executor::leave_agent_dir(&self.root);
+        self.disk.leave();
         match self.halted.take() {
             Some(reason) => Err(reason),
             None => Ok(()),
@@ -521,7 +529,7 @@ impl Engine {
         }
         // An emptied root halts, as a full scan would: an unmounted disk looks the same.
         let live = self.index.values().filter(|l| !l.entry.kind.is_deleted()).count();
-        if live > 0 && executor::root_is_empty(&self.root) {
+        if live > 0 && self.disk.root_is_empty() {
             self.halt(format!(
                 "sync root {} is empty, but {live} paths were synced from it; halting instead of \
                  deleting them everywhere",
@@ -745,6 +753,20 @@ impl Engine {
         }
     }
 
+    /// Hands every entry not yet journaled to the kernel (no fsync: that waits for
+    /// [`persist`](Self::persist), after the send), so that no peer ever holds a version of ours
+    /// that a `kill -9` makes us forget. A forgotten version came back: a directory made, sent,
+    /// then deleted here was restored from the peer after a restart (model seed 10105).
+    fn journal_before_sending(&mut self) {
+        if self.unsaved.is_empty() {
+            return;
+        }
+        let paths = std::mem::take(&mut self.unsaved);
+        if let Err(e) = self.store.append_unsynced(paths.iter().filter_map(|p| self.index.get(p))) {
+            self.halt(format!("cannot write the sync state in {}: {e}", self.store.dir().display()));
+        }
+    }
+
     /// This replica's next clock value, reserved durably before it is handed out.
     fn tick(&mut self) -> u64 {
         let t = self.clock.tick();
@@ -773,7 +795,7 @@ impl Engine {
             return;
         }
         self.root_checked = Instant::now();
-        match root_identity(&self.root) {
+        match self.disk.root_identity() {
             Ok(id) if id == self.root_id => {}
             Ok(_) => self.halt(format!(
                 "sync root {} was replaced (another file system mounted, or the directory re-created); \
@@ -821,7 +843,7 @@ impl Engine {
         // An ignored directory may still hold files an include pattern wants.
         let ignored_dir = !is_dir
             && self.rules.lock().unwrap_or_else(PoisonError::into_inner).has_includes()
-            && std::fs::symlink_metadata(abs(&self.root, rel)).is_ok_and(|m| m.is_dir());
+            && self.disk.lstat(rel).ok().flatten().is_some_and(|s| s.mode & S_IFMT == S_IFDIR);
         if (is_dir && (deep || !was_dir)) || ignored_dir {
             let mut seen = BTreeSet::new();
             self.walk_from(Some(rel.clone()), ignored_dir, &mut seen);
@@ -846,23 +868,21 @@ impl Engine {
         let has_includes = self.rules.lock().unwrap_or_else(PoisonError::into_inner).has_includes();
         let mut stack: Vec<(Option<RelPath>, bool)> = vec![(dir, inside_ignored)];
         while let Some((dir, inside_ignored)) = stack.pop() {
-            let dir_abs = dir.as_ref().map_or_else(|| self.root.clone(), |d| abs(&self.root, d));
-            let rd = match std::fs::read_dir(&dir_abs) {
-                Ok(rd) => rd,
+            let children = match self.disk.list(dir.as_ref()) {
+                Ok(c) => c,
                 Err(e) => {
                     if e.kind() != io::ErrorKind::NotFound {
+                        let dir_abs = dir.as_ref().map_or_else(|| self.root.clone(), |d| abs(&self.root, d));
                         log::warn!("cannot list {}: {e}; skipping it", dir_abs.display());
                     }
                     continue;
                 }
             };
-            let mut children: Vec<_> = rd.flatten().collect();
-            children.sort_by_key(|e| e.file_name());
             for ent in children {
-                let name = ent.file_name();
+                let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&ent.name);
                 let child_path = match &dir {
-                    Some(d) => rel_path(d).join(&name),
-                    None => PathBuf::from(&name),
+                    Some(d) => rel_path(d).join(name),
+                    None => PathBuf::from(name),
                 };
                 if is_temp(&child_path) {
                     continue; // ours: never synced (a crash's leftovers went at start)
@@ -871,7 +891,7 @@ impl Engine {
                     self.unsyncable(&child_path);
                     continue;
                 };
-                let is_dir = ent.file_type().is_ok_and(|t| t.is_dir());
+                let is_dir = ent.is_dir;
                 let (ignored, included) = {
                     let mut r = self.rules.lock().unwrap_or_else(PoisonError::into_inner);
                     let included = r.is_included(&child_path, is_dir);
@@ -895,23 +915,12 @@ impl Engine {
     /// Compares one path on disk with the index and records a local change if there is one.
     /// Returns whether the path is now a directory.
     fn scan_one(&mut self, rel: &RelPath) -> bool {
-        let path = abs(&self.root, rel);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => Some(m),
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => None,
-            Err(e) => {
-                log::warn!("cannot read {rel}: {e}; skipping it until it changes");
-                return false;
-            }
+        // A file moved here keeps its inode: reuse the hash recorded under its old name.
+        let index = &self.index;
+        let known = |ino: u64| {
+            index.get(rel).and_then(known_hash).filter(|(s, _)| s.ino == ino).or_else(|| index.known_inode(ino))
         };
-        let observed = meta.map(|m| {
-            // A file moved here keeps its inode: reuse the hash recorded under its old name.
-            let ino = crate::index::stat_of(&m).ino;
-            let own = self.index.get(rel).and_then(known_hash).filter(|(s, _)| s.ino == ino);
-            let known = own.or_else(|| self.index.known_inode(ino));
-            scan::observe_meta(&path, &m, known)
-        });
-        let seen = match observed.unwrap_or(Ok(None)) {
+        let seen = match self.disk.observe(rel, &known) {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 self.mark_dirty(rel_path(rel), false);
@@ -1019,11 +1028,12 @@ impl Engine {
         if self.stash.is_empty() {
             return;
         }
+        let disk = &mut self.disk;
         for v in self.stash.values_mut() {
             v.retain(|(p, t)| {
                 let keep = now.duration_since(*t) < age;
                 if !keep {
-                    let _ = std::fs::remove_file(p);
+                    disk.drop_stashed(p);
                 }
                 keep
             });
@@ -1031,7 +1041,7 @@ impl Engine {
         self.stash.retain(|_, v| !v.is_empty());
     }
 
-    fn take_stash(&mut self, hash: &Hash) -> Option<PathBuf> {
+    fn take_stash(&mut self, hash: &Hash) -> Option<<RealDisk as Disk>::Stashed> {
         let v = self.stash.get_mut(hash)?;
         let (p, _) = v.pop()?;
         if v.is_empty() {
@@ -1044,6 +1054,7 @@ impl Engine {
         if self.outbox.is_empty() {
             return;
         }
+        self.journal_before_sending();
         let outbox = std::mem::take(&mut self.outbox);
         let seq = self.seq_now();
         // A session not yet ready gets all of this with its index.
@@ -1140,6 +1151,9 @@ impl Engine {
     /// so the peer's next session is asked for it again; entries other sessions offered for the
     /// same transfers are looked at again now.
     fn end_session(&mut self, conn: ConnId) {
+        // What the session took in completely counts before it goes: its last entry may have
+        // been installed in the same turn as its end, before the turn's journal write.
+        self.advance_peers();
         self.sessions.remove(&conn);
         self.attached.store(self.sessions.len(), Ordering::SeqCst);
         self.retries.retain(|r| r.1 != conn);
@@ -1158,6 +1172,7 @@ impl Engine {
     /// Answers a peer's `IndexFrom`: the entries that changed after `since` (all of them when
     /// `since` is 0, or beyond our counter: then our state is not the one the peer knew).
     fn send_index(&mut self, conn: ConnId, since: u64) {
+        self.journal_before_sending();
         let seq = self.seq_now();
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.told = seq;
@@ -1357,7 +1372,7 @@ impl Engine {
         let writes = matches!(action, Action::Apply | Action::ConflictKeepLocalCopy | Action::ConflictKeepRemoteCopy);
         if writes
             && !e.kind.is_deleted()
-            && let Err(err) = paths::check_parents(&self.root, &e.path)
+            && let Err(err) = self.disk.check_parents(&e.path)
         {
             self.refuse(conn, e, err.to_string());
             return Ok(());
@@ -1420,7 +1435,7 @@ impl Engine {
     }
 
     fn disk_moved(&self, l: &LocalEntry) -> bool {
-        executor::current(&self.root, &l.entry.path).map_or(true, |s| s != l.stat)
+        self.disk.lstat(&l.entry.path).map_or(true, |s| s != l.stat)
     }
 
     fn pending_version(&self, path: &RelPath) -> Option<VersionVector> {
@@ -1485,7 +1500,7 @@ impl Engine {
             let same_bytes =
                 matches!(local.as_ref().map(|l| &l.entry.kind), Some(Kind::File { hash: h, .. }) if h == hash);
             if same_bytes && !keep_local_copy {
-                let r = executor::set_meta(&self.root, &e.path, expected, e.mtime, *mode);
+                let r = self.disk.set_meta(&e.path, expected, e.mtime, *mode);
                 self.finish_local(conn, e, r);
             } else if let Some(from) = self.take_stash(hash) {
                 self.waited_move.remove(&(e.path.clone(), *hash));
@@ -1512,14 +1527,14 @@ impl Engine {
             Some(LocalEntry { entry: Entry { kind: Kind::File { hash, .. }, .. }, stat: Some(_), .. }),
         ) = (&e.kind, &local)
         {
-            match executor::stash(&self.root, &e.path, expected) {
+            match self.disk.stash(&e.path, expected) {
                 Ok(p) => {
                     self.stash.entry(*hash).or_default().push((p, Instant::now()));
                     let gone = Stat { mode: 0, size: 0, mtime: Timestamp::default(), ino: 0 };
                     self.finish_local(conn, e, Ok(gone));
                     return;
                 }
-                Err(ExecError::Io(err)) if err.raw_os_error() == Some(libc::EXDEV) => {} // delete it below
+                Err(err) if err.crosses_devices() => {} // delete it below
                 Err(err) => {
                     self.exec_failed(conn, e, err);
                     return;
@@ -1535,9 +1550,9 @@ impl Engine {
         }
         let expected = if keep_local_copy { None } else { expected };
         let r = match &e.kind {
-            Kind::Deleted => executor::remove(&self.root, &e.path, expected).map(|()| None),
-            Kind::Directory => executor::make_dir(&self.root, &e.path, expected).map(Some),
-            Kind::Symlink { target } => executor::make_symlink(&self.root, &e.path, expected, target).map(Some),
+            Kind::Deleted => self.disk.remove(&e.path, expected).map(|()| None),
+            Kind::Directory => self.disk.make_dir(&e.path, expected).map(Some),
+            Kind::Symlink { target } => self.disk.make_symlink(&e.path, expected, target).map(Some),
             Kind::File { .. } => return,
         };
         match r {
@@ -1567,7 +1582,7 @@ impl Engine {
     fn copy_local(&mut self, conn: ConnId, e: Entry, src: &RelPath, keep_local_copy: bool) {
         let Kind::File { hash, .. } = e.kind else { return };
         let expected = self.index.get(src).and_then(|l| l.stat);
-        let copied = executor::copy_to_temp(&self.root, src, expected, &e.path, &hash);
+        let copied = self.disk.copy_to_temp(src, expected, &e.path, &hash);
         let tmp = match copied {
             Ok(Some(t)) => t,
             Ok(None) | Err(_) => return self.enqueue(conn, e, Purpose::Apply { keep_local_copy }),
@@ -1594,7 +1609,7 @@ impl Engine {
         &mut self,
         conn: ConnId,
         e: Entry,
-        from: PathBuf,
+        from: <RealDisk as Disk>::Stashed,
         local: Option<&LocalEntry>,
         keep_local_copy: bool,
     ) {
@@ -1608,7 +1623,7 @@ impl Engine {
             }
             expected = None;
         }
-        match executor::unstash(&self.root, &from, &e.path, expected, e.mtime, mode) {
+        match self.disk.unstash(&from, &e.path, expected, e.mtime, mode) {
             Ok(stat) => {
                 log::debug!("{}: content found locally (a rename), nothing transferred", e.path);
                 self.finish_local(conn, e, Ok(stat));
@@ -1749,12 +1764,12 @@ impl Engine {
         let base = conflict_path_of(&l.entry, self.name_max);
         let mut to = base.clone();
         let mut n = 1;
-        while let Some(there) = executor::current(&self.root, &to)? {
+        while let Some(there) = self.disk.lstat(&to)? {
             // The copy may exist already: a peer that saw the same conflict kept our version
             // under the same name. Then ours is safe, and moving it would make a duplicate.
             let same = self.index.get(&to).is_some_and(|c| c.entry.kind == l.entry.kind && c.stat == Some(there));
             if same {
-                executor::remove(&self.root, &l.entry.path, l.stat)?;
+                self.disk.remove(&l.entry.path, l.stat)?;
                 self.conflicts += 1;
                 log::warn!(
                     "conflict on {}: our version lost; it is already kept as {to} ({} conflicts so far)",
@@ -1766,7 +1781,7 @@ impl Engine {
             n += 1;
             to = numbered(&base, n, self.name_max);
         }
-        executor::move_aside(&self.root, &l.entry.path, l.stat, &to)?;
+        self.disk.move_aside(&l.entry.path, l.stat, &to)?;
         self.conflicts += 1;
         log::warn!(
             "conflict on {}: our version lost and is kept as {to} ({} conflicts so far)",
@@ -1788,9 +1803,7 @@ impl Engine {
             self.scan_one(at); // the name was used before: a new change of ours over its history
             return;
         }
-        let path = abs(&self.root, at);
-        let seen =
-            std::fs::symlink_metadata(&path).ok().and_then(|m| scan::observe_meta(&path, &m, None).ok().flatten());
+        let seen = self.disk.observe(at, &|_| None).ok().flatten();
         match seen {
             Some(seen) if !matches!(seen.kind, Kind::Directory) => {
                 let entry = Entry {
@@ -1819,8 +1832,8 @@ impl Engine {
                     if self.index.get(&dest).is_some_and(|c| c.entry.kind == e.kind) {
                         break; // already kept under this name
                     }
-                    if executor::current(&self.root, &dest).ok().flatten().is_none() {
-                        if let Err(err) = executor::make_symlink(&self.root, &dest, None, target) {
+                    if self.disk.lstat(&dest).ok().flatten().is_none() {
+                        if let Err(err) = self.disk.make_symlink(&dest, None, target) {
                             self.exec_failed(conn, e, err);
                             return;
                         }
@@ -1869,7 +1882,7 @@ impl Engine {
                     continue;
                 }
                 let expected = self.index.get(&e.path).and_then(|l| l.stat);
-                match executor::remove(&self.root, &e.path, expected) {
+                match self.disk.remove(&e.path, expected) {
                     Err(ExecError::NotEmpty) => self.deferred.push((until, conn, e)),
                     r => {
                         progress = true;
@@ -1921,7 +1934,7 @@ impl Engine {
         // fill the disk): reported once and tried again later, as a full disk is.
         if let Kind::File { size, .. } = entry.kind
             && size >= SPACE_CHECK_FROM
-            && let Some(free) = free_space(&self.root)
+            && let Some(free) = self.disk.free_space()
             && size > free
         {
             let err = io::Error::new(
@@ -1967,11 +1980,7 @@ impl Engine {
             self.net.send(reply("not the current version here"));
             return;
         }
-        if let Err(e) = paths::check_parents(&self.root, &path) {
-            self.net.send(reply(&e.to_string()));
-            return;
-        }
-        match scan::open_nofollow(&abs(&self.root, &path)) {
+        match self.disk.open_upload(&path) {
             Ok(file) => self.net.send(ToNet::Upload { conn, id, file, size }),
             Err(e) => {
                 log::warn!("cannot read {path} for the peer: {e}");
@@ -1981,7 +1990,6 @@ impl Engine {
     }
 
     fn on_data(&mut self, conn: ConnId, id: u64, bytes: &[u8]) -> Result<(), PeerError> {
-        let root = self.root.clone();
         let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
         let Some(f) = s.in_flight.get_mut(&id) else {
             return Err(PeerError(format!("data for unknown request {id}")));
@@ -2000,7 +2008,7 @@ impl Engine {
             Purpose::KeepRemoteCopy { at } => at.clone(),
         };
         if f.tmp.is_none() {
-            match TempFile::create(&root, &target) {
+            match self.disk.create_temp(&target) {
                 Ok(t) => f.tmp = Some(t),
                 Err(ExecError::Jail(e)) => {
                     f.failed = true;
@@ -2017,7 +2025,7 @@ impl Engine {
             }
         }
         if let Some(t) = &mut f.tmp
-            && let Err(e) = t.write_all(bytes)
+            && let Err(e) = self.disk.write_temp(t, bytes)
         {
             f.failed = true;
             f.tmp = None; // removes the partial file
@@ -2032,7 +2040,6 @@ impl Engine {
     }
 
     fn on_data_end(&mut self, conn: ConnId, id: u64, size: u64, hash: Hash) -> Result<(), PeerError> {
-        let root = self.root.clone();
         let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
         let Some(mut f) = s.in_flight.remove(&id) else {
             return Err(PeerError(format!("end of unknown request {id}")));
@@ -2062,7 +2069,7 @@ impl Engine {
         };
         let tmp = match f.tmp.take() {
             Some(t) => t,
-            None => match TempFile::create(&root, &target) {
+            None => match self.disk.create_temp(&target) {
                 Ok(t) => t,
                 Err(ExecError::Jail(e)) => {
                     self.refuse(conn, f.entry, e.to_string());
@@ -2078,8 +2085,13 @@ impl Engine {
     }
 
     /// Puts a fetched (or locally copied) file, complete and verified in `tmp`, where `f` says.
-    fn install_fetched(&mut self, conn: ConnId, f: Fetch, tmp: TempFile, hash: Hash) -> Result<(), PeerError> {
-        let root = self.root.clone();
+    fn install_fetched(
+        &mut self,
+        conn: ConnId,
+        f: Fetch,
+        tmp: <RealDisk as Disk>::Temp,
+        hash: Hash,
+    ) -> Result<(), PeerError> {
         let Kind::File { mode, .. } = f.entry.kind else { return Ok(()) };
         // Our version moved on while the content travelled (a local save scanned meanwhile):
         // what was decided no longer holds. Decide again from what is here now; installing
@@ -2102,7 +2114,7 @@ impl Engine {
                     }
                     expected = None;
                 }
-                let r = tmp.install(&root, &f.entry.path, expected, f.entry.mtime, mode);
+                let r = self.disk.install(tmp, &f.entry.path, expected, f.entry.mtime, mode);
                 self.finish_local(conn, f.entry, r);
             }
             Purpose::KeepRemoteCopy { at } => {
@@ -2111,8 +2123,8 @@ impl Engine {
                 loop {
                     match self.index.get(&dest).map(|l| &l.entry.kind) {
                         Some(Kind::File { hash: h, .. }) if *h == hash => break, // already kept
-                        _ if executor::current(&root, &dest).ok().flatten().is_none() => {
-                            if let Err(e) = tmp.install(&root, &dest, None, f.entry.mtime, mode) {
+                        _ if self.disk.lstat(&dest).ok().flatten().is_none() => {
+                            if let Err(e) = self.disk.install(tmp, &dest, None, f.entry.mtime, mode) {
                                 self.exec_failed(conn, f.entry, e);
                                 return Ok(());
                             }
@@ -2156,21 +2168,6 @@ fn rules_fingerprint(patterns_key: &[u8; 32], collided: &HashSet<Vec<u8>>, root:
     let mut fp = Fingerprint::default();
     fp.copy_from_slice(&h.finalize().as_bytes()[..16]);
     fp
-}
-
-/// Bytes this process may still write on the file system of `root`, if the system says.
-fn free_space(root: &Path) -> Option<u64> {
-    let st = rustix::fs::statvfs(root).ok()?;
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
-fn root_identity(root: &Path) -> io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(root)?;
-    if !m.is_dir() {
-        return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
-    }
-    Ok((m.dev(), m.ino()))
 }
 
 /// Whether a change to this path changes the ignore rules.

@@ -14,7 +14,7 @@
 //!   first: start-up removes only the files so recorded, so nothing a user made is touched.
 
 use crate::index::{S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, Stat};
-use crate::paths::{self, JailError, abs};
+use crate::paths::{self, abs};
 use crate::rules::{AGENT_DIR, BESIDE_PREFIX, is_beside_temp};
 use mirror_protocol::{Hash, RelPath, Timestamp};
 use std::fs::{self, File, OpenOptions};
@@ -24,39 +24,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-#[derive(Debug)]
-pub enum ExecError {
-    /// The disk no longer matches what we last saw: a fresh local change.
-    Changed,
-    /// The path would be reached through a symlink or a non-directory.
-    Jail(JailError),
-    /// A directory to remove still holds entries.
-    NotEmpty,
-    Io(io::Error),
-}
-
-impl std::fmt::Display for ExecError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Changed => f.write_str("changed on disk since it was scanned"),
-            Self::Jail(e) => e.fmt(f),
-            Self::NotEmpty => f.write_str("directory is not empty"),
-            Self::Io(e) => e.fmt(f),
-        }
-    }
-}
-
-impl From<io::Error> for ExecError {
-    fn from(e: io::Error) -> Self {
-        if e.raw_os_error() == Some(libc::ENOTEMPTY) { ExecError::NotEmpty } else { ExecError::Io(e) }
-    }
-}
-
-impl From<JailError> for ExecError {
-    fn from(e: JailError) -> Self {
-        ExecError::Jail(e)
-    }
-}
+pub use mirror_core::disk::ExecError;
 
 type Result<T> = std::result::Result<T, ExecError>;
 

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod control;
 mod daemon;
+mod disk;
 mod engine;
 mod executor;
 mod fold;

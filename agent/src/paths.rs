@@ -38,27 +38,7 @@ pub fn rel_path(rel: &RelPath) -> &Path {
     Path::new(OsStr::from_bytes(rel.as_bytes()))
 }
 
-/// Why a path may not be touched.
-#[derive(Debug)]
-pub enum JailError {
-    /// An ancestor is a symlink: following it could leave the root.
-    ThroughSymlink { path: RelPath, link: RelPath },
-    /// An ancestor exists but is not a directory.
-    NotADirectory { path: RelPath, at: RelPath },
-}
-
-impl std::fmt::Display for JailError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::ThroughSymlink { path, link } => {
-                write!(f, "path {path} passes through the symlink {link}; refusing to follow it")
-            }
-            Self::NotADirectory { path, at } => write!(f, "path {path}: {at} is not a directory"),
-        }
-    }
-}
-
-impl std::error::Error for JailError {}
+pub use mirror_core::disk::JailError;
 
 /// Checks that every existing ancestor of `rel` is a real directory (not a symlink).
 /// Missing ancestors are fine: they will be created as directories.

@@ -1,20 +1,14 @@
 //! Reading the disk: stat, hash, list. Nothing here decides anything.
 
 use crate::index::{Stat, mtime_of};
-use mirror_protocol::{Hash, Kind, Timestamp};
+use mirror_protocol::{Hash, Kind};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-/// What is at a path now.
-#[derive(Debug)]
-pub struct Seen {
-    pub kind: Kind,
-    pub stat: Stat,
-    pub mtime: Timestamp,
-}
+pub use mirror_core::disk::Seen;
 
 /// Opens a regular file for reading without following a symlink at its last component.
 pub fn open_nofollow(path: &Path) -> io::Result<File> {

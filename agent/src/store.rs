@@ -369,9 +369,20 @@ impl Store {
     /// survives the process being killed (not a power cut; the next [`append`](Self::append) or
     /// [`sync`](Self::sync) makes it durable).
     pub fn append_now(&mut self, l: &LocalEntry) -> io::Result<()> {
+        self.append_unsynced(std::iter::once(l))
+    }
+
+    /// [`append_now`](Self::append_now) for several entries (no `Have` or `Rules` records: those
+    /// wait for [`append`](Self::append), after the entries they cover).
+    pub fn append_unsynced<'a>(&mut self, entries: impl Iterator<Item = &'a LocalEntry>) -> io::Result<()> {
         let mut buf = Vec::new();
-        encode_record(&mut buf, &entry_record(l));
-        self.records_since_snapshot += 1;
+        for l in entries {
+            encode_record(&mut buf, &entry_record(l));
+            self.records_since_snapshot += 1;
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
         self.unsynced = true;
         self.log.write_all(&buf)?;
         self.log.flush()

@@ -1,0 +1,164 @@
+//! The real file system of a sync root, behind [`mirror_core::disk::Disk`]: the engine's only
+//! way to the disk. The work is in [`executor`] (verify before mutate, atomic replace, the
+//! agent's own directory), [`scan`] (stat and hash) and [`paths`] (the jail).
+
+use crate::executor::{self, TempFile};
+use crate::paths::{self, abs};
+use crate::scan;
+use mirror_core::disk::{Disk, ExecError, JailError, Listed, Seen};
+use mirror_core::tree::Stat;
+use mirror_protocol::{Hash, RelPath, Timestamp};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+#[derive(Debug)]
+pub struct RealDisk {
+    root: PathBuf,
+}
+
+impl RealDisk {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+}
+
+impl Disk for RealDisk {
+    type Temp = TempFile;
+    type Stashed = PathBuf;
+    type Upload = File;
+
+    fn lstat(&self, rel: &RelPath) -> io::Result<Option<Stat>> {
+        executor::current(&self.root, rel)
+    }
+
+    fn observe(&self, rel: &RelPath, known: &dyn Fn(u64) -> Option<(Stat, Hash)>) -> io::Result<Option<Seen>> {
+        let path = abs(&self.root, rel);
+        let m = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let ino = crate::index::stat_of(&m).ino;
+        scan::observe_meta(&path, &m, known(ino))
+    }
+
+    fn list(&self, dir: Option<&RelPath>) -> io::Result<Vec<Listed>> {
+        let dir_abs = dir.map_or_else(|| self.root.clone(), |d| abs(&self.root, d));
+        let mut out: Vec<Listed> = std::fs::read_dir(dir_abs)?
+            .flatten()
+            .map(|e| Listed {
+                name: e.file_name().as_bytes().to_vec(),
+                is_dir: e.file_type().is_ok_and(|t| t.is_dir()),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn check_parents(&self, rel: &RelPath) -> Result<(), JailError> {
+        paths::check_parents(&self.root, rel)
+    }
+
+    fn set_meta(
+        &mut self,
+        rel: &RelPath,
+        expected: Option<Stat>,
+        mtime: Timestamp,
+        mode: u32,
+    ) -> Result<Stat, ExecError> {
+        executor::set_meta(&self.root, rel, expected, mtime, mode)
+    }
+
+    fn remove(&mut self, rel: &RelPath, expected: Option<Stat>) -> Result<(), ExecError> {
+        executor::remove(&self.root, rel, expected)
+    }
+
+    fn make_dir(&mut self, rel: &RelPath, expected: Option<Stat>) -> Result<Stat, ExecError> {
+        executor::make_dir(&self.root, rel, expected)
+    }
+
+    fn make_symlink(&mut self, rel: &RelPath, expected: Option<Stat>, target: &[u8]) -> Result<Stat, ExecError> {
+        executor::make_symlink(&self.root, rel, expected, target)
+    }
+
+    fn move_aside(&mut self, from: &RelPath, expected: Option<Stat>, to: &RelPath) -> Result<(), ExecError> {
+        executor::move_aside(&self.root, from, expected, to)
+    }
+
+    fn stash(&mut self, rel: &RelPath, expected: Option<Stat>) -> Result<PathBuf, ExecError> {
+        executor::stash(&self.root, rel, expected)
+    }
+
+    fn unstash(
+        &mut self,
+        from: &PathBuf,
+        rel: &RelPath,
+        expected: Option<Stat>,
+        mtime: Timestamp,
+        mode: u32,
+    ) -> Result<Stat, ExecError> {
+        executor::unstash(&self.root, from, rel, expected, mtime, mode)
+    }
+
+    fn drop_stashed(&mut self, s: &PathBuf) {
+        let _ = std::fs::remove_file(s);
+    }
+
+    fn copy_to_temp(
+        &mut self,
+        from: &RelPath,
+        expected: Option<Stat>,
+        to: &RelPath,
+        hash: &Hash,
+    ) -> Result<Option<TempFile>, ExecError> {
+        executor::copy_to_temp(&self.root, from, expected, to, hash)
+    }
+
+    fn create_temp(&mut self, rel: &RelPath) -> Result<TempFile, ExecError> {
+        TempFile::create(&self.root, rel)
+    }
+
+    fn write_temp(&mut self, t: &mut TempFile, bytes: &[u8]) -> io::Result<()> {
+        t.write_all(bytes)
+    }
+
+    fn install(
+        &mut self,
+        t: TempFile,
+        rel: &RelPath,
+        expected: Option<Stat>,
+        mtime: Timestamp,
+        mode: u32,
+    ) -> Result<Stat, ExecError> {
+        t.install(&self.root, rel, expected, mtime, mode)
+    }
+
+    fn open_upload(&mut self, rel: &RelPath) -> Result<File, ExecError> {
+        paths::check_parents(&self.root, rel)?;
+        Ok(scan::open_nofollow(&abs(&self.root, rel))?)
+    }
+
+    fn free_space(&self) -> Option<u64> {
+        let st = rustix::fs::statvfs(&self.root).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    fn root_identity(&self) -> io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&self.root)?;
+        if !m.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
+        }
+        Ok((m.dev(), m.ino()))
+    }
+
+    fn root_is_empty(&self) -> bool {
+        executor::root_is_empty(&self.root)
+    }
+
+    fn leave(&mut self) {
+        executor::leave_agent_dir(&self.root);
+    }
+}
