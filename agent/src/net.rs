@@ -1,7 +1,9 @@
 //! The network thread: one mio loop for the listener and every connection.
 //!
 //! It only moves bytes: the preamble check, frame decoding and the handshake route a
-//! connection to its engine, after which messages pass through untouched, except file uploads,
+//! connection to its engine, after which messages pass through untouched once the session rules
+//! ([`mirror_protocol::session`]) accepted them (a peer that breaks one is closed here, with the
+//! [`Violation`] as the reason), except file uploads,
 //! which this thread streams from an open file handle in bounded chunks as the socket drains, so
 //! a file of any size costs one chunk of memory.
 //!
@@ -13,8 +15,10 @@ use crate::status::{State as PairState, Status};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use mirror_protocol::session::{DEAD_AFTER, HANDSHAKE_DEADLINE, PING_INTERVAL};
 use mirror_protocol::{
-    Decoder, Hello, MAX_CHUNK_LEN, Message, PREAMBLE_LEN, Preamble, ReplicaId, Welcome, encode_into,
+    Connection, Decoder, Event, Hello, MAX_CHUNK_LEN, Message, PREAMBLE_LEN, Preamble, ReplicaId, Side, Violation,
+    Welcome, encode_into,
 };
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -29,26 +33,22 @@ pub const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
-/// Every open connection is sent a `Ping` this often, whatever else it carries...
-const HEARTBEAT: Duration = Duration::from_secs(2);
-/// ...and one on which no byte moved for this long, either way, is considered dead: nothing
-/// arrived, and nothing we queued was taken off our hands (see [`Conn::last_drain`]).
-const DEAD_AFTER: Duration = Duration::from_secs(6);
-/// A connection must complete its handshake within this long of being opened, however slowly
-/// its bytes trickle in (a slowloris peer sending one byte a second is closed all the same).
-const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+// Timing is the protocol's (`PROTOCOL.md`, "Liveness"): every open connection is sent a `Ping`
+// each PING_INTERVAL, whatever else it carries, and one on which no byte moved for DEAD_AFTER,
+// either way, is considered dead: nothing arrived, and nothing we queued was taken off our hands
+// (see [`Conn::last_drain`]). A connection must complete its handshake within HANDSHAKE_DEADLINE
+// of being opened, however slowly its bytes trickle in (a slowloris peer sending one byte a
+// second is closed all the same).
 /// The longest wait between reconnection attempts (before jitter).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Stop reading a connection whose undecoded input exceeds this (room for one largest frame).
 const IN_HIGH_WATER: usize = mirror_protocol::MAX_FRAME_LEN + 64 * 1024;
 /// A peer whose output waiting here passes this is not reading it: closed. What a peer can make
-/// us answer is bounded well below (one pong at a time, [`MAX_UPLOADS`]); this is the backstop
+/// us answer is bounded well below (one pong at a time, and as many uploads as the session lets
+/// it have requests in flight: [`mirror_protocol::MAX_REQUESTS_IN_FLIGHT`]); this is the backstop
 /// against an index or updates it never takes. (Not reading a connection whose output waits
 /// would be simpler, but two sides sending large indexes at once would stall each other.)
 const OUT_LIMIT: usize = 1024 * 1024 * 1024;
-/// Uploads queued for one connection at most. Our peers keep 64 requests in flight; one with
-/// more open files waiting for it than this is cut off.
-const MAX_UPLOADS: usize = 256;
 /// Connections still in their handshake, from one address and in all: a slowloris peer cannot
 /// take every descriptor (the handshake also has an absolute deadline).
 const MAX_HANDSHAKING_PER_ADDR: usize = 16;
@@ -68,10 +68,12 @@ pub enum Role {
     Client { addr: String, hello: Hello, engine: Sender<ToEngine> },
 }
 
+/// Where the driver routes a connection's messages. Which message may come when is the
+/// protocol's [`Connection`] state (`Conn::proto`); this only says whether the preamble passed
+/// and, once the handshake is done, which engine the session belongs to.
 enum State {
     Preamble,
-    AwaitHello,
-    AwaitWelcome,
+    Handshake,
     Open(Sender<ToEngine>),
 }
 
@@ -91,6 +93,8 @@ struct Conn {
     /// The peer's address (accepted connections), for the per-address limit.
     addr: Option<std::net::IpAddr>,
     state: State,
+    /// The session rules: what the peer may send next, given what it and we sent so far.
+    proto: Connection,
     dec: Decoder,
     /// Frames being written, and how far; refilled from `ctrl` first, then with one upload chunk.
     out: Vec<u8>,
@@ -129,6 +133,7 @@ impl Conn {
             peer,
             addr: None,
             state: State::Preamble,
+            proto: Connection::Closed,
             dec: Decoder::new(),
             out: first_out,
             out_pos: 0,
@@ -150,6 +155,7 @@ impl Conn {
 
     /// Queues a control message (ahead of any file data not yet in `out`).
     fn send(&mut self, msg: &Message) {
+        self.proto.sent(msg);
         encode_into(msg, &mut self.ctrl);
     }
 
@@ -174,6 +180,7 @@ impl Conn {
             return true;
         }
         if let Some(msg) = next_chunk(&mut self.uploads) {
+            self.proto.sent(&msg); // a DataEnd or DataAbort answers the request
             encode_into(&msg, &mut self.out);
             return true;
         }
@@ -295,7 +302,7 @@ impl Net {
             let mut timeout = if busy { Some(Duration::from_millis(20)) } else { None };
             if !self.conns.is_empty() {
                 // Heartbeats need a look at every connection now and then.
-                timeout = Some(timeout.map_or(HEARTBEAT / 2, |t| t.min(HEARTBEAT / 2)));
+                timeout = Some(timeout.map_or(PING_INTERVAL / 2, |t| t.min(PING_INTERVAL / 2)));
             }
             if let Some(at) = self.reconnect_at {
                 let d = at.saturating_duration_since(Instant::now());
@@ -451,14 +458,8 @@ impl Net {
                     }
                 }
                 ToNet::Upload { conn, id, file, size } => {
+                    // At most one per request the session let in: MAX_REQUESTS_IN_FLIGHT.
                     if let Some(c) = self.conns.get_mut(&conn) {
-                        if c.uploads.len() >= MAX_UPLOADS {
-                            let reason = format!("more than {MAX_UPLOADS} requests in flight");
-                            log::error!("{}: {reason}; closing the connection", c.peer);
-                            c.send(&Message::Goodbye { reason: reason.clone() });
-                            c.fail(reason);
-                            continue;
-                        }
                         c.uploads.push_back(Upload { id, file, size, sent: 0, hash: blake3::Hasher::new() });
                     }
                 }
@@ -502,7 +503,7 @@ impl Net {
                 break;
             }
         }
-        // Heartbeat: a ping every HEARTBEAT, so the peer hears us even while it is the one
+        // Heartbeat: a ping every PING_INTERVAL, so the peer hears us even while it is the one
         // sending (its own pings may be queued behind its data, in the network); a connection
         // on which nothing moved either way for DEAD_AFTER is dead. One we stopped reading (its
         // engine is busy) still pings, and is not judged: that is not the peer's fault.
@@ -515,7 +516,7 @@ impl Net {
                     quiet.as_secs()
                 );
                 c.lost(format!("no heartbeat for {}s", quiet.as_secs()));
-            } else if c.last_ping.elapsed() >= HEARTBEAT {
+            } else if c.last_ping.elapsed() >= PING_INTERVAL {
                 c.send(&Message::Ping);
                 c.last_ping = Instant::now();
             }
@@ -526,8 +527,8 @@ impl Net {
         {
             // Its goodbye never leaves (the peer stopped reading, or the link is gone): close.
             c.lost("closing: nothing moved".into());
-        } else if !c.closing && !matches!(c.state, State::Open(_)) && c.opened.elapsed() >= HANDSHAKE_LIMIT {
-            log::warn!("{}: no complete handshake within {}s; closing", c.peer, HANDSHAKE_LIMIT.as_secs());
+        } else if !c.closing && !matches!(c.state, State::Open(_)) && c.opened.elapsed() >= HANDSHAKE_DEADLINE {
+            log::warn!("{}: no complete handshake within {}s; closing", c.peer, HANDSHAKE_DEADLINE.as_secs());
             c.lost("handshake timed out".into());
         }
         // A connection on its way out sends what is queued (a goodbye), not more file data.
@@ -636,11 +637,9 @@ impl Net {
                     Ok(None) => return,
                     Ok(Some(_)) => {
                         c.dec.take_raw(PREAMBLE_LEN);
-                        c.state = if matches!(self.role, Role::Server { .. }) {
-                            State::AwaitHello
-                        } else {
-                            State::AwaitWelcome
-                        };
+                        let side = if matches!(self.role, Role::Server { .. }) { Side::Server } else { Side::Client };
+                        c.proto = Connection::new(side);
+                        c.state = State::Handshake;
                         continue;
                     }
                     Err(err) => {
@@ -670,16 +669,26 @@ impl Net {
                     return;
                 }
             };
-            match (&c.state, msg) {
-                (_, Message::Ping) => {
+            let event = match std::mem::replace(&mut c.proto, Connection::Closed).receive(msg) {
+                Ok((next, event)) => {
+                    c.proto = next;
+                    event
+                }
+                Err(v) => {
+                    violated(c, v);
+                    return;
+                }
+            };
+            match event {
+                Event::Ping => {
                     if !std::mem::replace(&mut c.pong_queued, true) {
                         c.send(&Message::Pong);
                     }
                 }
-                (_, Message::Pong) => {}
-                (State::AwaitHello, Message::Hello(h)) => self.on_hello(id, c, h),
-                (State::AwaitWelcome, Message::Welcome(w)) => self.on_welcome(id, c, w),
-                (State::AwaitWelcome | State::AwaitHello, Message::Goodbye { reason }) => {
+                Event::Nothing => {}
+                Event::Hello(h) => self.on_hello(id, c, h),
+                Event::Welcome(w) => self.on_welcome(id, c, w),
+                Event::Refused { reason } => {
                     let reason = crate::logsafe::clean(&reason);
                     log::error!("{} refused us: {reason}", c.peer);
                     if matches!(self.role, Role::Client { .. }) {
@@ -688,7 +697,9 @@ impl Net {
                     c.lost(format!("refused: {reason}"));
                     return;
                 }
-                (State::Open(tx), msg) => {
+                Event::Session(msg) => {
+                    // The session is open exactly when the handshake routed it to an engine.
+                    let State::Open(tx) = &c.state else { continue };
                     if let Message::Goodbye { reason } = &msg {
                         log::info!("{} closed the connection: {}", c.peer, crate::logsafe::shown(reason));
                     }
@@ -704,13 +715,6 @@ impl Net {
                         }
                     }
                 }
-                (_, msg) => {
-                    let reason = format!("unexpected {} during the handshake", msg.name());
-                    log::error!("{}: {reason}", c.peer);
-                    c.send(&Message::Goodbye { reason: reason.clone() });
-                    c.fail(reason);
-                    return;
-                }
             }
         }
     }
@@ -719,20 +723,6 @@ impl Net {
         let h = Hello { host: crate::logsafe::clean(&h.host), ..h };
         let Role::Server { engines, .. } = &mut self.role else { return };
         let Some(root) = &self.root_canon else { return };
-        let count = h.includes.len() + h.excludes.len();
-        let bytes: usize = h.includes.iter().chain(&h.excludes).map(String::len).sum();
-        if count > mirror_protocol::MAX_PATTERNS || bytes > mirror_protocol::MAX_PATTERN_BYTES {
-            let reason = format!(
-                "too many include/exclude patterns ({count} patterns, {bytes} bytes; at most {} patterns of {} \
-                 bytes in all)",
-                mirror_protocol::MAX_PATTERNS,
-                mirror_protocol::MAX_PATTERN_BYTES
-            );
-            log::error!("{} ({}): {reason}", c.peer, h.host);
-            c.send(&Message::Goodbye { reason: reason.clone() });
-            c.fail(reason);
-            return;
-        }
         let target = match crate::paths::resolve_remote(root, &h.remote) {
             Ok(t) => t,
             Err(reason) => {
@@ -810,6 +800,14 @@ impl Net {
             self.schedule_reconnect();
         }
     }
+}
+
+/// The peer broke a session rule: say which in a `Goodbye`, and close.
+fn violated(c: &mut Conn, v: Violation) {
+    let reason = v.to_string();
+    log::error!("{}: {reason}; closing the connection", c.peer);
+    c.send(&Message::Goodbye { reason: reason.clone() });
+    c.fail(reason);
 }
 
 /// Hands `m` to an engine without blocking. When the channel is full, the parked flag is raised

@@ -2,12 +2,26 @@
 //! panic. The in-repo harness (`protocol/tests/fuzz.rs`) drives them with mutated frames; a
 //! coverage-guided fuzzer can call them the same way.
 
-use crate::{Decoder, Message, Preamble, encode};
+use crate::session::{Connection, Side};
+use crate::{Decoder, Message, Preamble, Welcome, encode};
 
 /// Feeds `data` to a decoder in chunks whose sizes come from `data` itself, decoding as it goes.
-/// Every message that decodes must encode back to bytes that decode to the same message.
+/// Every message that decodes must encode back to bytes that decode to the same message, and
+/// is fed to the session state machines of a server, a client, and an open client with
+/// requests under way (a violation ends one; nothing may panic).
 pub fn decode_stream(data: &[u8]) {
     let _ = Preamble::decode(data);
+    let mut sessions = vec![Some(Connection::new(Side::Server)), Some(Connection::new(Side::Client))];
+    if let Ok((mut open, _)) =
+        Connection::new(Side::Client).receive(Message::Welcome(Welcome { replica: 1, host: String::new() }))
+    {
+        for (id, path) in (0..8).zip(std::iter::repeat_with(|| crate::RelPath::new("f"))) {
+            if let Ok(path) = path {
+                open.sent(&Message::Request { id, path, size: 16 * id, hash: [0; 32] });
+            }
+        }
+        sessions.push(Some(open));
+    }
     let mut d = Decoder::new();
     let mut rest = data;
     let mut step = 1usize;
@@ -18,7 +32,12 @@ pub fn decode_stream(data: &[u8]) {
         step = step * 3 % 97 + 1;
         loop {
             match d.decode() {
-                Ok(Some(m)) => round_trip(&m),
+                Ok(Some(m)) => {
+                    round_trip(&m);
+                    for s in &mut sessions {
+                        *s = s.take().and_then(|c| c.receive(m.clone()).ok()).map(|(next, _)| next);
+                    }
+                }
                 Ok(None) => break,
                 Err(_) => return,
             }

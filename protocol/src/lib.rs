@@ -6,7 +6,9 @@
 //!
 //! A connection is a [`Preamble`] each way (magic bytes and protocol version, so that a peer speaking
 //! something else is told so before anything is parsed), then length-prefixed [frames](frame), each
-//! carrying one postcard-encoded [`Message`]. `PROTOCOL.md` beside this crate is the byte-level spec.
+//! carrying one postcard-encoded [`Message`]. The [session](session) rules say which message may
+//! come when, and name everything a peer can do wrong ([`Violation`]). `PROTOCOL.md` beside this
+//! crate is the byte-level spec.
 #![forbid(unsafe_code)]
 
 pub mod frame;
@@ -15,12 +17,14 @@ pub mod fuzz;
 pub mod message;
 pub mod path;
 pub mod preamble;
+pub mod session;
 pub mod version;
 
 pub use frame::{DecodeError, Decoder, encode, encode_into};
 pub use message::{Entry, Hash, Hello, Kind, Message, Timestamp, Welcome};
 pub use path::{PathError, RelPath};
 pub use preamble::{PREAMBLE_LEN, Preamble, PreambleError};
+pub use session::{Connection, Event, MAX_REQUESTS_IN_FLIGHT, Session, Side, Violation};
 pub use version::{Ordering as VersionOrdering, ReplicaId, VersionVector};
 
 /// The protocol version this build speaks. Peers must match exactly.
