@@ -1,8 +1,10 @@
 //! The command line. Names follow stephenh/mirror where they overlap (`-h HOST`, `-l`, `-r`,
 //! `-i`, `-e`), so `--help` is long-only.
 
+use crate::fold::Folding;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub const DEFAULT_PORT: u16 = 49172;
 
@@ -50,6 +52,36 @@ pub struct Common {
     /// Print help.
     #[arg(long = "help", action = ArgAction::Help, global = true)]
     pub help: Option<bool>,
+    #[command(flatten)]
+    pub hooks: TestHooks,
+}
+
+/// What the end-to-end tests change in the agent, as hidden flags: parsed once here and handed
+/// down in the configuration of whatever they change (the daemon's [`Env`](crate::daemon),
+/// [`EngineConfig`](crate::engine::EngineConfig), the watcher's `WatchConfig`). Nothing reads
+/// the environment for them. Never needed in use; `--help` does not show them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TestHooks {
+    /// The first restart of a failed pair waits this long instead of a second (then twice as
+    /// long each time, as ever).
+    #[arg(long = "test-restart-ms", value_name = "MS", value_parser = millis, hide = true, global = true)]
+    pub restart_delay: Option<Duration>,
+    /// Behave as if the file system folded names: `case`, `unicode`, `case,unicode` or `none`,
+    /// instead of finding out by experiment (the folding logic is tested on Linux this way).
+    #[arg(long = "test-folding", value_name = "HOW", value_parser = Folding::parse, hide = true, global = true)]
+    pub folding: Option<Folding>,
+    /// Hold every local change this long before it is read, so that a peer's message arrives
+    /// while a rescan is pending.
+    #[arg(long = "test-scan-delay-ms", value_name = "MS", value_parser = millis, hide = true, global = true)]
+    pub scan_delay: Option<Duration>,
+    /// The poll backend plays an event history from this file, as FSEvents keeps one per
+    /// volume (see `WatchConfig::history`), so the resume path runs on Linux.
+    #[arg(long = "test-history", value_name = "FILE", hide = true, global = true)]
+    pub history: Option<PathBuf>,
+}
+
+fn millis(s: &str) -> Result<Duration, String> {
+    s.parse().map(Duration::from_millis).map_err(|e| format!("{s:?} is not a number of milliseconds: {e}"))
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,11 @@
 //! A pair is a [`worker`](crate::worker) on its own threads: a failing or panicking pair never
 //! takes the others down. Pausing a pair stops its worker; its persistent base makes the restart
 //! on resume find (and send) everything that changed meanwhile.
+//!
+//! Nothing here polls. The main thread sleeps until a unit's state changes (its [`Status`]
+//! tells it), the unit set changes, the watchdog is due or SIGINT/SIGTERM stops the daemon's
+//! [`Stopper`]; each supervisor sleeps on its [`Ctl`] until steered or its restart is due; the
+//! control thread sleeps in `accept`.
 
 use crate::config::{self, Config, ConfigError, PairConfig, ServerConfig};
 use crate::control::{Request, Response};
@@ -15,18 +20,20 @@ use crate::store;
 use crate::tls::Tls;
 use crate::worker::{self, Shared, Stopper};
 use anyhow::Context;
+use crossbeam_channel::{Receiver, Sender, bounded, select};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Failures in a row (each within a minute of its start) before a pair is marked failed.
 const MAX_FAILURES: u32 = 5;
+/// The first restart waits this long, the next twice as long... (`--test-restart-ms` in tests).
+const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
@@ -50,6 +57,14 @@ impl Ctl {
         let r = f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
         self.cv.notify_all();
         r
+    }
+
+    /// Ends the supervisor: its unit stops, and it does not start it again.
+    fn quit(&self) {
+        self.with(|c| {
+            c.quit = true;
+            c.stopper.stop();
+        });
     }
 
     /// Waits until `f` holds, or `timeout` passes.
@@ -88,10 +103,7 @@ struct Supervised {
 
 impl Supervised {
     fn stop(self) {
-        self.ctl.with(|c| {
-            c.quit = true;
-            c.stopper.stop();
-        });
+        self.ctl.quit();
         let _ = self.thread.join();
     }
 }
@@ -172,22 +184,16 @@ fn supervise(unit: Unit, env: Env, status: Status, ctl: Arc<Ctl>) {
             failures = 0;
             continue;
         }
-        let delay = (first_restart_delay() * 2u32.pow(failures - 1)).min(MAX_RESTART_DELAY);
-        log::warn!("{name} stopped: {msg}; restarting in {}s", delay.as_secs());
+        let first = env.shared.hooks.restart_delay.unwrap_or(FIRST_RESTART_DELAY);
+        let delay = (first * 2u32.pow(failures - 1)).min(MAX_RESTART_DELAY);
+        // `{:?}` of whole seconds is `1s`, `2s`...; of the tests' delays `50ms`, `100ms`...
+        log::warn!("{name} stopped: {msg}; restarting in {delay:?}");
         status.update(|r| {
             r.state = State::Restarting;
             r.restarts += 1;
         });
         ctl.wait_for(Some(delay), |c| c.quit || c.paused || c.retry);
     }
-}
-
-/// The first restart waits a second (then 2, 4...). Test hook: `MIRROR_TEST_RESTART_MS`.
-fn first_restart_delay() -> Duration {
-    std::env::var("MIRROR_TEST_RESTART_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(Duration::from_secs(1), Duration::from_millis)
 }
 
 fn unit_name(u: &Unit) -> String {
@@ -228,6 +234,10 @@ struct Daemon {
     units: Mutex<BTreeMap<String, Supervised>>,
     /// Serialises configuration changes (file and units together).
     edit: Mutex<()>,
+    /// SIGINT/SIGTERM: the daemon stops; requests after that are refused.
+    stop: Stopper,
+    /// Wakes the main loop: a unit's state changed, or units came or went.
+    changed: Sender<()>,
 }
 
 /// The key of the server among the units (not a valid pair name).
@@ -244,7 +254,7 @@ impl Daemon {
             ),
             Unit::Server(s) => ("(server)".into(), s.spec.root.display().to_string(), s.spec.listen.clone(), false),
         };
-        let status = Status::new(&name, &local, &peer);
+        let status = Status::watched(&name, &local, &peer, self.changed.clone());
         if paused {
             status.set_state(State::Paused);
         }
@@ -312,6 +322,19 @@ impl Daemon {
             let s = self.start_unit(&key, unit);
             units.insert(key, s);
         }
+        let _ = self.changed.try_send(());
+    }
+
+    /// Stops every unit (after the last configuration change: none starts one again).
+    fn stop_all(&self) {
+        let _edit = self.edit.lock().unwrap_or_else(PoisonError::into_inner);
+        let units = std::mem::take(&mut *self.units.lock().unwrap_or_else(PoisonError::into_inner));
+        for u in units.values() {
+            u.ctl.quit();
+        }
+        for (_, u) in units {
+            let _ = u.thread.join();
+        }
     }
 
     fn reports(&self) -> Vec<crate::status::Report> {
@@ -339,6 +362,9 @@ impl Daemon {
 
     fn handle(&self, req: Request) -> Response {
         let _edit = self.edit.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.stop.is_stopped() {
+            return Response::fail("the agent is stopping");
+        }
         let r: anyhow::Result<Response> = (|| match req {
             Request::Status => Ok(Response { ok: true, reports: self.reports(), ..Response::default() }),
             Request::Export => {
@@ -429,9 +455,10 @@ fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-fn serve_control(d: Arc<Daemon>, l: UnixListener, quit: Arc<AtomicBool>) {
+/// Serves the control socket until the daemon stops (its stop connects once to wake `accept`).
+fn serve_control(d: Arc<Daemon>, l: UnixListener) {
     for s in l.incoming() {
-        if quit.load(Ordering::SeqCst) {
+        if d.stop.is_stopped() {
             return;
         }
         let Ok(s) = s else { continue };
@@ -465,16 +492,18 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let (cfg, _) = Config::load(&config_path)?;
     let listener = bind_control(&control)?;
+    let (changed, changes) = bounded(1);
     let d = Arc::new(Daemon {
         config_path: config_path.clone(),
         env: Env { shared, tls, resume_all: resume },
         units: Mutex::default(),
         edit: Mutex::default(),
+        stop: Stopper::default(),
+        changed,
     });
-    let quit = Arc::new(AtomicBool::new(false));
     {
-        let quit = quit.clone();
-        ctrlc::set_handler(move || quit.store(true, Ordering::SeqCst)).context("installing the signal handler")?;
+        let stop = d.stop.clone();
+        ctrlc::set_handler(move || stop.stop()).context("installing the signal handler")?;
     }
     log::info!(
         "running {} pairs{} from {}; control socket {}",
@@ -484,15 +513,30 @@ pub fn run(
         control.display()
     );
     d.apply(&cfg);
-    {
-        let (d, quit) = (d.clone(), quit.clone());
-        std::thread::Builder::new().name("control".into()).spawn(move || serve_control(d, listener, quit))?;
+    let served = {
+        let d = d.clone();
+        std::thread::Builder::new().name("control".into()).spawn(move || serve_control(d, listener))?
+    };
+    report_until_stopped(&d, &changes);
+    notify::notify("STOPPING=1");
+    log::info!("stopping");
+    d.stop_all();
+    // Wakes the control thread, which sees the stop; the socket goes once it is closed.
+    if UnixStream::connect(&control).is_ok() {
+        let _ = served.join();
     }
+    let _ = std::fs::remove_file(&control);
+    Ok(())
+}
+
+/// Tells the service manager about readiness and status as they change, and pings its watchdog
+/// when due, until the daemon is stopped.
+fn report_until_stopped(d: &Daemon, changes: &Receiver<()>) {
     let watchdog = notify::watchdog_interval();
     let mut next_watchdog = Instant::now();
     let mut ready = false;
     let mut last_status = String::new();
-    while !quit.load(Ordering::SeqCst) {
+    loop {
         if !ready && d.ready() {
             ready = true;
             notify::notify("READY=1");
@@ -509,19 +553,14 @@ pub fn run(
             notify::notify("WATCHDOG=1");
             next_watchdog = Instant::now() + every;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        let due = match watchdog {
+            Some(_) => crossbeam_channel::at(next_watchdog),
+            None => crossbeam_channel::never(),
+        };
+        select! {
+            recv(d.stop.stopped()) -> _ => return,
+            recv(changes) -> _ => {}
+            recv(due) -> _ => {}
+        }
     }
-    notify::notify("STOPPING=1");
-    log::info!("stopping");
-    let units = std::mem::take(&mut *d.units.lock().unwrap_or_else(PoisonError::into_inner));
-    for (_, u) in units {
-        u.ctl.with(|c| {
-            c.quit = true;
-            c.stopper.stop();
-        });
-        let _ = u.thread.join();
-    }
-    let _ = std::fs::remove_file(&control);
-    let _ = UnixStream::connect(&control); // wakes the control thread, which sees `quit`
-    Ok(())
 }

@@ -84,6 +84,8 @@ pub struct EngineConfig {
     pub resume: bool,
     /// Where to report progress for `status` (a client pair's engine).
     pub status: Option<Status>,
+    /// The end-to-end tests' hidden flags (folding, scan delay, watcher history).
+    pub hooks: crate::cli::TestHooks,
 }
 
 /// A running engine.
@@ -134,7 +136,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         Ok(n) => log::info!("{}: removed {n} leftover temp files of an earlier run", cfg.root.display()),
         Err(e) => log::warn!("{}: cannot clean up temp files: {e}", cfg.root.display()),
     }
-    let folding = Folding::of(&cfg.root);
+    let folding = cfg.hooks.folding.unwrap_or_else(|| Folding::of(&cfg.root));
     if folding.active() {
         log::info!(
             "{}: this file system treats names differing only in {} as one; such names from peers \
@@ -184,6 +186,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         }),
         poll_interval: cfg.poll_interval,
         resume,
+        history: cfg.hooks.history.clone(),
     };
     let watcher = mirror_backends::start(cfg.backend, wcfg, watch_tx)?;
     // Small on purpose: a data chunk is up to 256 KiB, so this bounds what a fast sender can
@@ -236,6 +239,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         told_local: HashSet::new(),
         attempts: HashMap::new(),
         shape_changed: false,
+        scan_delay: cfg.hooks.scan_delay,
     };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()
@@ -388,6 +392,9 @@ struct Engine {
     attempts: HashMap<RelPath, u32>,
     /// A directory or symlink changed here: refused peer entries may apply now.
     shape_changed: bool,
+    /// Test hook (`--test-scan-delay-ms`): every local change is held this long before it is
+    /// read, so a test can make a peer's message arrive while a rescan is pending.
+    scan_delay: Option<Duration>,
 }
 
 /// A connection-fatal problem with what a peer sent.
@@ -413,9 +420,6 @@ impl Engine {
         // Rules other than last time (edited while we were stopped): ask peers for everything.
         let fp = self.rules_fingerprint();
         self.store.set_rules(fp);
-        if let Some(s) = &self.status {
-            s.set_scanned();
-        }
         log::info!(
             "watching {} ({} entries, {} backend, {} in {:.0?})",
             self.root.display(),
@@ -424,6 +428,10 @@ impl Engine {
             if replayed { "caught up from its event history" } else { "scanned" },
             started.elapsed()
         );
+        // After the line above: the daemon says "ready" at once.
+        if let Some(s) = &self.status {
+            s.set_scanned();
+        }
         let mut watch_rx = watch_rx;
         loop {
             let timeout =
@@ -639,7 +647,7 @@ impl Engine {
         let hot = self.last_done.get(&rel).is_some_and(|t| now.duration_since(*t) < HOT_WINDOW);
         let d = self.dirty.entry(rel).or_insert(Dirty { first: now, due: now, deep });
         d.deep |= deep;
-        d.due = if let Some(delay) = test_scan_delay() {
+        d.due = if let Some(delay) = self.scan_delay {
             now + delay
         } else if hot {
             (now + QUIET).min(d.first + MAX_DELAY)
@@ -2171,15 +2179,6 @@ fn rules_fingerprint(patterns_key: &[u8; 32], collided: &HashSet<Vec<u8>>, root:
 }
 
 /// Whether a change to this path changes the ignore rules.
-/// Test hook: `MIRROR_TEST_SCAN_DELAY_MS` holds every local change this long before it is read,
-/// so a test can make a peer's message arrive while a rescan is pending. Never set it in use.
-fn test_scan_delay() -> Option<Duration> {
-    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
-    *DELAY.get_or_init(|| {
-        std::env::var("MIRROR_TEST_SCAN_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis)
-    })
-}
-
 fn is_rules_file(p: &RelPath) -> bool {
     p.file_name() == b".gitignore" || p.as_bytes() == b".git/info/exclude"
 }

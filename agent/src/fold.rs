@@ -21,13 +21,23 @@ impl Folding {
         self.case || self.unicode
     }
 
-    /// Finds out by experiment in `root`: a temp file looked up under another spelling. The test
-    /// hook `MIRROR_TEST_FOLDING` (`case`, `unicode`, both comma-separated, or `none`) injects a
-    /// behaviour instead, so the logic is tested on Linux.
-    pub fn of(root: &Path) -> Folding {
-        if let Ok(v) = std::env::var("MIRROR_TEST_FOLDING") {
-            return Folding { case: v.contains("case"), unicode: v.contains("unicode") };
+    /// A behaviour named on the command line (the hidden `--test-folding`): `case`, `unicode`,
+    /// both comma-separated, or `none`.
+    pub fn parse(s: &str) -> Result<Folding, String> {
+        let mut f = Folding::default();
+        for word in s.split(',').map(str::trim) {
+            match word {
+                "case" => f.case = true,
+                "unicode" => f.unicode = true,
+                "none" => {}
+                _ => return Err(format!("{word:?} is not a folding (case, unicode, case,unicode or none)")),
+            }
         }
+        Ok(f)
+    }
+
+    /// Finds out by experiment in `root`: a temp file looked up under another spelling.
+    pub fn of(root: &Path) -> Folding {
         // The probes go in the agent's own directory (same file system as the root, never
         // synced, never in the user's view), which is removed again if it was made for them.
         let Ok(dir) = crate::executor::agent_dir(root) else { return Folding::default() };
@@ -91,10 +101,15 @@ mod tests {
     #[test]
     fn the_probe_finds_a_case_sensitive_linux_file_system() {
         let d = tempfile::tempdir().unwrap();
-        // (The test hook is not set in unit tests.)
-        if std::env::var_os("MIRROR_TEST_FOLDING").is_none() {
-            assert_eq!(Folding::of(d.path()), Folding::default());
-        }
+        assert_eq!(Folding::of(d.path()), Folding::default());
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "the probe left files behind");
+    }
+
+    #[test]
+    fn a_folding_named_on_the_command_line_is_parsed_strictly() {
+        assert_eq!(Folding::parse("none"), Ok(Folding::default()));
+        assert_eq!(Folding::parse("case"), Ok(Folding { case: true, unicode: false }));
+        assert_eq!(Folding::parse("unicode, case"), Ok(Folding { case: true, unicode: true }));
+        assert!(Folding::parse("cases").is_err());
     }
 }

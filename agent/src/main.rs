@@ -129,6 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         backend,
         poll_interval: Duration::from_millis(c.poll_interval_ms),
         debug_prefix: c.debug_prefix.as_ref().map(|p| p.trim_end_matches('/').as_bytes().to_vec()),
+        hooks: c.hooks.clone(),
     };
     if let Command::Run { config, check } = &cli.command {
         let explicit = config.is_some();

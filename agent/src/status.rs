@@ -1,6 +1,7 @@
 //! What a running pair (or the server) reports for `mirror-agent status`: written by its engine
 //! and network threads, read by the control socket.
 
+use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -77,6 +78,10 @@ pub struct Status {
     inner: Arc<Mutex<Report>>,
     /// Set once the first scan is done (read without the lock by the readiness check).
     scanned: Arc<AtomicBool>,
+    /// Told (without blocking: a full channel already holds a wake-up) whenever `state` or
+    /// `scanned` changes, so the daemon reports readiness and status when they change instead
+    /// of looking every so often.
+    changed: Option<Sender<()>>,
 }
 
 impl Status {
@@ -90,8 +95,22 @@ impl Status {
         s
     }
 
+    /// [`Status::new`] that tells `changed` whenever its state or first scan changes.
+    pub fn watched(name: &str, local: &str, peer: &str, changed: Sender<()>) -> Status {
+        Status { changed: Some(changed), ..Status::new(name, local, peer) }
+    }
+
     pub fn update(&self, f: impl FnOnce(&mut Report)) {
-        f(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner));
+        let moved = {
+            let mut r = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = (r.state, r.scanned);
+            f(&mut r);
+            (r.state, r.scanned) != before
+        };
+        // After the change is visible: whoever wakes from this sees it.
+        if moved && let Some(tx) = &self.changed {
+            let _ = tx.try_send(());
+        }
     }
 
     pub fn get(&self) -> Report {
@@ -114,4 +133,25 @@ impl Status {
 
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watcher_is_told_of_state_changes_only_and_never_blocks_a_writer() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let s = Status::watched("p", "/l", "h", tx);
+        assert!(rx.try_recv().is_err(), "creating it is no change");
+        s.update(|r| r.pending = 7);
+        assert!(rx.try_recv().is_err(), "progress is not a change of state");
+        s.set_state(State::Connected);
+        s.set_state(State::Reconnecting);
+        s.set_scanned();
+        assert!(rx.try_recv().is_ok(), "one wake-up stands for all three");
+        assert!(rx.try_recv().is_err());
+        s.clone().set_state(State::Connected);
+        assert!(rx.try_recv().is_ok(), "a clone tells the same watcher");
+    }
 }

@@ -8,11 +8,12 @@ use crate::net;
 use crate::status::{State, Status};
 use crate::tls::Tls;
 use anyhow::Context;
-use crossbeam_channel::bounded;
+use crossbeam_channel::{Receiver, Sender, bounded};
 use mio::{Poll, Waker};
 use mirror_backends::Backend;
 use mirror_protocol::Hello;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,6 +26,8 @@ pub struct Shared {
     pub backend: Backend,
     pub poll_interval: Duration,
     pub debug_prefix: Option<Vec<u8>>,
+    /// The end-to-end tests' hidden flags.
+    pub hooks: crate::cli::TestHooks,
 }
 
 /// What one client pair syncs, and with whom.
@@ -45,19 +48,42 @@ pub struct ServerSpec {
     pub root: PathBuf,
 }
 
-/// Stops a worker from another thread: sets its flag and wakes its event loop.
-#[derive(Clone, Debug, Default)]
+/// The one way to stop something from another thread (a signal, the daemon, an engine that
+/// ended), waking whoever sleeps on it at once: a flag the mio loop checks after its `Waker`
+/// woke it, and a channel that disconnects, for threads that sleep in `select!` or `recv`.
+/// Stopping twice is stopping once.
+#[derive(Clone, Debug)]
 pub struct Stopper {
     flag: Arc<AtomicBool>,
     waker: Arc<Mutex<Option<Arc<Waker>>>>,
+    /// Dropped by [`Stopper::stop`]: every clone of `stopped` then disconnects.
+    tx: Arc<Mutex<Option<Sender<Infallible>>>>,
+    stopped: Receiver<Infallible>,
+}
+
+impl Default for Stopper {
+    fn default() -> Self {
+        let (tx, stopped) = bounded(0);
+        Stopper { flag: Arc::default(), waker: Arc::default(), tx: Arc::new(Mutex::new(Some(tx))), stopped }
+    }
 }
 
 impl Stopper {
     pub fn stop(&self) {
         self.flag.store(true, Ordering::SeqCst);
+        drop(self.tx.lock().unwrap_or_else(PoisonError::into_inner).take());
         if let Some(w) = self.waker.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
             let _ = w.wake();
         }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Ready (disconnected) once stopped: `recv(stop.stopped()) -> _ => ...` in a `select!`.
+    pub fn stopped(&self) -> &Receiver<Infallible> {
+        &self.stopped
     }
 
     fn attach(&self, waker: Arc<Waker>) {
@@ -72,7 +98,6 @@ struct Loop {
     net_rx: crossbeam_channel::Receiver<crate::link::ToNet>,
     parked: Arc<AtomicBool>,
     handle: NetHandle,
-    waker: Arc<Waker>,
 }
 
 fn new_loop(stop: &Stopper) -> anyhow::Result<Loop> {
@@ -81,8 +106,8 @@ fn new_loop(stop: &Stopper) -> anyhow::Result<Loop> {
     let (net_tx, net_rx) = bounded(1024);
     let parked = Arc::new(AtomicBool::new(false));
     let handle = NetHandle { tx: net_tx, waker: waker.clone(), parked: parked.clone() };
-    stop.attach(waker.clone());
-    Ok(Loop { poll, net_rx, parked, handle, waker })
+    stop.attach(waker);
+    Ok(Loop { poll, net_rx, parked, handle })
 }
 
 fn engine_cfg(
@@ -103,6 +128,7 @@ fn engine_cfg(
         state_dir: shared.state_dir.clone(),
         resume,
         status: None,
+        hooks: shared.hooks.clone(),
     }
 }
 
@@ -123,7 +149,7 @@ pub fn run_client(
     cfg.status = Some(status.clone());
     let engine = engine::spawn(cfg, l.handle.clone())?;
     let (engine_tx, replica) = (engine.tx.clone(), engine.replica);
-    let done = watch_engine(engine, stop.clone(), l.waker.clone());
+    let done = watch_engine(engine, stop.clone());
     let host = &spec.host;
     let addr = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{}", spec.port)
@@ -224,11 +250,10 @@ pub fn net_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {
 
 /// Ends the worker's loop when its engine ends (a halted pair, a crash), and hands back how it
 /// ended.
-fn watch_engine(engine: EngineHandle, stop: Stopper, waker: Arc<Waker>) -> std::thread::JoinHandle<Result<(), String>> {
+fn watch_engine(engine: EngineHandle, stop: Stopper) -> std::thread::JoinHandle<Result<(), String>> {
     std::thread::spawn(move || {
         let r = engine.thread.join().unwrap_or_else(|_| Err("engine thread panicked".into()));
-        stop.flag.store(true, Ordering::SeqCst);
-        let _ = waker.wake();
+        stop.stop();
         r
     })
 }
@@ -238,4 +263,35 @@ fn show_patterns(includes: &[String], excludes: &[String]) -> String {
     let all: Vec<String> =
         includes.iter().map(|p| format!("-i {p:?}")).chain(excludes.iter().map(|p| format!("-e {p:?}"))).collect();
     if all.is_empty() { "no patterns".into() } else { all.join(" ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::select;
+
+    #[test]
+    fn a_stop_wakes_every_sleeper_at_once_and_stays_stopped() {
+        let stop = Stopper::default();
+        let sleepers: Vec<_> = (0..3)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    select! {
+                        recv(stop.stopped()) -> _ => true,
+                        default(Duration::from_secs(30)) => false,
+                    }
+                })
+            })
+            .collect();
+        assert!(!stop.is_stopped());
+        stop.stop();
+        stop.stop();
+        for s in sleepers {
+            assert!(s.join().unwrap(), "a sleeper waited for its timeout instead of the stop");
+        }
+        assert!(stop.is_stopped());
+        // A clone made afterwards, and a sleeper that comes late, see it too.
+        assert!(stop.clone().stopped().recv_timeout(Duration::from_secs(30)).is_err());
+    }
 }

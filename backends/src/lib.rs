@@ -83,6 +83,10 @@ pub struct WatchConfig {
     /// Where the last run's hints were acted on up to (a [`WatchEvent::Checkpoint`]); a backend
     /// that can, replays the history since then. See [`Watcher::replaying`].
     pub resume: Option<Checkpoint>,
+    /// Test hook, poll backend only (the others ignore it): a file that plays the event history
+    /// of the volume, the way FSEvents keeps one, so that a consumer's resume path runs on Linux.
+    /// See `poll.rs` for its format. Never set in use.
+    pub history: Option<PathBuf>,
 }
 
 impl fmt::Debug for WatchConfig {
@@ -91,6 +95,7 @@ impl fmt::Debug for WatchConfig {
             .field("root", &self.root)
             .field("poll_interval", &self.poll_interval)
             .field("resume", &self.resume)
+            .field("history", &self.history)
             .finish_non_exhaustive()
     }
 }
@@ -98,7 +103,13 @@ impl fmt::Debug for WatchConfig {
 impl WatchConfig {
     /// Watch every directory under `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), descend: Arc::new(|_| true), poll_interval: Duration::from_millis(500), resume: None }
+        Self {
+            root: root.into(),
+            descend: Arc::new(|_| true),
+            poll_interval: Duration::from_millis(500),
+            resume: None,
+            history: None,
+        }
     }
 }
 

@@ -38,8 +38,8 @@ impl PollWatcher {
     pub(crate) fn start(config: WatchConfig, sink: Sender<WatchEvent>) -> Result<Self, WatchError> {
         let first = snapshot(&config.root, &config.descend)
             .map_err(|source| WatchError::Io { path: config.root.clone(), source })?;
-        let replaying = match std::env::var_os("MIRROR_TEST_HISTORY") {
-            Some(file) => test_history(Path::new(&file), config.resume.as_ref(), &sink),
+        let replaying = match &config.history {
+            Some(file) => test_history(file, config.resume.as_ref(), &sink),
             None => false,
         };
         let (control, rx) = crossbeam_channel::bounded(4);
@@ -265,10 +265,10 @@ impl Coverage {
     }
 }
 
-/// Test hook, read from the environment: `MIRROR_TEST_HISTORY=<file>` gives this backend an
-/// event history to resume from, the way FSEvents keeps one per volume, so that a consumer's
-/// resume path (checkpoints saved, history replayed instead of a full scan) runs on Linux. The
-/// test plays the volume: the file's first line is `uuid <U>`, then one `<id> <path>` line per
+/// Test hook, [`WatchConfig::history`] (the agent's hidden `--test-history FILE`): gives this
+/// backend an event history to resume from, the way FSEvents keeps one per volume, so that a
+/// consumer's resume path (checkpoints saved, history replayed instead of a full scan) runs on
+/// Linux. The test plays the volume: the file's first line is `uuid <U>`, then one `<id> <path>` line per
 /// change (ids rising, paths relative to the root). The same [`crate::resume::decide`] as
 /// FSEvents judges the consumer's checkpoint. Returns whether the history was replayed.
 fn test_history(file: &Path, resume: Option<&crate::Checkpoint>, sink: &Sender<WatchEvent>) -> bool {

@@ -164,7 +164,7 @@ pub fn throughput(mib: usize) -> (Duration, Duration) {
 /// Time from a client's start until it watches a tree of `files` files it synced before, when it
 /// catches up from its watcher's event history (one path changed while it was stopped) and when
 /// it walks the whole tree (the history was reset). Linux has no event history: the poll
-/// backend's test hook plays one (`MIRROR_TEST_HISTORY`), as FSEvents keeps one on macOS.
+/// backend's test hook plays one (the hidden `--test-history`), as FSEvents keeps one on macOS.
 pub fn startup(files: usize) -> (Duration, Duration) {
     let area = Area::new();
     let src = area.path("client");
@@ -192,12 +192,11 @@ pub fn startup(files: usize) -> (Duration, Duration) {
             "poll",
             "--poll-interval-ms",
             "60000",
+            "--test-history",
+            history.to_str().unwrap_or_default(),
         ];
         let t = Instant::now();
-        let agent = Agent::spawn_cmd(
-            "client",
-            Command::new(mirror_tests::bin()).args(args).env("MIRROR_TEST_HISTORY", &history),
-        );
+        let agent = Agent::spawn_cmd("client", Command::new(mirror_tests::bin()).args(args));
         agent.wait_log("watching ");
         (agent, t.elapsed())
     };

@@ -168,7 +168,7 @@ impl Server {
         Self::start_env(root, listen, extra, &[])
     }
 
-    /// [`Server::start_at`] with extra environment variables (test hooks of the agent).
+    /// [`Server::start_at`] with extra environment variables (`JOURNAL_STREAM`, ...).
     pub fn start_env(root: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let state = root.parent().unwrap().join("state-server");
         let mut args = vec!["--insecure"];

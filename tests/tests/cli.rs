@@ -149,3 +149,72 @@ fn a_state_dir_writable_by_others_is_warned_about() {
     server.agent.wait_log(&format!("{} is writable by other users", state.display()));
     server.agent.wait_log(&format!("`chmod 700 {}`", state.display()));
 }
+
+/// Issue 12, item 7: no test hook in production code. What the end-to-end tests change in the
+/// agent are hidden flags, parsed once on the command line; no source outside the test crates
+/// (`tests/`, `benches/`) names a `MIRROR_TEST_` variable, so none can read one.
+#[test]
+fn no_production_code_reads_a_test_hook_variable() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let manifest = std::fs::read_to_string(workspace.join("Cargo.toml")).unwrap();
+    let members = manifest.lines().find(|l| l.trim_start().starts_with("members")).unwrap();
+    let members: Vec<&str> = members.split('"').skip(1).step_by(2).collect();
+    assert!(members.contains(&"agent") && members.contains(&"tests"), "{members:?}");
+    let (mut scanned, mut found) = (0, Vec::new());
+    let mut dirs: Vec<_> =
+        members.iter().filter(|m| !["tests", "benches"].contains(m)).map(|m| workspace.join(m)).collect();
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "target") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                scanned += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                found.extend(
+                    text.lines()
+                        .enumerate()
+                        .filter(|(_, l)| l.contains("MIRROR_TEST_"))
+                        .map(|(n, l)| format!("{}:{}: {}", path.display(), n + 1, l.trim())),
+                );
+            }
+        }
+    }
+    assert!(scanned > 20, "only {scanned} source files found under {}", workspace.display());
+    assert!(found.is_empty(), "test hooks read from the environment in production code:\n{}", found.join("\n"));
+}
+
+/// The hidden test flags are accepted where the tests put them (after the subcommand), refuse a
+/// bad value, and stay out of `--help`.
+#[test]
+fn the_test_flags_are_hidden_and_checked() {
+    let area = Area::new();
+    let config = area.path("config.toml");
+    write(&config, "");
+    let hooks = ["--test-restart-ms", "5", "--test-folding", "case,unicode", "--test-scan-delay-ms", "1"];
+    let out = output({
+        let mut c = Command::new(bin());
+        c.args(["run", "--check", "--config", config.to_str().unwrap()]).args(hooks).args(["--test-history", "h"]);
+        c
+    });
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = output({
+        let mut c = Command::new(bin());
+        c.args(["run", "--check", "--config", config.to_str().unwrap(), "--test-folding", "cases"]);
+        c
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not a folding"), "{err}");
+    for args in [&["--help"][..], &["server", "--help"], &["client", "--help"], &["run", "--help"]] {
+        let out = output({
+            let mut c = Command::new(bin());
+            c.args(args);
+            c
+        });
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && help.contains("--state-dir"), "{args:?}: {help}");
+        assert!(!help.contains("--test-"), "{args:?} shows a test flag: {help}");
+    }
+}

@@ -42,14 +42,16 @@ impl Setup {
     }
 
     fn start(&self) -> Agent {
-        self.start_env(&[])
+        self.start_with(&[], &[])
     }
 
-    fn start_env(&self, env: &[(&str, &str)]) -> Agent {
+    /// [`Setup::start`] with extra arguments (the agent's hidden test flags) and environment.
+    fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let a = Agent::spawn_cmd(
             "agent",
             Command::new(bin())
                 .args(["run", "--config", self.config.to_str().unwrap(), "--state-dir", self.state.to_str().unwrap()])
+                .args(args)
                 .envs(env.iter().copied()),
         );
         a.wait_log("control socket");
@@ -199,13 +201,15 @@ fn a_failing_pair_is_restarted_and_reported_while_the_others_sync() {
     ));
     fs::write(&s.config, text).unwrap();
     // Restarts 50 ms, 100 ms, 200 ms... apart instead of 1 s, 2 s, 4 s...
-    let _agent = s.start_env(&[("MIRROR_TEST_RESTART_MS", "50")]);
+    let agent = s.start_with(&["--test-restart-ms", "50"], &[]);
     write(&s.local("good").join("g.txt"), "good");
     wait_content(&s.remote("good").join("g.txt"), b"good");
     // Retried with backoff, then given up on: failed, with its last error.
     let bad = s.wait_state("bad", "failed");
     assert!(bad["last_error"].as_str().unwrap_or("").contains("blocker"), "{bad}");
     assert!(bad["restarts"].as_u64().unwrap_or(0) >= 4, "{bad}");
+    let log = agent.log();
+    assert!(log.contains("restarting in 50ms") && log.contains("restarting in 100ms"), "{log}");
     // `status` says something is wrong with its exit code (a health check).
     let (code, table, err) = s.ctl(&["status"]);
     assert_eq!(code, 1, "{table}{err}");
@@ -219,12 +223,53 @@ fn a_failing_pair_is_restarted_and_reported_while_the_others_sync() {
     s.wait_state("bad", "connected");
 }
 
+/// Issue 12, item 3: the daemon sleeps until something happens (a unit's state changes, the
+/// watchdog is due, a signal, a control request) instead of looking every 100 ms. Idle, with a
+/// server no client uses, none of its threads wakes: their voluntary context switches (each one
+/// a sleep that ended) stay the same over a second, where the old loop made ten.
+#[test]
+fn an_idle_agent_does_not_wake_up() {
+    let s = Setup::new(&[]);
+    let mut agent = s.start();
+    agent.wait_log("ready: every pair did its first scan");
+    let tasks = format!("/proc/{}/task", agent.pid());
+    if !std::path::Path::new(&tasks).is_dir() {
+        eprintln!("SKIP: no {tasks}");
+        return;
+    }
+    // Per thread (by id and name), since threads come and go while the agent starts.
+    let switches = || -> std::collections::BTreeMap<String, u64> {
+        fs::read_dir(&tasks)
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let status = fs::read_to_string(t.join("status")).ok()?;
+                let name = status.lines().find_map(|l| l.strip_prefix("Name:"))?.trim().to_string();
+                let n = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?.trim().parse().ok()?;
+                Some((format!("{} {name}", t.file_name()?.to_string_lossy()), n))
+            })
+            .collect()
+    };
+    // Settled: the start-up's last wake-ups (the status of the server, READY) are over once a
+    // status request went through the control socket and back.
+    s.ok(&["status"]);
+    let before = switches();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = switches();
+    let woke: Vec<String> = after
+        .iter()
+        .filter_map(|(t, n)| before.get(t).filter(|b| n > *b).map(|b| format!("{t}: {} wake-ups", n - b)))
+        .collect();
+    assert!(woke.len() <= 1 && after.values().sum::<u64>() <= before.values().sum::<u64>() + 2, "{woke:?}");
+    assert_eq!(agent.terminate(), Some(0));
+}
+
 /// Under systemd (`JOURNAL_STREAM` set) each line carries its priority for the journal and no
 /// time stamp of its own (the journal has one).
 #[test]
 fn journal_lines_have_priorities_and_no_time_stamps() {
     let s = Setup::new(&[]);
-    let agent = s.start_env(&[("JOURNAL_STREAM", "8:1234")]);
+    let agent = s.start_with(&[], &[("JOURNAL_STREAM", "8:1234")]);
     let log = agent.wait_log("<6>running 0 pairs");
     let first = log.lines().find(|l| l.contains("running 0 pairs")).unwrap();
     assert!(first.starts_with("<6>running"), "{first}");

@@ -1,5 +1,5 @@
 //! A client on a file system that folds names (macOS: case-insensitive, normalization-
-//! insensitive), played on Linux by injecting the behaviour (`MIRROR_TEST_FOLDING`): a Linux
+//! insensitive), played on Linux by injecting the behaviour (the hidden `--test-folding`): a Linux
 //! server's `Readme.md` and `README.md` are one name there. The client takes one, reports the
 //! other as a collision, never overwrites or deletes the one it has because of the other, and
 //! nothing ping-pongs.
@@ -16,11 +16,10 @@ fn folding_client(server: &Server, area: &Area, folding: &str) -> Agent {
     let a = Agent::spawn_cmd(
         "client",
         Command::new(bin())
-            .args(["client", "-h", "127.0.0.1", "-p", &port, "-r", "p", "--insecure", "-l"])
+            .args(["client", "-h", "127.0.0.1", "-p", &port, "-r", "p", "--insecure", "--test-folding", folding, "-l"])
             .arg(&local)
             .arg("--state-dir")
-            .arg(area.path("state-client"))
-            .env("MIRROR_TEST_FOLDING", folding),
+            .arg(area.path("state-client")),
     );
     a.wait_log("connected to");
     a

@@ -3,7 +3,7 @@
 //! what the history names, and a history that was reset since means a full scan.
 //!
 //! Linux has no such history, so the test plays the volume: the poll backend's test hook
-//! (`MIRROR_TEST_HISTORY`, see `backends/src/poll.rs`) replays a file of `<id> <path>` lines
+//! (the hidden `--test-history FILE`, see `backends/src/poll.rs`) replays a file of `<id> <path>` lines
 //! under a history UUID. Everything else is the real agent: base, checkpoint, sync.
 #![allow(clippy::unwrap_used)]
 
@@ -20,9 +20,8 @@ fn a_restart_replays_the_event_history_and_a_reset_history_means_a_full_scan() {
     let history = area.path("history");
     write(&history, "uuid A\n1 a.txt\n");
     let hist = history.to_str().unwrap();
-    let env = [("MIRROR_TEST_HISTORY", hist)];
-    let opts = ["--watcher", "poll", "--poll-interval-ms", "50"];
-    let mut server = Server::start_env(&area.server_root(), "127.0.0.1:0", &opts, &env);
+    let opts = ["--watcher", "poll", "--poll-interval-ms", "50", "--test-history", hist];
+    let mut server = Server::start_at(&area.server_root(), "127.0.0.1:0", &opts);
     let listen = format!("127.0.0.1:{}", server.port);
     let c = area.path("client");
     let _client = server.client("client", &c, "p", &[]);
@@ -40,7 +39,7 @@ fn a_restart_replays_the_event_history_and_a_reset_history_means_a_full_scan() {
     // A user's file with the old scheme's temp name, in a directory the history names whole.
     write(&s.join("d/.mirror-tmp-2-x"), "the user's");
     write(&history, "uuid A\n1 a.txt\n2 a.txt\n3 c.txt\n4 .mirror-agent.tmp/recv-1\n6 d\n");
-    let mut server = Server::start_env(&area.server_root(), &listen, &opts, &env);
+    let mut server = Server::start_at(&area.server_root(), &listen, &opts);
     server.agent.wait_log("caught up from its event history");
     wait_content(&c.join("a.txt"), b"changed while stopped, in the history");
     wait_gone(&c.join("c.txt"));
@@ -55,7 +54,7 @@ fn a_restart_replays_the_event_history_and_a_reset_history_means_a_full_scan() {
     // The volume's history was reset (another UUID): the saved checkpoint is void, so a full scan
     // (its ids go on past the saved one, so only the UUID tells).
     write(&history, "uuid B\n7 marker\n");
-    let server = Server::start_env(&area.server_root(), &listen, &opts, &env);
+    let server = Server::start_at(&area.server_root(), &listen, &opts);
     server.agent.wait_log("scanned in");
     wait_content(&c.join("b.txt"), b"changed while stopped, not in the history");
     wait_same(&c, &s);

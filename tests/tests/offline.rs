@@ -187,7 +187,7 @@ fn a_directory_moved_in_is_read_whole_when_a_peer_names_it_first() {
     let area = Area::new();
     let (c, s) = (area.path("client"), area.path("server/p"));
     fs::create_dir_all(c.join("d")).unwrap();
-    let server = Server::start_env(&area.server_root(), "127.0.0.1:0", &[], &[("MIRROR_TEST_SCAN_DELAY_MS", "1500")]);
+    let server = Server::start(&area.server_root(), &["--test-scan-delay-ms", "1500"]);
     let mut client = server.client("client", &c, "p", &[]);
     wait_until("d on the server", || s.join("d").is_dir().then_some(()));
     fs::remove_dir(c.join("d")).unwrap();
@@ -200,6 +200,21 @@ fn a_directory_moved_in_is_read_whole_when_a_peer_names_it_first() {
     let _client = server.client("client", &c, "p", &[]);
     wait_content(&c.join("d/inside/f.txt"), b"moved in whole");
     wait_same(&c, &s);
+}
+
+/// The hidden `--test-scan-delay-ms` that the test above relies on: a local change on the server
+/// is read (and sent) only once the delay is over.
+#[test]
+fn the_scan_delay_hook_holds_local_changes() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let server = Server::start(&area.server_root(), &["--test-scan-delay-ms", "1500"]);
+    let _client = server.client("client", &c, "p", &[]);
+    let written = std::time::Instant::now();
+    write(&s.join("held.txt"), "held");
+    wait_content(&c.join("held.txt"), b"held");
+    let took = written.elapsed();
+    assert!(took >= Duration::from_millis(1500), "a local change was read after {took:?}");
 }
 
 /// Issue 11 item 8: a conflict on a 252-byte name (ASCII, two-byte UTF-8 characters, no
