@@ -29,6 +29,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use mirror_backends::{Backend, Checkpoint, WatchConfig, WatchEvent, Watcher};
 use mirror_core::clock::Clock;
 use mirror_core::conflict::{conflict_path_of, numbered};
+use mirror_core::debounce::Debounce;
 use mirror_core::disk::Disk;
 use mirror_core::reconcile::{Action, reconcile};
 use mirror_protocol::{Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, VersionVector};
@@ -42,14 +43,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Requests in flight per session: enough to keep a fast link busy with small files.
 const MAX_IN_FLIGHT: usize = 64;
-/// A path reported as possibly still being written is read after this much quiet...
-const SETTLE: Duration = Duration::from_millis(4);
-/// A path changed again within this window after we processed it is "hot" (being written).
-const HOT_WINDOW: Duration = Duration::from_millis(50);
-/// A hot path waits for this much quiet before it is read again...
-const QUIET: Duration = Duration::from_millis(20);
-/// ...but never longer than this after its first event, so a file written forever still syncs.
-const MAX_DELAY: Duration = Duration::from_secs(1);
 /// How long a watcher's replayed event history may take before a full scan is done instead.
 const REPLAY_LIMIT: Duration = Duration::from_secs(60);
 /// How often a watcher checkpoint is written when no entry changed with it.
@@ -211,9 +204,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         rules,
         net,
         sessions: BTreeMap::new(),
-        dirty: HashMap::new(),
-        full_rescan: false,
-        last_done: HashMap::new(),
+        debounce: Debounce::new(cfg.hooks.scan_delay),
         retries: Vec::new(),
         deferred: Vec::new(),
         outbox: Vec::new(),
@@ -239,7 +230,6 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         told_local: HashSet::new(),
         attempts: HashMap::new(),
         shape_changed: false,
-        scan_delay: cfg.hooks.scan_delay,
     };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()
@@ -308,13 +298,6 @@ struct Session {
     refused: BTreeMap<RelPath, Entry>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Dirty {
-    first: Instant,
-    due: Instant,
-    deep: bool,
-}
-
 struct Engine {
     /// Sessions attached, for [`EngineHandle::attached`].
     attached: Arc<AtomicUsize>,
@@ -337,9 +320,8 @@ struct Engine {
     rules: Arc<Mutex<Rules>>,
     net: NetHandle,
     sessions: BTreeMap<ConnId, Session>,
-    dirty: HashMap<RelPath, Dirty>,
-    full_rescan: bool,
-    last_done: HashMap<RelPath, Instant>,
+    /// The paths the watcher named, waiting to be read, and whether all must be.
+    debounce: Debounce,
     retries: Vec<(Instant, ConnId, Entry)>,
     /// Directory deletions that waited for their children.
     /// Directory deletions that waited for their children, until when: the children's own
@@ -392,9 +374,6 @@ struct Engine {
     attempts: HashMap<RelPath, u32>,
     /// A directory or symlink changed here: refused peer entries may apply now.
     shape_changed: bool,
-    /// Test hook (`--test-scan-delay-ms`): every local change is held this long before it is
-    /// read, so a test can make a peer's message arrive while a rescan is pending.
-    scan_delay: Option<Duration>,
 }
 
 /// A connection-fatal problem with what a peer sent.
@@ -508,8 +487,7 @@ impl Engine {
         let mut hints = 0usize;
         let fallback = |this: &mut Self, why: &str| {
             log::info!("{}: {why}; scanning everything instead", this.root.display());
-            this.dirty.clear();
-            this.full_rescan = false;
+            this.debounce.clear();
             false
         };
         loop {
@@ -531,7 +509,7 @@ impl Engine {
             if self.halted.is_some() {
                 return true;
             }
-            if self.full_rescan {
+            if self.debounce.full_rescan_owed() {
                 return fallback(self, "the event history names the whole root");
             }
         }
@@ -549,11 +527,10 @@ impl Engine {
         // Read everything named now (no settling: nothing is being written by us yet). A
         // `.gitignore` among them marks its directory again, and `.git/info/exclude` the root.
         for _ in 0..8 {
-            if self.dirty.is_empty() && !self.full_rescan {
+            if self.debounce.is_empty() && !self.debounce.full_rescan_owed() {
                 break;
             }
-            let now = Instant::now();
-            self.dirty.values_mut().for_each(|d| d.due = now);
+            self.debounce.hurry(Instant::now());
             self.process_dirty();
         }
         true
@@ -562,7 +539,7 @@ impl Engine {
     /// Updates what `status` shows: pending work, conflicts, and when we were last in sync.
     fn report(&self) {
         let Some(s) = &self.status else { return };
-        let pending = self.dirty.len() + self.fetching.len() + self.retries.len() + self.deferred.len();
+        let pending = self.debounce.len() + self.fetching.len() + self.retries.len() + self.deferred.len();
         let in_sync = pending == 0 && self.sessions.values().any(|s| s.index_done && s.ready);
         s.update(|r| {
             r.pending = pending as u64;
@@ -582,7 +559,7 @@ impl Engine {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let d = self.dirty.values().map(|d| d.due).min();
+        let d = self.debounce.next_due();
         let r = self.retries.iter().map(|r| r.0).min();
         match (d, r) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -600,7 +577,7 @@ impl Engine {
             WatchEvent::RescanSubtree(p) => self.mark(&p, true, true),
             WatchEvent::Overflow => {
                 log::warn!("{}: watcher queue overflowed; rescanning everything", self.root.display());
-                self.full_rescan = true;
+                self.debounce.rescan_all();
             }
             WatchEvent::RootGone => self.halt(format!(
                 "sync root {} vanished or was unmounted; halting this pair instead of propagating deletions",
@@ -632,7 +609,7 @@ impl Engine {
     fn mark(&mut self, p: &Path, deep: bool, settled: bool) {
         if p.as_os_str().is_empty() {
             if deep {
-                self.full_rescan = true;
+                self.debounce.rescan_all();
             }
             return;
         }
@@ -643,44 +620,19 @@ impl Engine {
         if is_temp(p) {
             return;
         }
-        let now = Instant::now();
-        let hot = self.last_done.get(&rel).is_some_and(|t| now.duration_since(*t) < HOT_WINDOW);
-        let d = self.dirty.entry(rel).or_insert(Dirty { first: now, due: now, deep });
-        d.deep |= deep;
-        d.due = if let Some(delay) = self.scan_delay {
-            now + delay
-        } else if hot {
-            (now + QUIET).min(d.first + MAX_DELAY)
-        } else if settled {
-            now
-        } else {
-            (now + SETTLE).min(d.first + MAX_DELAY)
-        };
+        self.debounce.hint(rel, deep, settled, Instant::now());
     }
 
     fn process_dirty(&mut self) {
-        if std::mem::take(&mut self.full_rescan) {
-            self.dirty.clear();
+        if self.debounce.take_full_rescan() {
             self.full_scan();
             return;
         }
-        let now = Instant::now();
-        let mut due: Vec<(RelPath, bool)> =
-            self.dirty.iter().filter(|(_, d)| d.due <= now).map(|(p, d)| (p.clone(), d.deep)).collect();
-        if due.is_empty() {
-            return;
-        }
-        due.sort();
-        for (p, deep) in due {
-            self.dirty.remove(&p);
+        for (p, deep) in self.debounce.due(Instant::now()) {
             self.scan_path(&p, deep);
             if is_rules_file(&p) {
                 self.rules_changed_at(&p);
             }
-        }
-        if self.last_done.len() > 10_000 {
-            let now = Instant::now();
-            self.last_done.retain(|_, t| now.duration_since(*t) < HOT_WINDOW);
         }
     }
 
@@ -693,7 +645,7 @@ impl Engine {
         self.rules.lock().unwrap_or_else(PoisonError::into_inner).invalidate(&dir_path);
         match &dir {
             Some(d) if !matches!(d.as_bytes(), b".git/info") => self.mark_dirty(&dir_path, true),
-            _ => self.full_rescan = true,
+            _ => self.debounce.rescan_all(),
         }
         self.refresh.push(dir_path);
         self.rules_changed = true;
@@ -735,8 +687,8 @@ impl Engine {
         // it is removed. The checkpoint rides along with entries; alone, it is written now and
         // then (an older one is just more history to replay).
         let now = Instant::now();
-        if self.dirty.is_empty()
-            && !self.full_rescan
+        if self.debounce.is_empty()
+            && !self.debounce.full_rescan_owed()
             && self.fetching.is_empty()
             && self.stash.is_empty()
             && (!self.unsaved.is_empty() || now >= self.checkpoint_due)
@@ -972,7 +924,7 @@ impl Engine {
             log::info!("[trace] {rel}: local change {:?} v{:?}", seen.kind, version);
         }
         // Being written: the next event for it waits for a quiet moment.
-        self.last_done.insert(rel.clone(), Instant::now());
+        self.debounce.found_changed(rel, Instant::now());
         let entry = Entry { path: rel.clone(), kind: seen.kind, mtime: seen.mtime, version, origin: self.host.clone() };
         if !self.initial {
             log_change("changed", &entry, None);
@@ -1359,8 +1311,8 @@ impl Engine {
         }
         // Executor discipline: what the user did since the last scan counts first. A pending
         // subtree rescan (a directory moved in) is done whole here, or what it holds is never read.
-        if let Some(d) = self.dirty.remove(&e.path) {
-            self.scan_path(&e.path, d.deep);
+        if let Some(deep) = self.debounce.take(&e.path) {
+            self.scan_path(&e.path, deep);
         } else if self.index.get(&e.path).is_some_and(|l| self.disk_moved(l)) {
             self.scan_one(&e.path);
         }

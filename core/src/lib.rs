@@ -6,6 +6,7 @@
 //! carries the decisions out.
 //!
 //! - [`clock`]: the replica clock, each value handed out once across crashes.
+//! - [`debounce`]: when to read a path the watcher named (settled, hot, never too late).
 //! - [`disk`]: what a replica asks of its file system (the real one, or a simulated one).
 //! - [`reconcile`]: ours against a peer's entry for one path: nothing, adopt, apply or conflict.
 //! - [`conflict`]: the name a losing version is kept under, the same on every replica.
@@ -15,6 +16,7 @@
 
 pub mod clock;
 pub mod conflict;
+pub mod debounce;
 pub mod disk;
 pub mod reconcile;
 pub mod tree;

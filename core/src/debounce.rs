@@ -1,0 +1,213 @@
+//! When to read a path the watcher named: at once if the change looks finished, after a short
+//! settle otherwise, and after a quiet period if the path is "hot" (changed again right after we
+//! read it: being written). Never later than [`MAX_DELAY`] after its first hint, so a file
+//! written without pause still syncs. Time is an argument: every rule is a row in a test.
+//!
+//! A hint is only "look here" (DESIGN.md: events are hints); a deep one means "look at all of
+//! it" (a directory moved in). A hint for the whole root, or an overflow, is a full rescan.
+
+use mirror_protocol::RelPath;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A path reported as possibly still being written is read after this much quiet...
+pub const SETTLE: Duration = Duration::from_millis(4);
+/// A path changed again within this window after we read it is "hot" (being written).
+pub const HOT_WINDOW: Duration = Duration::from_millis(50);
+/// A hot path waits for this much quiet before it is read again...
+pub const QUIET: Duration = Duration::from_millis(20);
+/// ...but never longer than this after its first hint.
+pub const MAX_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dirty {
+    first: Instant,
+    due: Instant,
+    deep: bool,
+}
+
+/// The paths waiting to be read, and when each may be.
+#[derive(Debug, Default)]
+pub struct Debounce {
+    dirty: HashMap<RelPath, Dirty>,
+    /// When each path was last found changed (to tell a hot path).
+    changed: HashMap<RelPath, Instant>,
+    full_rescan: bool,
+    /// Every hint waits this long instead (a test hook: a peer's message can then arrive while
+    /// a rescan is pending).
+    fixed_delay: Option<Duration>,
+}
+
+impl Debounce {
+    pub fn new(fixed_delay: Option<Duration>) -> Self {
+        Self { fixed_delay, ..Self::default() }
+    }
+
+    /// A hint for `path` at `now`: `deep` to read its whole subtree, `settled` when the change
+    /// looks finished (the writer closed the file, a directory appeared).
+    pub fn hint(&mut self, path: RelPath, deep: bool, settled: bool, now: Instant) {
+        let hot = self.changed.get(&path).is_some_and(|t| now.saturating_duration_since(*t) < HOT_WINDOW);
+        let d = self.dirty.entry(path).or_insert(Dirty { first: now, due: now, deep });
+        d.deep |= deep;
+        d.due = if let Some(delay) = self.fixed_delay {
+            now + delay
+        } else if hot {
+            (now + QUIET).min(d.first + MAX_DELAY)
+        } else if settled {
+            now
+        } else {
+            (now + SETTLE).min(d.first + MAX_DELAY)
+        };
+    }
+
+    /// Everything is to be read again (an overflow, a hint for the whole root).
+    pub fn rescan_all(&mut self) {
+        self.full_rescan = true;
+    }
+
+    /// Whether a full rescan is owed; the hints it covers are dropped.
+    pub fn take_full_rescan(&mut self) -> bool {
+        if std::mem::take(&mut self.full_rescan) {
+            self.dirty.clear();
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn full_rescan_owed(&self) -> bool {
+        self.full_rescan
+    }
+
+    /// The paths due at `now` (each with whether to read it deep), in path order, taken out.
+    pub fn due(&mut self, now: Instant) -> Vec<(RelPath, bool)> {
+        let mut due: Vec<(RelPath, bool)> =
+            self.dirty.iter().filter(|(_, d)| d.due <= now).map(|(p, d)| (p.clone(), d.deep)).collect();
+        due.sort();
+        for (p, _) in &due {
+            self.dirty.remove(p);
+        }
+        due
+    }
+
+    /// Takes the hint for `path` out now (it is about to be read anyway): whether it was deep.
+    pub fn take(&mut self, path: &RelPath) -> Option<bool> {
+        self.dirty.remove(path).map(|d| d.deep)
+    }
+
+    /// Makes every waiting hint due at `now` (nothing of ours is being written: read it all).
+    pub fn hurry(&mut self, now: Instant) {
+        self.dirty.values_mut().for_each(|d| d.due = now);
+    }
+
+    /// `path` was found changed at `now`: another hint soon after means it is being written.
+    pub fn found_changed(&mut self, path: &RelPath, now: Instant) {
+        self.changed.insert(path.clone(), now);
+        if self.changed.len() > 10_000 {
+            self.changed.retain(|_, t| now.saturating_duration_since(*t) < HOT_WINDOW);
+        }
+    }
+
+    /// When the next hint is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.dirty.values().map(|d| d.due).min()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dirty.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Forgets every waiting hint (a replay gave up: a full scan follows).
+    pub fn clear(&mut self) {
+        self.dirty.clear();
+        self.full_rescan = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn when_each_hint_is_due() {
+        let t0 = Instant::now();
+        // (what happened before, hint at, settled, due at)
+        let rows: Vec<(&str, Option<u64>, u64, bool, u64)> = vec![
+            ("a settled change is read at once", None, 0, true, 0),
+            ("an unsettled one after the settle time", None, 0, false, 4),
+            ("a hot path waits for quiet, settled or not", Some(0), 10, true, 30),
+            ("...unsettled too", Some(0), 10, false, 30),
+            ("past the hot window a path is cool again", Some(0), 60, true, 60),
+        ];
+        for (what, changed_at, at, settled, want) in rows {
+            let mut d = Debounce::new(None);
+            if let Some(c) = changed_at {
+                d.found_changed(&p("f"), t0 + ms(c));
+            }
+            d.hint(p("f"), false, settled, t0 + ms(at));
+            assert_eq!(d.next_due(), Some(t0 + ms(want)), "{what}");
+            if want > 0 {
+                assert!(d.due(t0 + ms(want - 1)).is_empty(), "{what}: early");
+            }
+            assert_eq!(d.due(t0 + ms(want)), vec![(p("f"), false)], "{what}");
+            assert!(d.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_path_written_without_pause_is_read_within_the_max_delay() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(None);
+        d.found_changed(&p("log"), t0);
+        let mut now = t0;
+        let mut read = None;
+        for _ in 0..200 {
+            now += ms(10); // a hint every 10 ms, for ever: always hot, never quiet
+            d.found_changed(&p("log"), now - ms(5));
+            d.hint(p("log"), false, false, now);
+            if !d.due(now).is_empty() {
+                read = Some(now);
+                break;
+            }
+        }
+        let read = read.expect("never read");
+        assert!(read - t0 <= MAX_DELAY + ms(10), "read after {:?}", read - t0);
+    }
+
+    #[test]
+    fn a_deep_hint_stays_deep_and_paths_come_in_order() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(None);
+        d.hint(p("b"), true, true, t0);
+        d.hint(p("b"), false, true, t0);
+        d.hint(p("a"), false, true, t0);
+        assert_eq!(d.due(t0), vec![(p("a"), false), (p("b"), true)]);
+        d.hint(p("c"), true, false, t0);
+        assert_eq!(d.take(&p("c")), Some(true));
+        assert_eq!(d.take(&p("c")), None);
+    }
+
+    #[test]
+    fn a_full_rescan_covers_the_hints_and_a_fixed_delay_holds_every_one() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(Some(ms(1500)));
+        d.hint(p("x"), false, true, t0);
+        assert_eq!(d.next_due(), Some(t0 + ms(1500)));
+        d.hurry(t0);
+        assert_eq!(d.next_due(), Some(t0));
+        d.rescan_all();
+        assert!(d.take_full_rescan());
+        assert!(d.is_empty() && !d.take_full_rescan());
+    }
+}
