@@ -32,7 +32,9 @@ use mirror_core::conflict::{conflict_path_of, numbered};
 use mirror_core::debounce::Debounce;
 use mirror_core::disk::Disk;
 use mirror_core::reconcile::{Action, reconcile};
-use mirror_protocol::{Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, VersionVector};
+use mirror_protocol::{
+    Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, VersionVector, Violation,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -376,11 +378,23 @@ struct Engine {
     shape_changed: bool,
 }
 
-/// A connection-fatal problem with what a peer sent.
-struct PeerError(String);
+/// Why a session ends on something its peer sent.
+#[derive(Debug)]
+enum PeerError {
+    /// The peer broke the protocol (PROTOCOL.md, "Session states").
+    Violation(Violation),
+    /// The peer said goodbye: the normal end of a session. Its reason, as it sent it.
+    Left(String),
+}
 
-/// How a [`PeerError`] for a peer's `Goodbye` begins: the normal end of a session.
-const PEER_LEFT: &str = "peer said goodbye";
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Violation(v) => v.fmt(f),
+            Self::Left(reason) => write!(f, "peer said goodbye: {}", crate::logsafe::shown(reason)),
+        }
+    }
+}
 
 impl Engine {
     fn run(
@@ -670,8 +684,8 @@ impl Engine {
             .flat_map(|(c, s)| std::mem::take(held(s)).into_values().map(move |e| (*c, e)))
             .collect();
         for (conn, e) in offers {
-            if let Err(PeerError(reason)) = self.on_remote(conn, e) {
-                self.drop_session(conn, reason);
+            if let Err(err) = self.on_remote(conn, e) {
+                self.drop_session(conn, err);
             }
         }
     }
@@ -1087,20 +1101,20 @@ impl Engine {
                 if !self.sessions.contains_key(&conn) {
                     return false;
                 }
-                if let Err(PeerError(reason)) = self.on_message(conn, msg) {
-                    self.drop_session(conn, reason);
+                if let Err(err) = self.on_message(conn, msg) {
+                    self.drop_session(conn, err);
                 }
             }
         }
         false
     }
 
-    fn drop_session(&mut self, conn: ConnId, reason: String) {
+    fn drop_session(&mut self, conn: ConnId, why: PeerError) {
         let host = self.sessions.get(&conn).map(|s| s.peer_host.clone()).unwrap_or_default();
-        if reason.starts_with(PEER_LEFT) {
-            log::info!("{host} ended the session: {reason}"); // a normal end, not an error
-        } else {
-            log::error!("closing connection to {host}: {reason}");
+        let reason = why.to_string();
+        match why {
+            PeerError::Left(_) => log::info!("{host} ended the session: {reason}"), // a normal end
+            PeerError::Violation(_) => log::error!("closing connection to {host}: {reason}"),
         }
         self.end_session(conn);
         self.net.send(ToNet::Close { conn, reason });
@@ -1194,7 +1208,7 @@ impl Engine {
             Message::IndexFrom { since } => {
                 let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
                 if std::mem::replace(&mut s.ready, true) {
-                    return Err(PeerError("the peer asked for our index twice".into()));
+                    return Err(PeerError::Violation(Violation::IndexFromTwice));
                 }
                 self.send_index(conn, since);
             }
@@ -1205,7 +1219,7 @@ impl Engine {
                 self.take_entries(conn, entries)?;
                 if last && let Some(s) = self.sessions.get_mut(&conn) {
                     if std::mem::replace(&mut s.index_done, true) {
-                        return Err(PeerError("the peer sent its index twice".into()));
+                        return Err(PeerError::Violation(Violation::IndexTwice));
                     }
                     let what = if s.asked_since > 0 { "its changes since our last session" } else { "all of it" };
                     log::info!("{}: index received, {} entries ({what})", s.peer_host, s.index_entries);
@@ -1246,9 +1260,10 @@ impl Engine {
             }
             Message::Ping | Message::Pong => {}
             Message::Goodbye { reason } => {
-                return Err(PeerError(format!("{PEER_LEFT}: {}", crate::logsafe::shown(&reason))));
+                return Err(PeerError::Left(reason));
             }
-            Message::Hello(_) | Message::Welcome(_) => return Err(PeerError("unexpected handshake message".into())),
+            Message::Hello(_) => return Err(PeerError::Violation(Violation::SecondHello)),
+            Message::Welcome(_) => return Err(PeerError::Violation(Violation::SecondWelcome)),
         }
         Ok(())
     }
@@ -1558,8 +1573,8 @@ impl Engine {
             received: 0,
             failed: false,
         };
-        if let Err(PeerError(reason)) = self.install_fetched(conn, f, tmp, hash) {
-            self.drop_session(conn, reason);
+        if let Err(err) = self.install_fetched(conn, f, tmp, hash) {
+            self.drop_session(conn, err);
         }
     }
 
@@ -1952,12 +1967,12 @@ impl Engine {
     fn on_data(&mut self, conn: ConnId, id: u64, bytes: &[u8]) -> Result<(), PeerError> {
         let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
         let Some(f) = s.in_flight.get_mut(&id) else {
-            return Err(PeerError(format!("data for unknown request {id}")));
+            return Err(PeerError::Violation(Violation::DataForUnknownRequest { id }));
         };
         f.received += bytes.len() as u64;
         let Kind::File { size, .. } = f.entry.kind else { return Ok(()) };
         if f.received > size {
-            return Err(PeerError(format!("peer sent more than the {size} bytes of {}", f.entry.path)));
+            return Err(PeerError::Violation(Violation::MoreThanRequested { id, size }));
         }
         if f.failed {
             return Ok(());
@@ -2002,18 +2017,19 @@ impl Engine {
     fn on_data_end(&mut self, conn: ConnId, id: u64, size: u64, hash: Hash) -> Result<(), PeerError> {
         let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
         let Some(mut f) = s.in_flight.remove(&id) else {
-            return Err(PeerError(format!("end of unknown request {id}")));
+            return Err(PeerError::Violation(Violation::EndOfUnknownRequest { id }));
         };
         self.fetch_done(&f.entry.path, conn, id);
         if size != f.received {
-            return Err(PeerError(format!("peer claimed {size} bytes for {} but sent {}", f.entry.path, f.received)));
+            return Err(PeerError::Violation(Violation::SizeMismatch { id, claimed: size, sent: f.received }));
         }
         if f.failed {
             return Ok(());
         }
         let ours = *f.hasher.finalize().as_bytes();
         if ours != hash {
-            return Err(PeerError(format!("content of {} does not match the hash the peer sent", f.entry.path)));
+            log::warn!("{}: the bytes the peer sent do not match their hash; dropping them", f.entry.path);
+            return Err(PeerError::Violation(Violation::HashMismatch { id }));
         }
         let Kind::File { size: want_size, hash: want_hash, .. } = f.entry.kind else { return Ok(()) };
         if want_hash != hash || want_size != size {
