@@ -193,6 +193,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         root: cfg.root.clone(),
         host: cfg.host.clone(),
         debug_prefix: cfg.debug_prefix.clone(),
+        intents: loaded.intents,
         index: {
             let key = |p: &RelPath| folding.key(p);
             Tree::new(loaded.index, folding.active().then_some(&key as &mirror_core::tree::FoldKey<'_>))
@@ -207,6 +208,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         net,
         sessions: BTreeMap::new(),
         debounce: Debounce::new(cfg.hooks.scan_delay),
+        journaled: false,
         retries: Vec::new(),
         deferred: Vec::new(),
         outbox: Vec::new(),
@@ -308,9 +310,15 @@ struct Engine {
     debug_prefix: Option<Vec<u8>>,
     /// What we know of each path, with its lookups (by inode, by content, by folded name).
     index: Tree,
+    /// Changes begun for peers before the last stop whose outcome was never journaled (the
+    /// process died in between): the start-up scan takes each whose path holds exactly it as
+    /// that peer's version ([`Engine::attempt`]).
+    intents: BTreeMap<RelPath, Entry>,
     store: Store,
     /// Paths whose index entry changed since the last journal write.
     unsaved: BTreeSet<RelPath>,
+    /// Entries were journaled before a send since the last [`persist`](Self::persist).
+    journaled: bool,
     /// This replica's clock (its changes' counters, reserved durably before use).
     clock: Clock,
     /// Device and inode of the root, checked now and then: a different one means the root was
@@ -409,6 +417,7 @@ impl Engine {
             self.full_scan();
         }
         self.initial = false;
+        self.intents.clear();
         self.outbox.clear(); // nobody is connected yet; each session gets the index
         // Rules other than last time (edited while we were stopped): ask peers for everything.
         let fp = self.rules_fingerprint();
@@ -701,24 +710,25 @@ impl Engine {
         // it is removed. The checkpoint rides along with entries; alone, it is written now and
         // then (an older one is just more history to replay).
         let now = Instant::now();
+        let entries_written = !self.unsaved.is_empty() || std::mem::take(&mut self.journaled);
         if self.debounce.is_empty()
             && !self.debounce.full_rescan_owed()
             && self.fetching.is_empty()
             && self.stash.is_empty()
-            && (!self.unsaved.is_empty() || now >= self.checkpoint_due)
+            && (entries_written || now >= self.checkpoint_due)
             && let Some(c) = self.checkpoint.take()
         {
             self.store.set_checkpoint(c.0);
             self.checkpoint_due = now + CHECKPOINT_EVERY;
         }
-        if self.unsaved.is_empty() && !self.store.has_pending() {
-            if let Err(e) = self.store.sync() {
-                self.halt(format!("cannot write the sync state in {}: {e}", self.store.dir().display()));
-            }
-            return;
-        }
-        let paths = std::mem::take(&mut self.unsaved);
-        let mut r = self.store.append(paths.iter().filter_map(|p| self.index.get(p)));
+        let mut r = if self.unsaved.is_empty() && !self.store.has_pending() {
+            self.store.sync()
+        } else {
+            let paths = std::mem::take(&mut self.unsaved);
+            self.store.append(paths.iter().filter_map(|p| self.index.get(p)))
+        };
+        // Whichever wrote the entries (this, or the write before a send), the journal is
+        // compacted once it has grown enough.
         if r.is_ok() && self.store.wants_snapshot() {
             r = self.store.snapshot(&self.index);
         }
@@ -736,6 +746,7 @@ impl Engine {
             return;
         }
         let paths = std::mem::take(&mut self.unsaved);
+        self.journaled = true;
         if let Err(e) = self.store.append_unsynced(paths.iter().filter_map(|p| self.index.get(p))) {
             self.halt(format!("cannot write the sync state in {}: {e}", self.store.dir().display()));
         }
@@ -930,10 +941,14 @@ impl Engine {
             Some(l) => (l.entry.version.clone(), matches!(l.entry.kind, Kind::Directory)),
             None => (VersionVector::new(), false),
         };
-        let version = self.next_version(&version);
         if was_dir && !matches!(seen.kind, Kind::Directory) {
             self.delete_descendants(rel);
         }
+        if let Some(applied) = self.intended(rel, &seen.kind, seen.mtime) {
+            self.set(applied, Some(seen.stat), None);
+            return;
+        }
+        let version = self.next_version(&version);
         if self.traced(rel) {
             log::info!("[trace] {rel}: local change {:?} v{:?}", seen.kind, version);
         }
@@ -953,13 +968,50 @@ impl Engine {
         }
         let was_dir = matches!(l.entry.kind, Kind::Directory);
         let old = l.entry.version.clone();
-        let version = self.next_version(&old);
         if was_dir {
             self.delete_descendants(rel);
         }
+        if let Some(applied) = self.intended(rel, &Kind::Deleted, Timestamp::default()) {
+            self.set(applied, None, None);
+            return;
+        }
+        let version = self.next_version(&old);
         let entry = Entry { path: rel.clone(), kind: Kind::Deleted, mtime: now(), version, origin: self.host.clone() };
         log_change("deleted", &entry, None);
         self.set(entry, None, None);
+    }
+
+    /// The peer's entry we were applying at `rel` when the process died, if the disk holds
+    /// exactly it (`kind`, and for a file its `mtime`): it was applied, and is that version.
+    fn intended(&mut self, rel: &RelPath, kind: &Kind, mtime: Timestamp) -> Option<Entry> {
+        let i = self.intents.remove(rel)?;
+        let same = i.kind == *kind && (!matches!(kind, Kind::File { .. }) || i.mtime == mtime);
+        if same {
+            log::info!("{rel}: applied for a peer just before the last stop (its version, not a change here)");
+        }
+        same.then_some(i)
+    }
+
+    /// Changes the disk at `e`'s path to what `e` says, journaling the intent first and its
+    /// failure after: if the process dies between the change and its entry's journal record
+    /// (written by [`finish_local`](Self::finish_local)), the restart knows the change as the
+    /// peer's `e`, not as a new one of ours. (As one of ours, a directory applied for a peer
+    /// beat the peer's later deletion of it: model seed 20038.)
+    fn attempt<T>(
+        &mut self,
+        e: &Entry,
+        change: impl FnOnce(&mut RealDisk) -> Result<T, ExecError>,
+    ) -> Result<T, ExecError> {
+        if let Err(err) = self.store.append_intent(e) {
+            log::warn!("cannot journal the change to {} yet: {err}", e.path);
+        }
+        let r = change(&mut self.disk);
+        if r.is_err()
+            && let Err(err) = self.store.append_void(&e.path)
+        {
+            log::warn!("cannot journal the failed change to {}: {err}", e.path);
+        }
+        r
     }
 
     fn delete_descendants(&mut self, dir: &RelPath) {
@@ -1029,6 +1081,9 @@ impl Engine {
             return;
         }
         self.journal_before_sending();
+        if self.halted.is_some() {
+            return; // what is not journaled is not sent
+        }
         let outbox = std::mem::take(&mut self.outbox);
         let seq = self.seq_now();
         // A session not yet ready gets all of this with its index.
@@ -1147,6 +1202,9 @@ impl Engine {
     /// `since` is 0, or beyond our counter: then our state is not the one the peer knew).
     fn send_index(&mut self, conn: ConnId, since: u64) {
         self.journal_before_sending();
+        if self.halted.is_some() {
+            return;
+        }
         let seq = self.seq_now();
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.told = seq;
@@ -1475,7 +1533,8 @@ impl Engine {
             let same_bytes =
                 matches!(local.as_ref().map(|l| &l.entry.kind), Some(Kind::File { hash: h, .. }) if h == hash);
             if same_bytes && !keep_local_copy {
-                let r = self.disk.set_meta(&e.path, expected, e.mtime, *mode);
+                let (mtime, mode) = (e.mtime, *mode);
+                let r = self.attempt(&e, |d| d.set_meta(&e.path, expected, mtime, mode));
                 self.finish_local(conn, e, r);
             } else if let Some(from) = self.take_stash(hash) {
                 self.waited_move.remove(&(e.path.clone(), *hash));
@@ -1502,7 +1561,7 @@ impl Engine {
             Some(LocalEntry { entry: Entry { kind: Kind::File { hash, .. }, .. }, stat: Some(_), .. }),
         ) = (&e.kind, &local)
         {
-            match self.disk.stash(&e.path, expected) {
+            match self.attempt(&e, |d| d.stash(&e.path, expected)) {
                 Ok(p) => {
                     self.stash.entry(*hash).or_default().push((p, Instant::now()));
                     let gone = Stat { mode: 0, size: 0, mtime: Timestamp::default(), ino: 0 };
@@ -1524,12 +1583,15 @@ impl Engine {
             return;
         }
         let expected = if keep_local_copy { None } else { expected };
-        let r = match &e.kind {
-            Kind::Deleted => self.disk.remove(&e.path, expected).map(|()| None),
-            Kind::Directory => self.disk.make_dir(&e.path, expected).map(Some),
-            Kind::Symlink { target } => self.disk.make_symlink(&e.path, expected, target).map(Some),
-            Kind::File { .. } => return,
-        };
+        if matches!(e.kind, Kind::File { .. }) {
+            return;
+        }
+        let r = self.attempt(&e, |d| match &e.kind {
+            Kind::Deleted => d.remove(&e.path, expected).map(|()| None),
+            Kind::Directory => d.make_dir(&e.path, expected).map(Some),
+            Kind::Symlink { target } => d.make_symlink(&e.path, expected, target).map(Some),
+            Kind::File { .. } => Ok(None),
+        });
         match r {
             Err(ExecError::NotEmpty) if e.kind.is_deleted() => {
                 self.deferred.push((Instant::now() + STASH_FOR, conn, e));
@@ -1598,7 +1660,7 @@ impl Engine {
             }
             expected = None;
         }
-        match self.disk.unstash(&from, &e.path, expected, e.mtime, mode) {
+        match self.attempt(&e, |d| d.unstash(&from, &e.path, expected, e.mtime, mode)) {
             Ok(stat) => {
                 log::debug!("{}: content found locally (a rename), nothing transferred", e.path);
                 self.finish_local(conn, e, Ok(stat));
@@ -1833,13 +1895,13 @@ impl Engine {
                 e.path,
                 self.conflicts
             );
-            let mut version = l.entry.version.merged(&e.version);
-            if version == e.version {
-                // Ours did not know theirs (a directory kept because it still holds files the
-                // peer's newer entry would have replaced): a new change of ours, or both sides
-                // would hold different content under one version.
-                version = self.next_version(&version);
-            }
+            // A new change of ours over both. The merge alone is not enough: the peer may have
+            // won another conflict (against an older version of ours) and made the very same
+            // merge for its own content, and the two sides then held a directory and a symlink
+            // under one version for ever (model seed 20038). A tick makes ours newer than
+            // anything the peer merged without it; if the peer's winner was different, the next
+            // round compares the same two entries on both sides and they agree.
+            let version = self.next_version(&l.entry.version.merged(&e.version));
             // Sent to the loser's peer too: it must learn that this version supersedes its own.
             self.set(Entry { version, ..l.entry }, l.stat, None);
         }
@@ -1853,11 +1915,11 @@ impl Engine {
                 // Superseded while it waited (the peer made the directory again, or we have
                 // something newer): it is no longer a deletion to carry out, now or later.
                 if reconcile(self.index.get(&e.path).map(|l| &l.entry), &e) != Action::Apply {
-                    log::debug!("{}: the deletion that waited is superseded", e.path);
+                    log::info!("{}: the deletion that waited is superseded", e.path);
                     continue;
                 }
                 let expected = self.index.get(&e.path).and_then(|l| l.stat);
-                match self.disk.remove(&e.path, expected) {
+                match self.attempt(&e, |d| d.remove(&e.path, expected)) {
                     Err(ExecError::NotEmpty) => self.deferred.push((until, conn, e)),
                     r => {
                         progress = true;
@@ -2090,7 +2152,7 @@ impl Engine {
                     }
                     expected = None;
                 }
-                let r = self.disk.install(tmp, &f.entry.path, expected, f.entry.mtime, mode);
+                let r = self.attempt(&f.entry, |d| d.install(tmp, &f.entry.path, expected, f.entry.mtime, mode));
                 self.finish_local(conn, f.entry, r);
             }
             Purpose::KeepRemoteCopy { at } => {

@@ -37,7 +37,7 @@
 //! Format 1 files (no counters) are still read; their entries count as changed at 0.
 
 use crate::index::{Index, LocalEntry, Stat};
-use mirror_protocol::{Entry, ReplicaId};
+use mirror_protocol::{Entry, RelPath, ReplicaId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -46,7 +46,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const SNAP_MAGIC: &[u8; 8] = b"MIRBASE4";
-const LOG_MAGIC: &[u8; 8] = b"MIRJRNL4";
+const LOG_MAGIC: &[u8; 8] = b"MIRJRNL5";
 /// Records that fit in memory at once while loading; bounds a corrupt length prefix.
 const MAX_RECORD: usize = 1 << 20;
 
@@ -68,6 +68,14 @@ enum Record {
     Rules { fingerprint: Fingerprint },
     /// The watcher's history position that the entries so far cover (format 3).
     Checkpoint { text: String },
+    /// What the disk is about to be made to hold for a peer's entry (format 5), written before
+    /// the change: if the process dies between the change and its `Entry` record, the restart
+    /// finds the disk holding exactly this and takes it as the peer's version it is, not as a
+    /// new change of ours (which, concurrent with whatever the peer did next, brought deleted
+    /// directories back: model seed 20038).
+    Intent { entry: Entry },
+    /// The change begun by the last `Intent` for this path failed: nothing to take (format 5).
+    Void { path: RelPath },
 }
 
 /// The records of formats 1 to 3, whose file entries carried only an executable bit.
@@ -157,13 +165,21 @@ struct Replayed {
     have: BTreeMap<ReplicaId, u64>,
     rules: Option<Fingerprint>,
     checkpoint: Option<String>,
+    intents: BTreeMap<RelPath, Entry>,
 }
 
 impl Replayed {
     fn apply(&mut self, r: Record) {
         match r {
             Record::Entry { entry, stat, seq } => {
+                self.intents.remove(&entry.path);
                 self.index.insert(entry.path.clone(), LocalEntry { entry, stat, seq });
+            }
+            Record::Intent { entry } => {
+                self.intents.insert(entry.path.clone(), entry);
+            }
+            Record::Void { path } => {
+                self.intents.remove(&path);
             }
             Record::Have { peer, seq } => {
                 self.have.insert(peer, seq);
@@ -218,6 +234,9 @@ pub struct Loaded {
     pub rules: Option<Fingerprint>,
     /// The watcher's history position the base covers (see [`Store::set_checkpoint`]).
     pub checkpoint: Option<String>,
+    /// Changes begun for peers whose outcome was never recorded (the process died): for the
+    /// start-up scan only, which takes each whose path holds exactly it.
+    pub intents: BTreeMap<RelPath, Entry>,
 }
 
 #[derive(Debug)]
@@ -314,7 +333,7 @@ impl Store {
                 Err(e) => log::warn!("{}: {e}; ignoring the journal", log_path.display()),
             }
         }
-        let Replayed { index, have, rules, checkpoint } = state;
+        let Replayed { index, have, rules, checkpoint, intents } = state;
         let loaded = Loaded {
             replica: header.replica,
             existed,
@@ -324,6 +343,7 @@ impl Store {
             index,
             rules,
             checkpoint: checkpoint.clone(),
+            intents,
         };
         // Start a fresh generation: the loaded state as a snapshot, an empty journal.
         let generation = header.generation + 1;
@@ -370,6 +390,26 @@ impl Store {
     /// [`sync`](Self::sync) makes it durable).
     pub fn append_now(&mut self, l: &LocalEntry) -> io::Result<()> {
         self.append_unsynced(std::iter::once(l))
+    }
+
+    /// Records, before the disk is changed, what it is about to hold for a peer's entry (see
+    /// [`Record::Intent`]); handed to the kernel, not waited for.
+    pub fn append_intent(&mut self, entry: &Entry) -> io::Result<()> {
+        self.append_raw(&Record::Intent { entry: entry.clone() })
+    }
+
+    /// The change begun by the last [`append_intent`](Self::append_intent) for `path` failed.
+    pub fn append_void(&mut self, path: &RelPath) -> io::Result<()> {
+        self.append_raw(&Record::Void { path: path.clone() })
+    }
+
+    fn append_raw(&mut self, r: &Record) -> io::Result<()> {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, r);
+        self.records_since_snapshot += 1;
+        self.unsynced = true;
+        self.log.write_all(&buf)?;
+        self.log.flush()
     }
 
     /// [`append_now`](Self::append_now) for several entries (no `Have` or `Rules` records: those
@@ -726,6 +766,30 @@ mod tests {
         assert_eq!(l.replica, replica);
         assert_eq!(l.index.len(), 2);
         assert_eq!(l.index[&RelPath::new("a").unwrap()].entry.mtime.secs, 3);
+    }
+
+    #[test]
+    fn an_intent_without_its_outcome_is_kept_for_the_start_up_scan_only() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Path::new("/r");
+        {
+            let (mut s, _) = Store::open(d.path(), root).unwrap();
+            s.append_intent(&entry("done", 1).entry).unwrap();
+            s.append_now(&entry("done", 1)).unwrap();
+            s.append_intent(&entry("failed", 2).entry).unwrap();
+            s.append_void(&RelPath::new("failed").unwrap()).unwrap();
+            s.append_intent(&entry("begun", 3).entry).unwrap();
+            // killed here: `begun` was being applied
+        }
+        let (s, l) = Store::open(d.path(), root).unwrap();
+        drop(s);
+        let intents: Vec<String> = l.intents.keys().map(|p| p.to_string()).collect();
+        assert_eq!(intents, ["begun"], "an intent followed by its entry or its failure is over");
+        assert!(l.index.contains_key(&RelPath::new("done").unwrap()));
+        assert!(!l.index.contains_key(&RelPath::new("begun").unwrap()), "an intent is not an entry");
+        // The start-up scan has it; the next start does not.
+        let (_s, l) = Store::open(d.path(), root).unwrap();
+        assert!(l.intents.is_empty());
     }
 
     #[test]

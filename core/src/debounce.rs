@@ -19,6 +19,9 @@ pub const QUIET: Duration = Duration::from_millis(20);
 /// ...but never longer than this after its first hint.
 pub const MAX_DELAY: Duration = Duration::from_secs(1);
 
+/// How many recently changed paths are kept before the cool ones are forgotten.
+const PRUNE_FROM: usize = 10_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Dirty {
     first: Instant,
@@ -32,6 +35,8 @@ pub struct Debounce {
     dirty: HashMap<RelPath, Dirty>,
     /// When each path was last found changed (to tell a hot path).
     changed: HashMap<RelPath, Instant>,
+    /// `changed` is pruned of cool paths when it grows past this (then twice what is left).
+    prune_at: usize,
     full_rescan: bool,
     /// Every hint waits this long instead (a test hook: a peer's message can then arrive while
     /// a rescan is pending).
@@ -40,7 +45,7 @@ pub struct Debounce {
 
 impl Debounce {
     pub fn new(fixed_delay: Option<Duration>) -> Self {
-        Self { fixed_delay, ..Self::default() }
+        Self { fixed_delay, prune_at: PRUNE_FROM, ..Self::default() }
     }
 
     /// A hint for `path` at `now`: `deep` to read its whole subtree, `settled` when the change
@@ -103,8 +108,11 @@ impl Debounce {
     /// `path` was found changed at `now`: another hint soon after means it is being written.
     pub fn found_changed(&mut self, path: &RelPath, now: Instant) {
         self.changed.insert(path.clone(), now);
-        if self.changed.len() > 10_000 {
+        if self.changed.len() > self.prune_at {
             self.changed.retain(|_, t| now.saturating_duration_since(*t) < HOT_WINDOW);
+            // Not again before it doubles: a scan finding a million new paths in a second would
+            // otherwise walk the whole map at each one.
+            self.prune_at = PRUNE_FROM.max(2 * self.changed.len());
         }
     }
 
@@ -183,6 +191,24 @@ mod tests {
         }
         let read = read.expect("never read");
         assert!(read - t0 <= MAX_DELAY + ms(10), "read after {:?}", read - t0);
+    }
+
+    #[test]
+    fn many_changed_paths_are_pruned_now_and_then_not_at_each_one() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(None);
+        // All within the hot window: nothing can be pruned, and the bound moves up.
+        for i in 0..(PRUNE_FROM + 1) {
+            d.found_changed(&p(&format!("f{i}")), t0);
+        }
+        assert_eq!(d.prune_at, 2 * (PRUNE_FROM + 1));
+        // Long after, the next prune (at twice as many) forgets the cool ones.
+        let later = t0 + Duration::from_secs(60);
+        for i in 0..(PRUNE_FROM + 2) {
+            d.found_changed(&p(&format!("g{i}")), later);
+        }
+        assert!(!d.changed.contains_key(&p("f0")), "a cool path kept");
+        assert_eq!(d.changed.len(), PRUNE_FROM + 2);
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub fn subtree<'a>(index: &'a Index, dir: &RelPath) -> impl Iterator<Item = (&'a
 pub const BY_CONTENT_MIN: u64 = 256 * 1024;
 
 /// What a replica knows of each path, with the lookups kept in step with it in one place (its
-/// only mutators are [`Tree::insert`] and [`Tree::set_stat`]): which path holds each inode (a
+/// only mutators are [`Tree::insert`], [`Tree::set_stat`] and [`Tree::forget_gone`]): which path holds each inode (a
 /// file renamed here is recognised without hashing it), which path holds each large content, the
 /// live path of each folded name (on file systems that fold names), and the inodes of files
 /// deleted a moment ago (the other half of a rename may come next).
@@ -152,9 +152,11 @@ impl Tree {
         if let (true, Some(s)) = (is_file, stat) {
             self.by_ino.insert(s.ino, path.clone());
         }
-        if let Some(l) = self.paths.get(&path) {
-            let l = l.clone();
-            self.note_content(&path, &l);
+        if let Some(Kind::File { hash, size, .. }) = self.paths.get(&path).map(|l| &l.entry.kind)
+            && stat.is_some()
+            && *size >= BY_CONTENT_MIN
+        {
+            self.by_content.insert(*hash, path.clone());
         }
         Replaced { old, freed_fold }
     }

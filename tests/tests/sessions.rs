@@ -284,9 +284,13 @@ fn a_waiting_directory_deletion_that_a_newer_entry_supersedes_makes_no_new_versi
     again.version = gone.version.merged(&VersionVector::new().with(9, 2));
     peer.send(&Message::Update { entries: vec![again.clone()], seq: 2 });
 
-    // Past the wait (2 s), a change of the server's own is the marker: whatever the server
-    // says of d before it, it says because of the wait.
-    std::thread::sleep(Duration::from_secs(3));
+    // The wait (2 s) ends one way or the other; then a change of the server's own is the
+    // marker: whatever the server says of d before it, it says because of the wait.
+    wait_until("the end of the wait", || {
+        let log = server.agent.log();
+        (log.contains("d: the deletion that waited is superseded") || log.contains("not deleting directory d"))
+            .then_some(())
+    });
     write(&s.join("marker.txt"), "after the wait");
     let mut said_of_d = vec![];
     peer.expect("the server's marker.txt", Duration::from_secs(10), |m| match m {
@@ -298,4 +302,53 @@ fn a_waiting_directory_deletion_that_a_newer_entry_supersedes_makes_no_new_versi
     });
     assert!(said_of_d.is_empty(), "a new version of d: {said_of_d:?}\n{}", server.agent.log());
     assert!(s.join("d/ours.txt").exists());
+}
+
+/// Model seed 20038: two sides that each won a different conflict over one path (ours: our
+/// directory over the peer's symlink; the peer's: its symlink over our older one) made the same
+/// merged version for different contents, and held a directory and a symlink under one version
+/// for ever. The winner of a conflict makes a new version of its own.
+#[test]
+fn the_winner_of_a_conflict_makes_a_version_no_merge_elsewhere_can_equal() {
+    let area = Area::new();
+    let s = area.path("server/p");
+    std::fs::create_dir_all(&s).unwrap();
+    std::os::unix::fs::symlink("target-1", s.join("e")).unwrap();
+    let server = Server::start(&area.server_root(), &[]);
+    let mut peer = Peer::connect(server.port, 9, "p");
+    peer.asked_since();
+    peer.send(&Message::IndexFrom { since: 0 });
+    let ours = peer.expect("the server's e", Duration::from_secs(10), |m| match m {
+        Message::IndexBatch { entries, .. } => entries.iter().find(|e| e.path.as_bytes() == b"e").cloned(),
+        _ => None,
+    });
+    let at = |kind: Kind, version: VersionVector| Entry {
+        path: RelPath::new("e").unwrap(),
+        kind,
+        mtime: Timestamp { secs: ours.mtime.secs + 100, nanos: 0 },
+        version,
+        origin: "scripted-9".into(),
+    };
+    // The peer made e a directory without knowing our symlink: its directory wins here.
+    peer.index(vec![at(Kind::Directory, VersionVector::new().with(9, 1))], 1);
+    wait_until("e a directory on the server", || s.join("e").is_dir().then_some(()));
+    // Then it replaced its directory by a symlink, still not knowing ours: our directory wins.
+    let link = Kind::Symlink { target: b"target-4".to_vec() };
+    peer.send(&Message::Update { entries: vec![at(link.clone(), VersionVector::new().with(9, 2))], seq: 2 });
+    // Its own symlink won over our old one there, and it merged: the version it now holds.
+    let theirs = VersionVector::new().with(9, 2).merged(&ours.version);
+    let mine = peer.expect("the server's winning directory", Duration::from_secs(10), |m| match m {
+        Message::Update { entries, .. } => entries
+            .iter()
+            .find(|e| e.path.as_bytes() == b"e" && e.kind == Kind::Directory && e.version.get(9) == 2)
+            .cloned(),
+        _ => None,
+    });
+    assert_eq!(
+        mine.version.compare(&theirs),
+        mirror_protocol::VersionOrdering::After,
+        "the server's directory {:?} does not supersede the peer's symlink {theirs:?}",
+        mine.version
+    );
+    assert!(s.join("e").is_dir());
 }
