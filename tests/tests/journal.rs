@@ -75,7 +75,6 @@ const INTENT: u8 = 4;
 fn a_change_for_a_peer_cut_off_from_its_journal_record_is_the_peers_after_a_restart() {
     use mirror_protocol::{Entry, Kind, Message, RelPath, Timestamp, VersionVector};
     use mirror_tests::peer::Peer;
-    use std::time::Duration;
     let area = Area::new();
     let (root, state, s) = (area.server_root(), area.path("state"), area.path("server/p"));
     std::fs::create_dir_all(&s).unwrap();
