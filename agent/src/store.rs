@@ -20,6 +20,13 @@
 //! - The replica clock is reserved in blocks ([`mirror_core::clock::BLOCK`]) that are persisted *before* any
 //!   counter of the block is used, so a version once sent is never reused after a crash, even if
 //!   the journal lost the entry that carried it.
+//! - Before the disk is changed for a peer's entry, an `Intent` record says what it is about to
+//!   hold (a `Void` follows if the change fails, the entry's own record if it succeeds). A
+//!   restart that finds an intent without its outcome, and the disk holding exactly it, takes
+//!   the path as that peer's version: as a fresh change of ours it would beat whatever the peer
+//!   did next (a directory applied just before a `kill -9` came back after the peer deleted it).
+//! - Entries are handed to the kernel before they are sent to any peer (the `fdatasync` comes
+//!   after the send), so a `kill -9` never makes us forget a version a peer holds.
 //! - A lock file (`flock`) keeps a second agent off the same pair.
 //!
 //! # What else the journal holds
@@ -32,8 +39,8 @@
 //! every change is in the entries before it; it too is appended after them.
 //!
 //! # Formats
-//! 3 added `Checkpoint` records; 2 added counters, `Have` and `Rules`. Formats 1 and 2 are still
-//! read; a file of a newer format is refused with a clear error rather than half read.
+//! Journal format 5 added `Intent` and `Void` records; 4 added file modes; 3 added `Checkpoint`
+//! records; 2 added counters, `Have` and `Rules`. Every earlier format is still read; a file of a newer format is refused with a clear error rather than half read.
 //! Format 1 files (no counters) are still read; their entries count as changed at 0.
 
 use crate::index::{Index, LocalEntry, Stat};
