@@ -18,6 +18,10 @@
 //! mtime granularity do; a simulator that wants them told apart moves the time.
 //!
 //! Where this differs from the real disk is listed on [`MemDisk`].
+//!
+//! One file of about 1,000 lines, over the usual 600: it is one type, a tree of nodes and the
+//! twenty trait methods over it, each a few lines; split, every part would reach into the same
+//! private node table. The tests are apart, in `disk/tests.rs`.
 
 use mirror_core::disk::{Disk, ExecError, JailError, Listed, Seen};
 use mirror_core::tree::{S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, Stat};
