@@ -45,6 +45,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Requests in flight per session: enough to keep a fast link busy with small files.
 const MAX_IN_FLIGHT: usize = 64;
+/// How often the root's identity is checked on its own (and before any deletion of ours is sent).
+const ROOT_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long a watcher's replayed event history may take before a full scan is done instead.
 const REPLAY_LIMIT: Duration = Duration::from_secs(60);
 /// How often a watcher checkpoint is written when no entry changed with it.
@@ -776,7 +778,14 @@ impl Engine {
 
     /// Halts if the root vanished or was replaced since the last check (at most once a second).
     fn check_root(&mut self) {
-        if self.halted.is_some() || self.root_checked.elapsed() < Duration::from_secs(1) {
+        if self.root_checked.elapsed() >= ROOT_CHECK_EVERY {
+            self.check_root_now();
+        }
+    }
+
+    /// [`check_root`](Self::check_root), now.
+    fn check_root_now(&mut self) {
+        if self.halted.is_some() {
             return;
         }
         self.root_checked = Instant::now();
@@ -1079,6 +1088,12 @@ impl Engine {
     fn flush_outbox(&mut self) {
         if self.outbox.is_empty() {
             return;
+        }
+        // Deletions of ours go out only from a root that is still there: `rm -rf` of the root
+        // unlinks every file before the root itself, and the watcher's word that the root went
+        // may come a batch after the files' (halts.rs saw all five deletions sent under load).
+        if self.outbox.iter().any(|(e, from)| from.is_none() && e.kind.is_deleted()) {
+            self.check_root_now();
         }
         self.journal_before_sending();
         if self.halted.is_some() {
