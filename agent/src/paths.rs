@@ -16,28 +16,6 @@ pub fn abs(root: &Path, rel: &RelPath) -> PathBuf {
     root.join(OsStr::from_bytes(rel.as_bytes()))
 }
 
-/// The wire path of a path relative to the root, if it is one we can sync.
-pub fn to_rel(rel: &Path) -> Option<RelPath> {
-    let mut bytes = Vec::with_capacity(rel.as_os_str().len());
-    for c in rel.components() {
-        match c {
-            Component::Normal(n) => {
-                if !bytes.is_empty() {
-                    bytes.push(b'/');
-                }
-                bytes.extend_from_slice(n.as_bytes());
-            }
-            _ => return None,
-        }
-    }
-    RelPath::new(bytes).ok()
-}
-
-/// The path relative to the root, as a `Path`.
-pub fn rel_path(rel: &RelPath) -> &Path {
-    Path::new(OsStr::from_bytes(rel.as_bytes()))
-}
-
 pub use mirror_core::disk::JailError;
 
 /// Checks that every existing ancestor of `rel` is a real directory (not a symlink).
@@ -169,15 +147,6 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(name_limit(d.path()), 255, "the usual file systems of a test host");
         assert_eq!(name_limit(&d.path().join("missing")), 255);
-    }
-
-    #[test]
-    fn round_trip_and_refusals() {
-        let r = to_rel(Path::new("a/b c/\u{e9}")).unwrap();
-        assert_eq!(rel_path(&r), Path::new("a/b c/\u{e9}"));
-        assert!(to_rel(Path::new("")).is_none());
-        assert!(to_rel(Path::new("/abs")).is_none());
-        assert!(to_rel(Path::new("a/../b")).is_none());
     }
 
     #[test]

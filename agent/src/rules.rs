@@ -10,21 +10,9 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-/// The agent's own directory at the top of every sync root. Every temp file (a file being
-/// received, a symlink being made, a name-folding probe) and every stash file (a deleted file a
-/// rename may still want) lives in it, out of the user's view, and nothing else does. It is never
-/// synced, watched, scanned or counted; its whole content is removed at start-up and the
-/// directory itself at stop when empty. Nothing a user makes is ever removed by the agent: a
-/// user's `.mirror-tmp-notes.txt` is an ordinary file (issue 11 items 9 and 10).
-pub const AGENT_DIR: &str = ".mirror-agent.tmp";
-
-/// A file being received into a directory on another file system than the root (a mount inside
-/// the root: a rename from [`AGENT_DIR`] cannot reach it) is written beside its destination under
-/// this prefix plus 16 hex digits, and recorded in [`AGENT_DIR`] so that start-up removes only
-/// the ones we provably made. Never synced.
-pub const BESIDE_PREFIX: &str = ".mirror-agent.tmp-";
+pub use mirror_core::paths::{AGENT_DIR, BESIDE_PREFIX, is_beside_temp, is_temp};
 
 /// A bad `-i`/`-e` pattern.
 #[derive(Debug)]
@@ -164,19 +152,38 @@ impl Rules {
     }
 }
 
-/// Whether `rel` is the agent's own: [`AGENT_DIR`] at the root or anything in it, or a temp file
-/// beside its destination ([`is_beside_temp`]).
-pub fn is_temp(rel: &Path) -> bool {
-    // At any depth: a served root may hold another one (`-r a` and `-r a/sub`), whose agent
-    // directory is no more the user's than ours is.
-    rel.components().any(|c| c == std::path::Component::Normal(OsStr::new(AGENT_DIR)))
-        || rel.file_name().is_some_and(|n| is_beside_temp(n.as_encoded_bytes()))
+/// The rules one engine and its watcher share: the watcher asks which directories to descend
+/// into, the engine which paths to sync, and a `.gitignore` the engine sees change is read again
+/// for both.
+#[derive(Debug, Clone)]
+pub struct SharedRules(pub Arc<Mutex<Rules>>);
+
+impl SharedRules {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rules> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
-/// Whether `name` is exactly [`BESIDE_PREFIX`] and 16 lower-case hex digits.
-pub fn is_beside_temp(name: &[u8]) -> bool {
-    name.strip_prefix(BESIDE_PREFIX.as_bytes())
-        .is_some_and(|hex| hex.len() == 16 && hex.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)))
+impl mirror_core::ignore::Ignore for SharedRules {
+    fn has_includes(&self) -> bool {
+        self.lock().has_includes()
+    }
+    fn is_included(&self, rel: &Path, is_dir: bool) -> bool {
+        self.lock().is_included(rel, is_dir)
+    }
+    fn is_ignored(&mut self, rel: &Path, is_dir: bool) -> bool {
+        self.lock().is_ignored(rel, is_dir)
+    }
+    fn ignored_here(&mut self, rel: &Path, is_dir: bool) -> bool {
+        self.lock().ignored_here(rel, is_dir)
+    }
+    fn invalidate(&mut self, dir: &Path) {
+        self.lock().invalidate(dir);
+    }
+    fn info_exclude(&self) -> Option<Vec<u8>> {
+        let root = self.lock().root.clone();
+        std::fs::read(root.join(".git/info/exclude")).ok()
+    }
 }
 
 #[cfg(test)]

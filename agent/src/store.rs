@@ -163,7 +163,7 @@ mod legacy {
 }
 
 /// A fingerprint of the ignore rules.
-pub type Fingerprint = [u8; 16];
+pub use mirror_core::journal::Fingerprint;
 
 /// What the records of a pair add up to.
 #[derive(Debug, Default)]
@@ -395,6 +395,7 @@ impl Store {
     /// Appends one entry and hands it to the kernel at once, without waiting for the disk: it then
     /// survives the process being killed (not a power cut; the next [`append`](Self::append) or
     /// [`sync`](Self::sync) makes it durable).
+    #[cfg(test)]
     pub fn append_now(&mut self, l: &LocalEntry) -> io::Result<()> {
         self.append_unsynced(std::iter::once(l))
     }
@@ -528,7 +529,7 @@ impl Store {
     }
 
     /// Records that the pair is halted, and why; survives restarts until resumed.
-    pub fn set_halted(&self, reason: Option<&str>) -> io::Result<()> {
+    pub fn set_halted(&mut self, reason: Option<&str>) -> io::Result<()> {
         let p = self.dir.join("halted");
         match reason {
             Some(r) => write_atomic(&p, r.as_bytes()),
@@ -539,6 +540,7 @@ impl Store {
         }
     }
 
+    #[cfg(test)]
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -662,6 +664,54 @@ fn read_file(mut f: File, magic: &[u8; 8], strict: bool) -> io::Result<(Header, 
         log::info!("dropped a torn journal tail of {} bytes (an interrupted write)", bytes.len() - pos);
     }
     Ok((header, recs))
+}
+
+impl mirror_core::journal::Journal for Store {
+    fn append(&mut self, entries: &mut dyn Iterator<Item = &LocalEntry>) -> io::Result<()> {
+        Store::append(self, entries)
+    }
+    fn append_unsynced(&mut self, entries: &mut dyn Iterator<Item = &LocalEntry>) -> io::Result<()> {
+        Store::append_unsynced(self, entries)
+    }
+    fn append_intent(&mut self, entry: &Entry) -> io::Result<()> {
+        Store::append_intent(self, entry)
+    }
+    fn append_void(&mut self, path: &RelPath) -> io::Result<()> {
+        Store::append_void(self, path)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        Store::sync(self)
+    }
+    fn has_pending(&self) -> bool {
+        Store::has_pending(self)
+    }
+    fn wants_snapshot(&self) -> bool {
+        Store::wants_snapshot(self)
+    }
+    fn snapshot(&mut self, index: &Index) -> io::Result<()> {
+        Store::snapshot(self, index)
+    }
+    fn have(&self, peer: ReplicaId) -> u64 {
+        Store::have(self, peer)
+    }
+    fn set_have(&mut self, peer: ReplicaId, seq: u64) {
+        Store::set_have(self, peer, seq)
+    }
+    fn set_rules(&mut self, fingerprint: Fingerprint) {
+        Store::set_rules(self, fingerprint)
+    }
+    fn set_checkpoint(&mut self, text: String) {
+        Store::set_checkpoint(self, text)
+    }
+    fn reserve_clock(&mut self, upto: u64) -> io::Result<()> {
+        Store::reserve_clock(self, upto)
+    }
+    fn set_halted(&mut self, reason: Option<&str>) -> io::Result<()> {
+        Store::set_halted(self, reason)
+    }
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
 }
 
 /// A pair that is halted for safety refuses to start until it is resumed.
@@ -1031,7 +1081,7 @@ mod tests {
             s.set_root_id((1, 2)).unwrap();
             s.set_halted(Some("root vanished")).unwrap();
         }
-        let (s, l) = Store::open(d.path(), Path::new("/r")).unwrap();
+        let (mut s, l) = Store::open(d.path(), Path::new("/r")).unwrap();
         assert_eq!(l.clock_start, 20_000);
         assert_eq!(l.root_id, Some((1, 2)));
         assert_eq!(l.halted.as_deref(), Some("root vanished"));

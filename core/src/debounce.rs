@@ -7,7 +7,7 @@
 //! it" (a directory moved in). A hint for the whole root, or an overflow, is a full rescan.
 
 use mirror_protocol::RelPath;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// A path reported as possibly still being written is read after this much quiet...
@@ -32,9 +32,9 @@ struct Dirty {
 /// The paths waiting to be read, and when each may be.
 #[derive(Debug, Default)]
 pub struct Debounce {
-    dirty: HashMap<RelPath, Dirty>,
+    dirty: BTreeMap<RelPath, Dirty>,
     /// When each path was last found changed (to tell a hot path).
-    changed: HashMap<RelPath, Instant>,
+    changed: BTreeMap<RelPath, Instant>,
     /// `changed` is pruned of cool paths when it grows past this (then twice what is left).
     prune_at: usize,
     full_rescan: bool,

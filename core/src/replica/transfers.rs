@@ -1,0 +1,316 @@
+//! Transfers: content requested from a peer, streamed into a temp file, verified, installed;
+//! and content served to a peer.
+
+use super::*;
+
+#[derive(Debug)]
+pub(super) enum Purpose {
+    /// Put the content at its path; first move our own version aside if we lost a conflict.
+    Apply { keep_local_copy: bool },
+    /// Keep the peer's losing version as a conflict copy at this path.
+    KeepRemoteCopy { at: RelPath },
+}
+
+/// A transfer under way or queued for a path.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) conn: ConnId,
+    pub(super) id: u64,
+    pub(super) version: VersionVector,
+    /// Entries of this version (or older) other sessions offered while it was under way: not
+    /// fetched twice, but not forgotten either. When the transfer ends, however it ends, they
+    /// are looked at again (and come to nothing if it was installed).
+    pub(super) also: Vec<(ConnId, Entry)>,
+}
+
+pub(super) struct Fetch<D: Disk> {
+    pub(super) entry: Entry,
+    pub(super) purpose: Purpose,
+    /// Our version of the path when the transfer was decided. The install happens only if it is
+    /// still the one: a local change scanned meanwhile means deciding again, never installing
+    /// over it (issue 11, item 3).
+    pub(super) decided: Option<VersionVector>,
+    pub(super) tmp: Option<D::Temp>,
+    pub(super) hasher: blake3::Hasher,
+    pub(super) received: u64,
+    pub(super) failed: bool,
+}
+
+impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
+    pub(super) fn pending_version(&self, path: &RelPath) -> Option<VersionVector> {
+        self.fetching.get(path).map(|p| p.version.clone())
+    }
+
+    pub(super) fn cancel_fetches(&mut self, path: &RelPath) {
+        let Some(p) = self.fetching.remove(path) else { return };
+        self.unclaim(path);
+        self.reoffer(p.also);
+        let Some(s) = self.sessions.get_mut(&p.conn) else { return };
+        s.queued.retain(|(qid, _)| *qid != p.id);
+        if let Some(f) = s.in_flight.get_mut(&p.id) {
+            f.failed = true; // ignore the rest of its data
+            f.tmp = None;
+        }
+    }
+
+    /// Forgets the transfer `id` of `conn` for `path` (finished, aborted or failed).
+    pub(super) fn fetch_done(&mut self, path: &RelPath, conn: ConnId, id: u64) {
+        if self.fetching.get(path).is_some_and(|p| p.conn == conn && p.id == id)
+            && let Some(p) = self.fetching.remove(path)
+        {
+            self.unclaim(path);
+            self.reoffer(p.also);
+        }
+    }
+
+    pub(super) fn forget_fetches_of(&mut self, conn: ConnId) {
+        let gone: Vec<RelPath> = self.fetching.iter().filter(|(_, p)| p.conn == conn).map(|(p, _)| p.clone()).collect();
+        for path in gone {
+            if let Some(p) = self.fetching.remove(&path) {
+                self.unclaim(&path);
+                self.reoffer(p.also);
+            }
+        }
+    }
+
+    /// Entries other sessions offered while a transfer of the same version was under way: looked
+    /// at again on the next turn (they come to nothing if that transfer was installed).
+    pub(super) fn reoffer(&mut self, also: Vec<(ConnId, Entry)>) {
+        let now = self.now;
+        self.retries.extend(also.into_iter().map(|(c, e)| (now, c, e)));
+    }
+
+    /// A transfer of `path` ended: its spelling no longer claims the folded name.
+    pub(super) fn unclaim(&mut self, path: &RelPath) {
+        if self.cfg.folding.active() {
+            let key = self.cfg.folding.key(path);
+            if self.fetch_fold.get(&key) == Some(path) {
+                self.fetch_fold.remove(&key);
+            }
+        }
+    }
+
+    pub(super) fn enqueue(&mut self, conn: ConnId, entry: Entry, purpose: Purpose) {
+        // A file that cannot fit is not requested (a peer announcing 2^62 bytes would otherwise
+        // fill the disk): reported once and tried again later, as a full disk is.
+        if let Kind::File { size, .. } = entry.kind
+            && size >= SPACE_CHECK_FROM
+            && let Some(free) = self.disk.free_space()
+            && size > free
+        {
+            let err = io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("no room for it (disk full): {size} bytes needed, {free} free"),
+            );
+            self.exec_failed(conn, entry, ExecError::Io(err));
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let decided = self.index.get(&entry.path).map(|l| l.entry.version.clone());
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            let pending = Pending { conn, id, version: entry.version.clone(), also: Vec::new() };
+            self.fetching.insert(entry.path.clone(), pending);
+            if self.cfg.folding.active() {
+                self.fetch_fold.entry(self.cfg.folding.key(&entry.path)).or_insert_with(|| entry.path.clone());
+            }
+            let f =
+                Fetch { entry, purpose, decided, tmp: None, hasher: blake3::Hasher::new(), received: 0, failed: false };
+            s.queued.push_back((id, f));
+        }
+    }
+
+    pub(super) fn pump_all(&mut self) {
+        for (conn, s) in self.sessions.iter_mut() {
+            while s.in_flight.len() < MAX_IN_FLIGHT {
+                let Some((id, f)) = s.queued.pop_front() else { break };
+                if let Kind::File { size, hash, .. } = &f.entry.kind {
+                    log::trace!("request {id} {}", f.entry.path);
+                    let msg = Message::Request { id, path: f.entry.path.clone(), size: *size, hash: *hash };
+                    self.out.push(Command::Send { conn: *conn, msg });
+                    s.in_flight.insert(id, f);
+                }
+            }
+        }
+    }
+
+    pub(super) fn serve(&mut self, conn: ConnId, id: u64, path: RelPath, size: u64, hash: Hash) {
+        let ok = matches!(self.index.get(&path).map(|l| &l.entry.kind), Some(Kind::File { hash: h, .. }) if *h == hash);
+        let reply = |reason: &str| Command::Send { conn, msg: Message::DataAbort { id, reason: reason.into() } };
+        if !ok {
+            self.out.push(reply("not the current version here"));
+            return;
+        }
+        match self.disk.open_upload(&path) {
+            Ok(file) => self.out.push(Command::Upload { conn, id, file, size }),
+            Err(e) => {
+                log::warn!("cannot read {path} for the peer: {e}");
+                self.out.push(reply(&e.to_string()));
+            }
+        }
+    }
+
+    pub(super) fn on_data(&mut self, conn: ConnId, id: u64, bytes: &[u8]) -> Result<(), PeerError> {
+        let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
+        let Some(f) = s.in_flight.get_mut(&id) else {
+            return Err(PeerError::Violation(Violation::DataForUnknownRequest { id }));
+        };
+        f.received += bytes.len() as u64;
+        let Kind::File { size, .. } = f.entry.kind else { return Ok(()) };
+        if f.received > size {
+            return Err(PeerError::Violation(Violation::MoreThanRequested { id, size }));
+        }
+        if f.failed {
+            return Ok(());
+        }
+        f.hasher.update(bytes);
+        let target = match &f.purpose {
+            Purpose::Apply { .. } => f.entry.path.clone(),
+            Purpose::KeepRemoteCopy { at } => at.clone(),
+        };
+        if f.tmp.is_none() {
+            match self.disk.create_temp(&target) {
+                Ok(t) => f.tmp = Some(t),
+                // A transfer that failed is over for every purpose but ignoring the rest of its
+                // data: it no longer stands for the entry, or the entry, offered again while
+                // the data still flows, would be dropped as already under way, and never asked
+                // for again (simulator seed 8435).
+                Err(ExecError::Jail(e)) => {
+                    f.failed = true;
+                    let entry = f.entry.clone();
+                    self.fetch_done(&entry.path, conn, id);
+                    self.refuse(conn, entry, e.to_string());
+                    return Ok(());
+                }
+                Err(e) => {
+                    f.failed = true;
+                    let entry = f.entry.clone();
+                    log::error!("cannot receive {target}: {e}; retrying in {}s", RETRY_AFTER.as_secs());
+                    self.fetch_done(&entry.path, conn, id);
+                    self.retries.push((self.now + RETRY_AFTER, conn, entry));
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(t) = &mut f.tmp
+            && let Err(e) = self.disk.write_temp(t, bytes)
+        {
+            f.failed = true;
+            f.tmp = None; // removes the partial file
+            let hint = if e.kind() == io::ErrorKind::StorageFull { " (disk full)" } else { "" };
+            log::error!(
+                "cannot write {target}{hint}: {e}; removed the partial file, retrying in {}s",
+                RETRY_AFTER.as_secs()
+            );
+            let entry = f.entry.clone();
+            self.fetch_done(&entry.path, conn, id);
+            self.retries.push((self.now + RETRY_AFTER, conn, entry));
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_data_end(&mut self, conn: ConnId, id: u64, size: u64, hash: Hash) -> Result<(), PeerError> {
+        let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
+        let Some(mut f) = s.in_flight.remove(&id) else {
+            return Err(PeerError::Violation(Violation::EndOfUnknownRequest { id }));
+        };
+        self.fetch_done(&f.entry.path, conn, id);
+        if size != f.received {
+            return Err(PeerError::Violation(Violation::SizeMismatch { id, claimed: size, sent: f.received }));
+        }
+        if f.failed {
+            return Ok(());
+        }
+        let ours = *f.hasher.finalize().as_bytes();
+        if ours != hash {
+            log::warn!("{}: the bytes the peer sent do not match their hash; dropping them", f.entry.path);
+            return Err(PeerError::Violation(Violation::HashMismatch { id }));
+        }
+        let Kind::File { size: want_size, hash: want_hash, .. } = f.entry.kind else { return Ok(()) };
+        if want_hash != hash || want_size != size {
+            // Changed at the source while it was sent: its update supersedes this; if none
+            // comes (rewritten keeping size and mtime), asking again gets the source to look.
+            let why = format!("{} changed at the source while it was sent", f.entry.path);
+            self.retry_later(conn, f.entry, why);
+            return Ok(());
+        }
+        let target = match &f.purpose {
+            Purpose::Apply { .. } => f.entry.path.clone(),
+            Purpose::KeepRemoteCopy { at } => at.clone(),
+        };
+        let tmp = match f.tmp.take() {
+            Some(t) => t,
+            None => match self.disk.create_temp(&target) {
+                Ok(t) => t,
+                Err(ExecError::Jail(e)) => {
+                    self.refuse(conn, f.entry, e.to_string());
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.exec_failed(conn, f.entry, e);
+                    return Ok(());
+                }
+            },
+        };
+        self.install_fetched(conn, f, tmp, hash)
+    }
+
+    /// Puts a fetched (or locally copied) file, complete and verified in `tmp`, where `f` says.
+    pub(super) fn install_fetched(
+        &mut self,
+        conn: ConnId,
+        f: Fetch<D>,
+        tmp: D::Temp,
+        hash: Hash,
+    ) -> Result<(), PeerError> {
+        let Kind::File { mode, .. } = f.entry.kind else { return Ok(()) };
+        // Our version moved on while the content travelled (a local save scanned meanwhile):
+        // what was decided no longer holds. Decide again from what is here now; installing
+        // would write over that save (issue 11, item 3).
+        if matches!(f.purpose, Purpose::Apply { .. })
+            && self.index.get(&f.entry.path).map(|l| &l.entry.version) != f.decided.as_ref()
+        {
+            log::debug!("{}: changed here while it was fetched; deciding again", f.entry.path);
+            drop(tmp);
+            return self.on_remote(conn, f.entry);
+        }
+        match f.purpose {
+            Purpose::Apply { keep_local_copy } => {
+                let local = self.index.get(&f.entry.path).cloned();
+                let mut expected = local.as_ref().and_then(|l| l.stat);
+                if keep_local_copy && let Some(l) = &local {
+                    if let Err(err) = self.move_local_aside(l) {
+                        self.exec_failed(conn, f.entry, err);
+                        return Ok(());
+                    }
+                    expected = None;
+                }
+                let r = self.attempt(&f.entry, |d| d.install(tmp, &f.entry.path, expected, f.entry.mtime, mode));
+                self.finish_local(conn, f.entry, r);
+            }
+            Purpose::KeepRemoteCopy { at } => {
+                let mut dest = at.clone();
+                let mut n = 1;
+                loop {
+                    match self.index.get(&dest).map(|l| &l.entry.kind) {
+                        Some(Kind::File { hash: h, .. }) if *h == hash => break, // already kept
+                        _ if self.disk.lstat(&dest).ok().flatten().is_none() => {
+                            if let Err(e) = self.disk.install(tmp, &dest, None, f.entry.mtime, mode) {
+                                self.exec_failed(conn, f.entry, e);
+                                return Ok(());
+                            }
+                            self.record_copy(&dest, &f.entry);
+                            break;
+                        }
+                        _ => {
+                            n += 1;
+                            dest = numbered(&at, n, self.cfg.name_max);
+                        }
+                    }
+                }
+                self.won_conflict(&f.entry, &dest);
+            }
+        }
+        Ok(())
+    }
+}
