@@ -16,16 +16,20 @@ impl World {
     pub(crate) fn check(&mut self, round: usize) -> Result<(), Failure> {
         let fail = |what: String| Err(Failure { round, what });
         for m in &self.machines {
-            if let Some(h) = &m.halted {
-                return fail(format!("{} halted: {h}", m.name));
-            }
-            if m.replica.is_none() {
-                return fail(format!("{}'s agent is not running", m.name));
+            match (&m.halted, m.unmounted) {
+                (None, true) => return fail(format!("{}'s root was unmounted, and its pair did not halt", m.name)),
+                (Some(_), true) => continue,
+                (Some(h), false) => return fail(format!("{} halted: {h}", m.name)),
+                (None, false) if m.replica.is_none() => return fail(format!("{}'s agent is not running", m.name)),
+                (None, false) => {}
             }
         }
         let snaps: Vec<_> = self.machines.iter().map(|m| m.disk().map(|d| d.snapshot()).unwrap_or_default()).collect();
         let hub = &snaps[HUB];
         for (m, snap) in snaps.iter().enumerate().skip(1) {
+            if self.machines[m].unmounted {
+                continue;
+            }
             if snap != hub {
                 let differs = hub
                     .iter()
@@ -50,7 +54,7 @@ impl World {
         if let Some(p) = hub.keys().find(|p| p.as_bytes().split(|b| *b == b'/').any(|n| n.len() > 255)) {
             return fail(format!("a name longer than 255 bytes was made: {p}"));
         }
-        for m in &self.machines {
+        for m in self.machines.iter().filter(|m| !m.unmounted) {
             let Some(d) = m.disk() else { continue };
             if d.live_temps() > 0 || !d.stashed().is_empty() {
                 return fail(format!("{} keeps {} temp and {} stash files", m.name, d.live_temps(), d.stashed().len()));

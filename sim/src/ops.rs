@@ -79,6 +79,9 @@ impl World {
 
     /// Machine `m`'s user does `op` (on its disk even while its agent is down).
     pub(crate) fn user(&mut self, m: usize, op: &Op) {
+        if self.machines[m].unmounted {
+            return; // its disk is gone, and its pair halted: nothing done there is synced
+        }
         let Some(d) = self.machines[m].disk() else { return };
         let now = self.time(m).wall;
         match op {

@@ -83,6 +83,14 @@ pub enum Fault {
     Freeze { client: usize, ms: u64 },
     /// A machine's watcher loses its queue and says so.
     Overflow { machine: usize },
+    /// A machine's disk is full for a while: writes of file content fail.
+    DiskFull { machine: usize, ms: u64 },
+    /// The next file content sent on a client's link arrives with a byte changed (a broken
+    /// peer): the receiver must drop the session and still get the file from the next one.
+    Corrupt { client: usize },
+    /// A client's root is unmounted under its running agent (an empty directory in its place):
+    /// its pair must halt, and nothing of it may be deleted anywhere else.
+    Unmount { client: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,12 +185,15 @@ fn op(rng: &mut Rng) -> Op {
 fn fault(rng: &mut Rng, clients: usize) -> Fault {
     let client = 1 + rng.below(clients);
     let machine = rng.below(clients + 1);
-    match rng.below(6) {
-        0 => Fault::Crash { machine },
-        1 => Fault::Cut { client },
-        2 => Fault::Silent { client },
-        3 => Fault::Freeze { client, ms: 50 + rng.below(2000) as u64 },
-        4 => Fault::Overflow { machine },
+    match rng.below(20) {
+        0..=3 => Fault::Crash { machine },
+        4..=6 => Fault::Cut { client },
+        7..=9 => Fault::Silent { client },
+        10..=12 => Fault::Freeze { client, ms: 50 + rng.below(2000) as u64 },
+        13..=14 => Fault::Overflow { machine },
+        15..=16 => Fault::DiskFull { machine, ms: 100 + rng.below(20_000) as u64 },
+        17 => Fault::Unmount { client },
+        18 => Fault::Corrupt { client },
         _ => Fault::Crash { machine: client },
     }
 }

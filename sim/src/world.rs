@@ -71,6 +71,8 @@ pub(crate) struct Machine {
     hint_at: u64,
     tick_at: Option<u64>,
     pub(crate) halted: Option<String>,
+    /// Its root was unmounted: it must halt, and is left out of the checks from then on.
+    pub(crate) unmounted: bool,
 }
 
 impl Machine {
@@ -103,6 +105,8 @@ struct Link {
     /// When each direction (0: to the hub, 1: to the client) is free to send again.
     busy: [u64; 2],
     reconnecting: bool,
+    /// The next `Data` sent on it has a byte changed.
+    corrupt: bool,
 }
 
 #[derive(Debug)]
@@ -116,6 +120,7 @@ enum Event {
     Restart { machine: usize },
     Reconnect { client: usize },
     Allow { machine: usize, path: RelPath },
+    DiskSpace { machine: usize },
 }
 
 /// One history being run.
@@ -170,6 +175,7 @@ impl World {
                 hint_at: 0,
                 tick_at: None,
                 halted: None,
+                unmounted: false,
             });
         }
         let links = (0..plan.clients)
@@ -184,6 +190,7 @@ impl World {
                 frozen_until: 0,
                 busy: [0; 2],
                 reconnecting: false,
+                corrupt: false,
             })
             .collect();
         World {
@@ -317,11 +324,6 @@ impl World {
                 if l.epoch != epoch || !l.open {
                     return;
                 }
-                if self.t < l.frozen_until {
-                    let until = l.frozen_until;
-                    self.at(until, Event::Deliver { to, link, epoch, msg });
-                    return;
-                }
                 let conn = if to == HUB { l.hub_conn } else { l.client_conn };
                 {
                     let line = format!("{} <- {conn}: {}", self.machines[to].name, describe(&msg));
@@ -387,6 +389,11 @@ impl World {
                 self.links[client - 1].reconnecting = false;
                 self.connect(client);
             }
+            Event::DiskSpace { machine } => {
+                if let Some(d) = self.machines[machine].disk_mut() {
+                    d.set_storage_full(false);
+                }
+            }
             Event::Allow { machine, path } => {
                 if let Some(d) = self.machines[machine].disk_mut() {
                     d.allow(&path);
@@ -438,9 +445,17 @@ impl World {
                     Event::Disconnected { to: HUB, conn: hc, reason: "peer silent" },
                 );
             }
-            Fault::Freeze { client, ms } => {
+            Fault::Freeze { client, ms } => self.freeze(client - 1, self.t + ms * 1000),
+            Fault::DiskFull { machine, ms } => {
+                if let Some(d) = self.machines.get_mut(machine).and_then(Machine::disk_mut) {
+                    d.set_storage_full(true);
+                    self.at(self.t + ms * 1000, Event::DiskSpace { machine });
+                }
+            }
+            Fault::Unmount { client } => self.unmount(client),
+            Fault::Corrupt { client } => {
                 if let Some(l) = self.links.get_mut(client - 1) {
-                    l.frozen_until = self.t + ms * 1000;
+                    l.corrupt = true;
                 }
             }
             Fault::Overflow { machine } => {
@@ -491,11 +506,16 @@ impl World {
         if let Some(h) = halted
             && self.machines[m].halted.is_none()
         {
-            {
-                let line = format!("{} halted: {h}", self.machines[m].name);
-                self.note(line);
-            }
+            let line = format!("{} halted: {h}", self.machines[m].name);
+            self.note(line);
             self.machines[m].halted = Some(h);
+            // A halted pair's engine stops, as the agent's does: its disk and journal remain.
+            if let Some(mut r) = self.machines[m].replica.take() {
+                let mut out = Vec::new();
+                let _ = r.stop(now, &mut out);
+                self.route(m, out);
+                self.machines[m].parts = Some(r.into_parts());
+            }
         }
     }
 
@@ -541,6 +561,46 @@ impl World {
         }
         let back = 100_000 + self.rng.below(3_000_000) as u64;
         self.at(self.t + back, Event::Restart { machine: m });
+    }
+
+    /// `client`'s root is unmounted under its agent: an empty directory (another inode) in its
+    /// place. The watcher reports every path gone, and then, a moment later, the root.
+    fn unmount(&mut self, client: usize) {
+        if client == HUB || client >= self.machines.len() || self.machines[client].replica.is_none() {
+            return;
+        }
+        let Some(d) = self.machines[client].disk() else { return };
+        let here = d.snapshot();
+        // What only this disk held is gone with it (not the sync's doing); the rest must stay
+        // everywhere else.
+        let elsewhere: BTreeSet<[u8; 32]> = (0..self.machines.len())
+            .filter(|m| *m != client)
+            .filter_map(|m| self.machines[m].disk().map(MemDisk::snapshot))
+            .flat_map(|snap| snap.into_values())
+            .filter_map(|s| match s {
+                crate::disk::Shape::File { content, .. } => Some(*blake3::hash(&content).as_bytes()),
+                _ => None,
+            })
+            .collect();
+        for s in here.values() {
+            if let crate::disk::Shape::File { content, .. } = s {
+                let h = *blake3::hash(content).as_bytes();
+                if !elsewhere.contains(&h)
+                    && let Some(w) = self.written.get_mut(&h)
+                {
+                    w.superseded = true;
+                }
+            }
+        }
+        self.machines[client].unmounted = true;
+        if let Some(d) = self.machines[client].disk_mut() {
+            d.replace_root();
+        }
+        for p in here.keys().rev() {
+            self.hint(client, Hint::Dirty(crate::ops::os_path(p)));
+        }
+        self.machines[client].hint_at += self.rng.below(50_000) as u64;
+        self.hint(client, Hint::RootGone);
     }
 
     /// Starts (again) the agent of `m` from its disk and journal.
@@ -660,6 +720,25 @@ impl World {
         self.at(t + rtt, Event::Connected { to: client, link: client - 1, epoch });
     }
 
+    /// Nothing arrives on link `l` before `until`; then everything, in the order sent.
+    fn freeze(&mut self, l: usize, until: u64) {
+        let Some(link) = self.links.get_mut(l) else { return };
+        link.frozen_until = link.frozen_until.max(until);
+        link.busy = link.busy.map(|b| b.max(until));
+        let held: Vec<(u64, u64)> = self
+            .agenda
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Deliver { link, .. } if *link == l))
+            .map(|(k, _)| *k)
+            .collect();
+        // In agenda order, which is the order sent: later ones get later sequence numbers.
+        for k in held {
+            if let Some(ev) = self.agenda.remove(&k) {
+                self.at(k.0.max(until), ev);
+            }
+        }
+    }
+
     /// Closes link `l`; each side (but `quiet`, which knows) is told after the link's delay.
     fn close(&mut self, l: usize, quiet: Option<usize>, reason: &'static str) {
         let link = &mut self.links[l];
@@ -702,6 +781,9 @@ impl World {
                     }
                     if let Some(l) = self.link_of(m, conn) {
                         self.close(l, Some(m), "closed by the peer");
+                        if m != HUB {
+                            self.schedule_reconnect(m); // a client dials again
+                        }
                     }
                 }
                 Command::Rewatch(_) => {}
@@ -729,6 +811,13 @@ impl World {
         let link = &mut self.links[l];
         if link.silent {
             return;
+        }
+        let mut msg = msg;
+        if let Message::Data { bytes, .. } = &mut msg
+            && let Some(b) = bytes.first_mut()
+            && std::mem::take(&mut link.corrupt)
+        {
+            *b ^= 0x20;
         }
         let size = match &msg {
             Message::Data { bytes, .. } => bytes.len() as u64 + 16,

@@ -166,3 +166,20 @@ fn a_refused_transfer_offered_again_while_its_data_flows_is_not_forgotten() {
     let (out, trace) = run_plan(&plan, 8435, None, true);
     assert_eq!(out.failure, None, "{}", trace.join("\n"));
 }
+
+/// Simulator seed 9986, shrunk: the hub's bytes for a file arrive with one changed; the client
+/// drops the session (a broken peer), as it should, but counted the session as taken in up to
+/// the file's update, so its next session never asked for the file again.
+#[test]
+fn a_file_whose_bytes_arrived_broken_is_asked_for_again_by_the_next_session() {
+    let plan = shrunk(
+        9986,
+        vec![
+            (0, 349, Action::Fault(mirror_sim::plan::Fault::Corrupt { client: 1 })),
+            (1, 200, user(0, Op::Save { path: p("d0/f0.txt"), len: 110 })),
+        ],
+    );
+    let (out, trace) = run_plan(&plan, 9986, None, true);
+    assert_eq!(out.failure, None, "{}", trace.join("\n"));
+    assert!(trace.iter().any(|l| l.contains("closes")), "the broken bytes were not noticed:\n{}", trace.join("\n"));
+}

@@ -69,10 +69,18 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         let host = self.sessions.get(&conn).map(|s| s.peer_host.clone()).unwrap_or_default();
         let reason = why.to_string();
         match why {
-            PeerError::Left(_) => log::info!("{host} ended the session: {reason}"), // a normal end
-            PeerError::Violation(_) => log::error!("closing connection to {host}: {reason}"),
+            PeerError::Left(_) => {
+                log::info!("{host} ended the session: {reason}"); // a normal end
+                self.end_session(conn);
+            }
+            PeerError::Violation(_) => {
+                log::error!("closing connection to {host}: {reason}");
+                // What the broken message was part of (a transfer whose data did not add up)
+                // is not taken in: nothing of this session counts beyond what earlier turns
+                // recorded, so the next session asks for it again (simulator seed 9986).
+                self.forget_session(conn);
+            }
         }
-        self.end_session(conn);
         self.out.push(Command::Close { conn, reason });
     }
 
@@ -84,6 +92,11 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         // What the session took in completely counts before it goes: its last entry may have
         // been installed in the same turn as its end, before the turn's journal write.
         self.advance_peers();
+        self.forget_session(conn);
+    }
+
+    /// [`end_session`](Self::end_session) without counting what it took in this turn.
+    pub(super) fn forget_session(&mut self, conn: ConnId) {
         self.sessions.remove(&conn);
         self.retries.retain(|r| r.1 != conn);
         self.deferred.retain(|d| d.1 != conn);
