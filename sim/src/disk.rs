@@ -476,6 +476,17 @@ impl MemDisk {
         Ok(())
     }
 
+    /// What `rel` holds, as [`MemDisk::snapshot`] would show it (without copying the tree).
+    pub fn shape(&self, rel: &RelPath) -> Option<Shape> {
+        let At::Found { ino, .. } = self.locate(rel) else { return None };
+        let node = self.nodes.get(&ino)?;
+        Some(match &node.body {
+            Body::Dir(_) => Shape::Dir,
+            Body::File(b) => Shape::File { content: b.clone(), mode: node.perm, mtime: node.mtime },
+            Body::Symlink(t) => Shape::Symlink { target: t.clone() },
+        })
+    }
+
     /// The bytes of the file at `rel`.
     pub fn read(&self, rel: &RelPath) -> Option<Vec<u8>> {
         match self.locate(rel) {

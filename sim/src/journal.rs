@@ -22,7 +22,6 @@ enum Record {
     Void(RelPath),
     Have(ReplicaId, u64),
     Rules(Fingerprint),
-    #[allow(dead_code)] // kept as the store keeps it; a restart here always scans
     Checkpoint(String),
 }
 
@@ -114,6 +113,23 @@ impl MemJournal {
 
     pub fn halted(&self) -> Option<&str> {
         self.halted.as_deref()
+    }
+
+    /// The journal since the last snapshot, one line a record in the order written: `entry
+    /// PATH`, `intent PATH`, `void PATH`, `have PEER SEQ`, `rules`, `checkpoint TEXT`.
+    pub fn lines(&self) -> Vec<String> {
+        self.writes
+            .iter()
+            .flatten()
+            .map(|r| match r {
+                Record::Entry(l) => format!("entry {}", l.entry.path),
+                Record::Intent(e) => format!("intent {}", e.path),
+                Record::Void(p) => format!("void {p}"),
+                Record::Have(peer, seq) => format!("have {peer:x} {seq}"),
+                Record::Rules(_) => "rules".into(),
+                Record::Checkpoint(c) => format!("checkpoint {c}"),
+            })
+            .collect()
     }
 
     /// Bytes of the journal now, counted as records (for a checker: it stays bounded).

@@ -16,8 +16,7 @@ pub fn os_path(rel: &RelPath) -> PathBuf {
 }
 
 fn shape(d: &MemDisk, p: &RelPath) -> Option<Shape> {
-    // A path's own shape, through the snapshot's view of it (small trees: cheap enough).
-    d.snapshot().remove(p)
+    d.shape(p)
 }
 
 impl World {
@@ -39,15 +38,19 @@ impl World {
     /// What `m` holds at and beneath `p` is replaced by its user, knowingly.
     fn supersede(&mut self, m: usize, p: &RelPath) {
         let Some(d) = self.machines[m].disk() else { return };
-        let gone: Vec<[u8; 32]> = d
-            .snapshot()
-            .into_iter()
-            .filter(|(q, _)| q == p || q.starts_with(p))
-            .filter_map(|(_, s)| match s {
-                Shape::File { content, .. } => Some(*blake3::hash(&content).as_bytes()),
-                _ => None,
-            })
-            .collect();
+        let gone: Vec<[u8; 32]> = match d.shape(p) {
+            None | Some(Shape::Symlink { .. }) => return,
+            Some(Shape::File { content, .. }) => vec![*blake3::hash(&content).as_bytes()],
+            Some(Shape::Dir) => d
+                .snapshot()
+                .into_iter()
+                .filter(|(q, _)| q == p || q.starts_with(p))
+                .filter_map(|(_, s)| match s {
+                    Shape::File { content, .. } => Some(*blake3::hash(&content).as_bytes()),
+                    _ => None,
+                })
+                .collect(),
+        };
         for h in gone {
             if let Some(w) = self.written.get_mut(&h) {
                 w.superseded = true;

@@ -1,0 +1,213 @@
+//! One replica of the core, driven by hand on in-memory parts: what a peer can do wrong maps to
+//! the right `Violation`, the journal keeps its order, and a vanished or emptied root halts.
+//! No ports, no threads, no clock: every instant is made up.
+
+use mirror_core::disk::Disk;
+use mirror_core::fold::Folding;
+use mirror_core::ignore::SyncAll;
+use mirror_core::journal::Base;
+use mirror_core::replica::{Command, Config, HaltReason, Input, Replica, Time};
+use mirror_protocol::{Entry, Kind, Message, RelPath, Timestamp, VersionVector, Violation};
+use mirror_sim::disk::MemDisk;
+use mirror_sim::journal::MemJournal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+type R = Replica<MemDisk, MemJournal, SyncAll>;
+
+const ME: u64 = 0x11;
+const PEER: u64 = 0x22;
+
+fn cfg() -> Config {
+    Config {
+        root: PathBuf::from("/r"),
+        host: "me".into(),
+        debug_prefix: None,
+        folding: Folding::default(),
+        name_max: 255,
+        scan_delay: None,
+        accept_empty: false,
+        patterns_key: [0; 32],
+    }
+}
+
+struct Clock {
+    base: Instant,
+    ms: u64,
+}
+
+impl Clock {
+    fn now(&mut self) -> Time {
+        self.ms += 10;
+        let wall = Timestamp { secs: 1_800_000_000 + (self.ms / 1000) as i64, nanos: 0 };
+        Time { mono: self.base + Duration::from_millis(self.ms), wall }
+    }
+}
+
+/// A started replica on `disk`, with a session from the peer on connection 1, its index taken.
+fn replica(disk: MemDisk) -> (R, Clock) {
+    let mut c = Clock { base: Instant::now(), ms: 0 };
+    let root = disk.root_identity().expect("the root");
+    let base = Base { replica: ME, ..Base::default() };
+    let mut r = Replica::new(cfg(), base, disk, MemJournal::new(ME), SyncAll, root, c.now()).expect("a replica");
+    r.scan_all(c.now());
+    r.started();
+    let mut out = Vec::new();
+    r.handle(c.now(), Input::Connected { conn: 1, peer_host: "peer".into(), peer_replica: PEER }, &mut out);
+    let index = Message::IndexBatch { entries: Vec::new(), last: true, seq: 0 };
+    r.handle(c.now(), Input::Message { conn: 1, msg: index }, &mut out);
+    r.handle(c.now(), Input::Message { conn: 1, msg: Message::IndexFrom { since: 0 } }, &mut out);
+    (r, c)
+}
+
+fn p(s: &str) -> RelPath {
+    RelPath::new(s).expect("a path")
+}
+
+fn file_entry(path: &str, bytes: &[u8]) -> Entry {
+    let version = VersionVector::new().with(PEER, 1);
+    Entry {
+        path: p(path),
+        kind: Kind::File { size: bytes.len() as u64, hash: *blake3::hash(bytes).as_bytes(), mode: 0o644 },
+        mtime: Timestamp { secs: 1_700_000_000, nanos: 0 },
+        version,
+        origin: "peer".into(),
+    }
+}
+
+fn send(r: &mut R, c: &mut Clock, msg: Message) -> Vec<Command<Vec<u8>>> {
+    let mut out = Vec::new();
+    r.handle(c.now(), Input::Message { conn: 1, msg }, &mut out);
+    out
+}
+
+/// The request the replica sent for `path`, after the peer's update of it.
+fn requested(r: &mut R, c: &mut Clock, e: Entry) -> u64 {
+    let out = send(r, c, Message::Update { entries: vec![e.clone()], seq: 1 });
+    out.iter()
+        .find_map(|c| match c {
+            Command::Send { msg: Message::Request { id, path, .. }, .. } if *path == e.path => Some(*id),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no request for {}: {out:?}", e.path))
+}
+
+fn closed_with(out: &[Command<Vec<u8>>], v: Violation) {
+    let want = v.to_string();
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Close { conn: 1, reason } if *reason == want)),
+        "expected the session closed with {want:?}: {out:?}"
+    );
+}
+
+#[test]
+fn data_for_a_request_never_made_is_a_violation() {
+    let (mut r, mut c) = replica(MemDisk::new());
+    let out = send(&mut r, &mut c, Message::Data { id: 99, bytes: b"x".to_vec() });
+    closed_with(&out, Violation::DataForUnknownRequest { id: 99 });
+    assert_eq!(r.sessions(), 0);
+}
+
+#[test]
+fn more_bytes_than_requested_is_a_violation_and_leaves_nothing() {
+    let (mut r, mut c) = replica(MemDisk::new());
+    let id = requested(&mut r, &mut c, file_entry("a.txt", b"0123456789"));
+    send(&mut r, &mut c, Message::Data { id, bytes: b"0123456789".to_vec() });
+    let out = send(&mut r, &mut c, Message::Data { id, bytes: b"!".to_vec() });
+    closed_with(&out, Violation::MoreThanRequested { id, size: 10 });
+    assert_eq!(r.disk().live_temps(), 0, "the partial file stayed");
+    assert_eq!(r.disk().read(&p("a.txt")), None);
+}
+
+#[test]
+fn bytes_that_do_not_match_their_hash_are_a_violation_and_never_installed() {
+    let (mut r, mut c) = replica(MemDisk::new());
+    let e = file_entry("a.txt", b"0123456789");
+    let Kind::File { hash, .. } = e.kind else { unreachable!() };
+    let id = requested(&mut r, &mut c, e);
+    send(&mut r, &mut c, Message::Data { id, bytes: b"0123456780".to_vec() });
+    let out = send(&mut r, &mut c, Message::DataEnd { id, size: 10, hash });
+    closed_with(&out, Violation::HashMismatch { id });
+    assert_eq!(r.disk().read(&p("a.txt")), None);
+    // Nothing of that session counts as taken in: the next one asks for everything again.
+    assert!(!r.journal().lines().iter().any(|l| l.starts_with("have")), "{:?}", r.journal().lines());
+}
+
+#[test]
+fn a_peer_s_file_is_journaled_intent_first_and_its_have_comes_after_its_entry() {
+    let (mut r, mut c) = replica(MemDisk::new());
+    let e = file_entry("a.txt", b"0123456789");
+    let Kind::File { hash, .. } = e.kind else { unreachable!() };
+    let id = requested(&mut r, &mut c, e);
+    send(&mut r, &mut c, Message::Data { id, bytes: b"0123456789".to_vec() });
+    send(&mut r, &mut c, Message::DataEnd { id, size: 10, hash });
+    assert_eq!(r.disk().read(&p("a.txt")).as_deref(), Some(&b"0123456789"[..]));
+    let lines = r.journal().lines();
+    let at = |want: &str| lines.iter().position(|l| l == want).unwrap_or_else(|| panic!("no {want:?} in {lines:?}"));
+    assert!(at("intent a.txt") < at("entry a.txt"), "{lines:?}");
+    assert!(at("entry a.txt") < at(&format!("have {PEER:x} 1")), "{lines:?}");
+}
+
+#[test]
+fn an_empty_root_where_the_base_knew_files_halts_at_start() {
+    let mut c = Clock { base: Instant::now(), ms: 0 };
+    let disk = MemDisk::new();
+    let root = disk.root_identity().expect("the root");
+    let mut index = mirror_core::tree::Index::new();
+    let e = file_entry("a.txt", b"x");
+    index.insert(e.path.clone(), mirror_core::tree::LocalEntry { entry: e, stat: None, seq: 1 });
+    let base = Base { replica: ME, index, existed: true, clock_start: 0, intents: Default::default() };
+    let mut r = Replica::new(cfg(), base, disk, MemJournal::new(ME), SyncAll, root, c.now()).expect("a replica");
+    r.scan_all(c.now());
+    assert_eq!(r.halted().map(|h| h.reason.clone()), Some(HaltReason::RootEmpty { live: 1 }));
+    assert!(r.journal().halted().is_some(), "the halt is not recorded");
+}
+
+#[test]
+fn a_replaced_root_halts_before_any_deletion_goes_out() {
+    let mut d = MemDisk::new();
+    d.write(&p("a.txt"), b"x").expect("a write");
+    let (mut r, mut c) = replica(d);
+    let mut out = Vec::new();
+    // The root was checked a moment ago (it is, once a second): the next look at it is the one
+    // before the deletion is sent.
+    c.ms += 1500;
+    r.handle(c.now(), Input::Timer, &mut out);
+    r.disk_mut().replace_root();
+    r.handle(c.now(), Input::Hint(mirror_core::replica::Hint::Settled(PathBuf::from("a.txt"))), &mut out);
+    // The hint is read after its debounce (well within the second).
+    for _ in 0..50 {
+        r.handle(c.now(), Input::Timer, &mut out);
+    }
+    assert_eq!(r.halted().map(|h| h.reason.clone()), Some(HaltReason::RootReplaced));
+    let deletions = out.iter().any(|c| {
+        matches!(c, Command::Send { msg: Message::Update { entries, .. }, .. } if entries.iter().any(|e| e.kind.is_deleted()))
+    });
+    assert!(!deletions, "a deletion went out from a replaced root: {out:?}");
+}
+
+/// A version of ours is in the journal before any peer can hold it: the driver sends what a
+/// turn returns before the turn is made durable, and a `kill -9` in between must not make us
+/// forget a version the peer has (model seed 10105).
+#[test]
+fn a_change_of_ours_is_journaled_before_it_is_sent() {
+    let (mut r, mut c) = replica(MemDisk::new());
+    r.disk_mut().write(&p("a.txt"), b"hello").expect("a write");
+    let mut out = Vec::new();
+    r.feed(c.now(), Input::Hint(mirror_core::replica::Hint::Settled(PathBuf::from("a.txt"))));
+    for _ in 0..100 {
+        let now = c.now();
+        r.turn(now, &mut out);
+        let sent = out.iter().any(|c| {
+            matches!(c, Command::Send { msg: Message::Update { entries, .. }, .. } if entries.iter().any(|e| e.path == p("a.txt")))
+        });
+        if sent {
+            let lines = r.journal().lines();
+            assert!(lines.contains(&"entry a.txt".to_string()), "sent before it was journaled: {lines:?}");
+            return;
+        }
+        r.settle(now, &mut out);
+        out.clear();
+    }
+    panic!("the change was never sent");
+}
