@@ -5,7 +5,7 @@
 //! reports it, so the report stops at "unchanged".
 
 use mirror_protocol::{Entry, Hash, Kind, RelPath, Timestamp};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, Deref};
 use std::time::{Duration, Instant};
 
@@ -82,10 +82,12 @@ pub const BY_CONTENT_MIN: u64 = 256 * 1024;
 #[derive(Debug, Default)]
 pub struct Tree {
     paths: Index,
-    by_ino: BTreeMap<u64, RelPath>,
-    by_content: BTreeMap<Hash, RelPath>,
-    by_fold: BTreeMap<Vec<u8>, RelPath>,
-    gone: BTreeMap<u64, (Stat, Hash, Instant)>,
+    // Lookups only, never iterated in an order that decides anything: hash maps (random keys,
+    // so no peer can choose colliding names), and a replica stays deterministic.
+    by_ino: HashMap<u64, RelPath>,
+    by_content: HashMap<Hash, RelPath>,
+    by_fold: HashMap<Vec<u8>, RelPath>,
+    gone: HashMap<u64, (Stat, Hash, Instant)>,
 }
 
 /// The folded name of a path, on a file system that folds names.
