@@ -18,6 +18,12 @@ impl World {
         for m in &self.machines {
             match (&m.halted, m.unmounted) {
                 (None, true) => return fail(format!("{}'s root was unmounted, and its pair did not halt", m.name)),
+                (Some(_), true) if m.deletions_after_unmount > 0 => {
+                    return fail(format!(
+                        "{} sent {} deletions after its root was unmounted",
+                        m.name, m.deletions_after_unmount
+                    ));
+                }
                 (Some(_), true) => continue,
                 (Some(h), false) => return fail(format!("{} halted: {h}", m.name)),
                 (None, false) if m.replica.is_none() => return fail(format!("{}'s agent is not running", m.name)),

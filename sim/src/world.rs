@@ -73,6 +73,8 @@ pub(crate) struct Machine {
     pub(crate) halted: Option<String>,
     /// Its root was unmounted: it must halt, and is left out of the checks from then on.
     pub(crate) unmounted: bool,
+    /// Deletions it sent after its root was unmounted (there must be none).
+    pub(crate) deletions_after_unmount: usize,
 }
 
 impl Machine {
@@ -176,6 +178,7 @@ impl World {
                 tick_at: None,
                 halted: None,
                 unmounted: false,
+                deletions_after_unmount: 0,
             });
         }
         let links = (0..plan.clients)
@@ -571,25 +574,14 @@ impl World {
         }
         let Some(d) = self.machines[client].disk() else { return };
         let here = d.snapshot();
-        // What only this disk held is gone with it (not the sync's doing); the rest must stay
-        // everywhere else.
-        let elsewhere: BTreeSet<[u8; 32]> = (0..self.machines.len())
-            .filter(|m| *m != client)
-            .filter_map(|m| self.machines[m].disk().map(MemDisk::snapshot))
-            .flat_map(|snap| snap.into_values())
-            .filter_map(|s| match s {
-                crate::disk::Shape::File { content, .. } => Some(*blake3::hash(&content).as_bytes()),
-                _ => None,
-            })
-            .collect();
+        // What this disk held is still on it (a disk unmounted comes back): a move its user made
+        // just before, whose new name had not gone out yet, is not lost. What must not happen
+        // is checked on what the halted pair sends: not one deletion after the unmount.
         for s in here.values() {
-            if let crate::disk::Shape::File { content, .. } = s {
-                let h = *blake3::hash(content).as_bytes();
-                if !elsewhere.contains(&h)
-                    && let Some(w) = self.written.get_mut(&h)
-                {
-                    w.superseded = true;
-                }
+            if let crate::disk::Shape::File { content, .. } = s
+                && let Some(w) = self.written.get_mut(blake3::hash(content).as_bytes())
+            {
+                w.superseded = true;
             }
         }
         self.machines[client].unmounted = true;
@@ -761,6 +753,12 @@ impl World {
             match c {
                 Command::Send { conn, msg } => {
                     self.sends += 1;
+                    if self.machines[m].unmounted
+                        && let Message::Update { entries, .. } | Message::IndexBatch { entries, .. } = &msg
+                    {
+                        self.machines[m].deletions_after_unmount +=
+                            entries.iter().filter(|e| e.kind.is_deleted()).count();
+                    }
                     self.send(m, conn, msg);
                 }
                 Command::Upload { conn, id, file, size } => {

@@ -183,3 +183,23 @@ fn a_file_whose_bytes_arrived_broken_is_asked_for_again_by_the_next_session() {
     assert_eq!(out.failure, None, "{}", trace.join("\n"));
     assert!(trace.iter().any(|l| l.contains("closes")), "the broken bytes were not noticed:\n{}", trace.join("\n"));
 }
+
+/// Simulator seed 190890, shrunk: the hub replaced a directory by a symlink; one client renamed
+/// that symlink away (a deletion of it), another deleted the directory, not yet knowing of the
+/// symlink. The second client's symlink beat its own concurrent deletion by a merge alone, and
+/// the hub merged the two deletions into the very same vector: a symlink there, nothing here,
+/// under one version, for ever.
+#[test]
+fn a_live_entry_that_beats_a_concurrent_deletion_makes_a_version_of_its_own() {
+    let plan = shrunk(
+        190890,
+        vec![
+            (0, 493, user(2, Op::Write { path: p("d2/e1/e1/f1.txt"), len: 1437 })),
+            (1, 1, user(0, Op::DirToSymlink { path: p("d2/e1") })),
+            (1, 11, user(2, Op::Rename { from: p("d2/e1"), to: p("d2/e0") })),
+            (1, 14, user(1, Op::RemoveAll { path: p("d2/e1") })),
+        ],
+    );
+    let (out, trace) = run_plan(&plan, 190890, None, true);
+    assert_eq!(out.failure, None, "{}", trace.join("\n"));
+}

@@ -92,6 +92,14 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             Action::Nothing => {}
             Action::Adopt(version) => {
                 let stat = self.index.get(&e.path).and_then(|l| l.stat);
+                // Ours is live and beats the peer's concurrent deletion: a new change of ours
+                // over both, as the winner of any conflict makes. The merge alone is not enough:
+                // elsewhere that deletion may have met another one, and their merge was the same
+                // vector as ours for a deletion, not our content: equal versions, two contents,
+                // for ever (simulator seed 190890).
+                let live_over_deletion =
+                    e.kind.is_deleted() && self.index.get(&e.path).is_some_and(|l| !l.entry.kind.is_deleted());
+                let version = if live_over_deletion { self.next_version(&version) } else { version };
                 // The source already has its own version; a merge is news to it as well.
                 let to_source = if version == e.version { Some(conn) } else { None };
                 let entry = match self.index.get(&e.path) {
