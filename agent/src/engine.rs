@@ -16,6 +16,7 @@ use crate::store::Store;
 use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use mirror_backends::{Backend, Checkpoint, WatchConfig, WatchEvent, Watcher};
 use mirror_core::disk::Disk;
+use mirror_core::ignore::Ignore;
 use mirror_core::journal::Base;
 use mirror_core::replica::{self, Command, Hint, Input, Replay, Replica, Time};
 use mirror_protocol::{ReplicaId, Timestamp};
@@ -74,7 +75,7 @@ fn now() -> Time {
 /// Starts the engine thread for `cfg.root`. Returns once the root is watched; the initial scan
 /// runs on the engine thread before it serves any peer.
 pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> {
-    let rules = Rules::new(&cfg.root, &cfg.includes, &cfg.excludes)?;
+    let rules = SharedRules(Arc::new(Mutex::new(Rules::new(&cfg.root, &cfg.includes, &cfg.excludes)?)));
     let (mut store, loaded) = Store::open(&cfg.state_dir, &cfg.root)?;
     let resume_hint = format!(
         "the pair {} is halted for safety. Check the directory; to accept it as it is now (and let \
@@ -140,7 +141,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
                     == Some(replica::rules_fingerprint(
                         &patterns_key,
                         &BTreeSet::new(),
-                        std::fs::read(cfg.root.join(".git/info/exclude")).ok().as_deref(),
+                        rules.info_exclude().as_deref(),
                         &loaded.index,
                     )) =>
         {
@@ -148,9 +149,8 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         }
         _ => None,
     };
-    let rules = Arc::new(Mutex::new(rules));
     let (watch_tx, watch_rx) = bounded(4096);
-    let filter_rules = rules.clone();
+    let filter_rules = rules.0.clone();
     let wcfg = WatchConfig {
         root: cfg.root.clone(),
         descend: Arc::new(move |rel: &Path| {
@@ -184,7 +184,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         accept_empty: cfg.resume,
         patterns_key,
     };
-    let replica = Replica::new(rcfg, base, disk, store, SharedRules(rules), root_id, now())?;
+    let replica = Replica::new(rcfg, base, disk, store, rules, root_id, now())?;
     let driver = Driver { root: cfg.root.clone(), net, status: cfg.status, attached: attached.clone() };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()

@@ -73,7 +73,7 @@ impl World {
                 _ => None,
             })
             .collect();
-        if let Some(w) = self.written.values().find(|w| !w.superseded && !present.contains(&blake3_key(w))) {
+        if let Some(w) = self.written.values().find(|w| !w.superseded && !present.contains(&w.hash)) {
             return fail(format!(
                 "a write was lost: {} bytes written by {} at {}",
                 w.len, self.machines[w.machine].name, w.path
@@ -103,10 +103,6 @@ impl World {
         }
         Ok(())
     }
-}
-
-fn blake3_key(w: &crate::world::Written) -> [u8; 32] {
-    w.hash
 }
 
 fn show(s: Option<&Shape>) -> String {

@@ -482,14 +482,16 @@ impl World {
     // ----- machines ------------------------------------------------------------------------
 
     fn feed(&mut self, m: usize, input: Input) {
-        let now = self.time(m);
-        let Some(r) = self.machines[m].replica.as_mut() else { return };
-        r.disk_mut().set_time(now.wall);
+        if self.machines[m].replica.is_none() {
+            return;
+        }
         if !matches!(input, Input::Timer) && self.machines[m].tick_at.is_none() {
             self.machines[m].tick_at = Some(self.t + TICK_US);
             self.at(self.t + TICK_US, Event::Tick { machine: m });
         }
+        let now = self.time(m);
         if let Some(r) = self.machines[m].replica.as_mut() {
+            r.disk_mut().set_time(now.wall);
             r.feed(now, input);
         }
     }
@@ -623,16 +625,7 @@ impl World {
             return;
         }
         self.machines[m].root_id = Some(root_id);
-        let cfg = Config {
-            root: PathBuf::from(format!("/{}", self.machines[m].name)),
-            host: self.machines[m].name.clone(),
-            debug_prefix: None,
-            folding: Folding::default(),
-            name_max: 255,
-            scan_delay: None,
-            accept_empty: false,
-            patterns_key: [0; 32],
-        };
+        let cfg = config(&self.machines[m].name);
         let now = self.time(m);
         disk.set_time(now.wall);
         let r = match Replica::new(cfg, base, disk, journal, SyncAll, root_id, now) {
@@ -742,9 +735,6 @@ impl World {
         if quiet != Some(l + 1) {
             self.at(self.t + delay + 100, Event::Disconnected { to: l + 1, conn: cc, reason });
         }
-        if quiet == Some(HUB) || quiet.is_none() {
-            // The client learns of it from its own notice; a killed client reconnects at start.
-        }
     }
 
     /// Does what machine `m`'s replica said.
@@ -827,6 +817,21 @@ impl World {
         let at = link.busy[dir] + link.delay;
         let epoch = link.epoch;
         self.at(at, Event::Deliver { to, link: l, epoch, msg });
+    }
+}
+
+/// The configuration of a simulated machine's replica: root `/NAME`, no folding, names up to
+/// 255 bytes, no patterns.
+pub fn config(name: &str) -> Config {
+    Config {
+        root: PathBuf::from(format!("/{name}")),
+        host: name.to_string(),
+        debug_prefix: None,
+        folding: Folding::default(),
+        name_max: 255,
+        scan_delay: None,
+        accept_empty: false,
+        patterns_key: [0; 32],
     }
 }
 

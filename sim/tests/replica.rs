@@ -3,7 +3,6 @@
 //! No ports, no threads, no clock: every instant is made up.
 
 use mirror_core::disk::Disk;
-use mirror_core::fold::Folding;
 use mirror_core::ignore::SyncAll;
 use mirror_core::journal::Base;
 use mirror_core::replica::{Command, Config, HaltReason, Input, Replica, Time};
@@ -19,16 +18,7 @@ const ME: u64 = 0x11;
 const PEER: u64 = 0x22;
 
 fn cfg() -> Config {
-    Config {
-        root: PathBuf::from("/r"),
-        host: "me".into(),
-        debug_prefix: None,
-        folding: Folding::default(),
-        name_max: 255,
-        scan_delay: None,
-        accept_empty: false,
-        patterns_key: [0; 32],
-    }
+    mirror_sim::world::config("me")
 }
 
 struct Clock {
