@@ -203,3 +203,22 @@ fn a_live_entry_that_beats_a_concurrent_deletion_makes_a_version_of_its_own() {
     let (out, trace) = run_plan(&plan, 190890, None, true);
     assert_eq!(out.failure, None, "{}", trace.join("\n"));
 }
+
+/// Simulator seed 448180, shrunk: every machine writes one file at once, and the hub replaces
+/// its directory by a symlink meanwhile. A client's old entry for the file, waiting to be
+/// looked at again, came due after that client's newer entry had been refused (the symlink in
+/// the way), and was refused in its place; when the directory came back, only the old entry
+/// was offered again, the client answered that it no longer has that version, and the hub
+/// asked again for ever, its newer entry forgotten.
+#[test]
+fn an_old_entry_of_a_peer_never_takes_the_place_of_its_newer_one() {
+    let plan = shrunk(
+        448180,
+        vec![
+            (0, 40, Action::Race { path: p("d0/e0/e1/f0.txt"), len: 2198 }),
+            (0, 43, user(0, Op::DirToSymlink { path: p("d0/e0") })),
+        ],
+    );
+    let (out, trace) = run_plan(&plan, 448180, None, true);
+    assert_eq!(out.failure, None, "{}", trace.join("\n"));
+}

@@ -19,6 +19,7 @@
 mod conflicts;
 mod local;
 mod remote;
+mod retries;
 mod sessions;
 mod transfers;
 mod types;
@@ -102,7 +103,7 @@ pub struct Replica<D: Disk, J: Journal, R: Ignore> {
     out: Vec<Command<D::Upload>>,
     /// The paths the watcher named, waiting to be read, and whether all must be.
     debounce: Debounce,
-    retries: Vec<(Instant, ConnId, Entry)>,
+    retries: retries::Retries,
     /// Directory deletions that waited for their children, until when: the children's own
     /// deletions may come in a later message than the directory's.
     deferred: Vec<(Instant, ConnId, Entry)>,
@@ -196,7 +197,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             sessions: BTreeMap::new(),
             out: Vec::new(),
             debounce: Debounce::new(cfg.scan_delay),
-            retries: Vec::new(),
+            retries: retries::Retries::default(),
             deferred: Vec::new(),
             outbox: Vec::new(),
             next_id: 1,
@@ -379,7 +380,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     /// of a waiting deletion, a stash file to drop).
     pub fn next_deadline(&self) -> Option<Instant> {
         let stash = self.stash.values().flatten().map(|(_, t)| *t + STASH_FOR);
-        let waits = self.retries.iter().chain(&self.deferred).map(|r| r.0);
+        let waits = self.retries.next_due().into_iter().chain(self.deferred.iter().map(|r| r.0));
         self.debounce.next_due().into_iter().chain(waits).chain(stash).min()
     }
 

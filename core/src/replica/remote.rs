@@ -6,10 +6,11 @@ use super::*;
 impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     /// A peer's entry for one path.
     pub(super) fn on_remote(&mut self, conn: ConnId, e: Entry) -> Result<(), PeerError> {
+        self.retries.supersede(conn, &e);
         let is_dir = matches!(e.kind, Kind::Directory);
         if self.is_ignored(rel_path(&e.path), is_dir) {
             if let Some(s) = self.sessions.get_mut(&conn) {
-                s.skipped.insert(e.path.clone(), e);
+                hold(&mut s.skipped, e);
             }
             return Ok(());
         }
@@ -22,7 +23,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                 self.journal.set_rules(fp);
             }
             if let Some(s) = self.sessions.get_mut(&conn) {
-                s.skipped.insert(e.path.clone(), e);
+                hold(&mut s.skipped, e);
             }
             return Ok(());
         }
@@ -33,7 +34,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                 // Made without knowledge of the version being fetched: a conflict to decide
                 // once that version is in place. Look at it again shortly.
                 mirror_protocol::VersionOrdering::Concurrent => {
-                    self.retries.push((self.now + Duration::from_millis(20), conn, e));
+                    self.retries.push(self.now + Duration::from_millis(20), conn, e);
                     return Ok(());
                 }
                 // The same version (or an older one) from another session: not fetched twice,
@@ -160,7 +161,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                 // the file; without it, copy ours instead of fetching the bytes again.
                 let key = (e.path.clone(), *hash);
                 if self.waited_move.insert(key.clone()) {
-                    self.retries.push((self.now + MOVE_WAIT, conn, e));
+                    self.retries.push(self.now + MOVE_WAIT, conn, e);
                 } else {
                     self.waited_move.remove(&key);
                     self.copy_local(conn, e, &src, keep_local_copy);
@@ -328,7 +329,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                 self.scan_one(&e.path);
                 let local = self.index.get(&e.path).map(|l| &l.entry);
                 if reconcile(local, &e) != Action::Nothing {
-                    self.retries.push((self.now + Duration::from_millis(10), conn, e));
+                    self.retries.push(self.now + Duration::from_millis(10), conn, e);
                 }
             }
             ExecError::Jail(err) => self.refuse(conn, e, err.to_string()),
@@ -359,7 +360,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         } else {
             log::debug!("{why}; retrying in {}s", wait.as_secs());
         }
-        self.retries.push((self.now + wait, conn, e));
+        self.retries.push(self.now + wait, conn, e);
     }
 
     /// A peer's entry that cannot be applied here as our tree is now: reported once, kept, and
@@ -372,7 +373,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             self.tell(msg);
         }
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.refused.insert(e.path.clone(), e);
+            hold(&mut s.refused, e);
         }
     }
 
@@ -445,10 +446,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         if !self.deferred.is_empty() {
             self.retry_deferred();
         }
-        let now = self.now;
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries).into_iter().partition(|r| r.0 <= now);
-        self.retries = later;
-        for (_, conn, e) in due {
+        for (conn, e) in self.retries.take_due(self.now) {
             if self.sessions.contains_key(&conn) {
                 let _ = self.on_remote(conn, e);
             }
@@ -483,4 +481,13 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         }
         Some(p)
     }
+}
+
+/// Keeps a session's entry for a path that is not applied now, unless the one already kept is
+/// newer: what a peer says about a path only moves forward (simulator seed 448180).
+fn hold(held: &mut BTreeMap<RelPath, Entry>, e: Entry) {
+    if held.get(&e.path).is_some_and(|old| old.version.compare(&e.version) == mirror_protocol::VersionOrdering::After) {
+        return;
+    }
+    held.insert(e.path.clone(), e);
 }

@@ -98,7 +98,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     /// [`end_session`](Self::end_session) without counting what it took in this turn.
     pub(super) fn forget_session(&mut self, conn: ConnId) {
         self.sessions.remove(&conn);
-        self.retries.retain(|r| r.1 != conn);
+        self.retries.forget_conn(conn);
         self.deferred.retain(|d| d.1 != conn);
         for p in self.fetching.values_mut() {
             p.also.retain(|(c, _)| *c != conn);
@@ -141,8 +141,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         }
         let busy: BTreeSet<ConnId> = self
             .retries
-            .iter()
-            .map(|r| r.1)
+            .conns()
             .chain(self.deferred.iter().map(|d| d.1))
             .chain(self.fetching.values().flat_map(|p| p.also.iter().map(|(c, _)| *c)))
             .chain(

@@ -76,8 +76,9 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     /// Entries other sessions offered while a transfer of the same version was under way: looked
     /// at again on the next turn (they come to nothing if that transfer was installed).
     pub(super) fn reoffer(&mut self, also: Vec<(ConnId, Entry)>) {
-        let now = self.now;
-        self.retries.extend(also.into_iter().map(|(c, e)| (now, c, e)));
+        for (c, e) in also {
+            self.retries.push(self.now, c, e);
+        }
     }
 
     /// A transfer of `path` ended: its spelling no longer claims the folded name.
@@ -187,7 +188,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                     let entry = f.entry.clone();
                     log::error!("cannot receive {target}: {e}; retrying in {}s", RETRY_AFTER.as_secs());
                     self.fetch_done(&entry.path, conn, id);
-                    self.retries.push((self.now + RETRY_AFTER, conn, entry));
+                    self.retries.push(self.now + RETRY_AFTER, conn, entry);
                     return Ok(());
                 }
             }
@@ -204,7 +205,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             );
             let entry = f.entry.clone();
             self.fetch_done(&entry.path, conn, id);
-            self.retries.push((self.now + RETRY_AFTER, conn, entry));
+            self.retries.push(self.now + RETRY_AFTER, conn, entry);
         }
         Ok(())
     }
