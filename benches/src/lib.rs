@@ -215,3 +215,54 @@ pub fn startup(files: usize) -> (Duration, Duration) {
     scan.terminate();
     (scanned, replayed)
 }
+
+/// Resident memory of a server and a client once they synced a tree of `files` small files
+/// (the client's tree, sent to an empty server directory).
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    pub server: u64,
+    pub client: u64,
+    pub server_peak: u64,
+    pub client_peak: u64,
+    pub took: Duration,
+}
+
+/// Makes `files` files of 20 to 100 bytes, 100 to a directory, 100 directories to a parent: the
+/// shape of a large source tree without its bytes.
+pub fn make_small_tree(root: &Path, files: usize) {
+    for i in 0..files {
+        let body = format!("{i} {}\n", "x".repeat(i % 80));
+        write(&root.join(format!("a{:03}/b{:03}/file{i}.txt", i / 10_000, (i / 100) % 100)), body);
+    }
+}
+
+/// Syncs a tree of `files` small files from a fresh client to an empty server directory, and
+/// reads both processes' memory once every file is there and the two are idle.
+pub fn memory(files: usize) -> Memory {
+    let area = Area::new();
+    let src = area.path("client");
+    make_small_tree(&src, files);
+    let server = Server::start(&area.server_root(), &["-q"]);
+    let t = Instant::now();
+    let client = server.client("client", &src, "tree", &["-q"]);
+    let dst = area.path("server/tree");
+    loop {
+        let n = count_files(&dst);
+        if n >= files {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(1800), "sync stalled at {n}/{files}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = t.elapsed();
+    wait_same(&src, &dst);
+    // What a settled pair holds: the last batches journaled, buffers returned.
+    std::thread::sleep(Duration::from_secs(2));
+    Memory {
+        server: server.agent.rss(),
+        client: client.rss(),
+        server_peak: server.agent.peak_rss(),
+        client_peak: client.peak_rss(),
+        took,
+    }
+}

@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo build --release -p mirror-agent -p mirror-benches && target/release/mirror-bench [SAMPLES] [FILES] [MIB]
 //! target/release/mirror-bench startup [FILES]    # only the restart benchmark
+//! target/release/mirror-bench memory [FILES]     # memory per synced file (default 100,000)
 //! ```
 
 fn ms(d: std::time::Duration) -> String {
@@ -17,7 +18,39 @@ fn startup(files: usize) {
     println!("| replays its event history (one path changed) | {} |", ms(replayed));
 }
 
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Memory per synced file: the difference between a tree of `files` and one of 100, so that
+/// what any process holds (code, TLS, buffers) does not count.
+fn memory(files: usize) {
+    let base = mirror_benches::memory(100);
+    let big = mirror_benches::memory(files);
+    let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / (files - 100) as f64;
+    println!("| {files} small files synced | server | client |");
+    println!("| --- | --- | --- |");
+    println!(
+        "| resident after sync (100 files: {} / {}) | {} | {} |",
+        mib(base.server),
+        mib(base.client),
+        mib(big.server),
+        mib(big.client)
+    );
+    println!("| peak | {} | {} |", mib(big.server_peak), mib(big.client_peak));
+    println!(
+        "| per file (resident, over the 100-file run) | {:.0} B | {:.0} B |",
+        per(big.server, base.server),
+        per(big.client, base.client)
+    );
+    println!("| initial sync took | {:.1} s | |", big.took.as_secs_f64());
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("memory") {
+        memory(std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(100_000));
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("startup") {
         startup(std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(10_000));
         return;

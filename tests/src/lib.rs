@@ -121,9 +121,18 @@ impl Agent {
 
     /// Peak resident memory of the process, from /proc, in bytes.
     pub fn peak_rss(&self) -> u64 {
+        self.proc_status("VmHWM:")
+    }
+
+    /// Resident memory of the process now, from /proc, in bytes.
+    pub fn rss(&self) -> u64 {
+        self.proc_status("VmRSS:")
+    }
+
+    fn proc_status(&self, field: &str) -> u64 {
         let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         s.lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kb| kb * 1024)
     }

@@ -46,7 +46,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use transfers::{Fetch, Pending, Purpose};
+use transfers::{Fetch, Pending, Progress, Purpose};
 
 /// Identifies one connection for as long as the process runs.
 pub type ConnId = u64;

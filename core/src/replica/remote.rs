@@ -241,15 +241,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         };
         log::debug!("{}: content copied from {src} here, nothing transferred", e.path);
         let decided = self.index.get(&e.path).map(|l| l.entry.version.clone());
-        let f = Fetch {
-            entry: e,
-            purpose: Purpose::Apply { keep_local_copy },
-            decided,
-            tmp: None,
-            hasher: blake3::Hasher::new(),
-            received: 0,
-            failed: false,
-        };
+        let f = Fetch { entry: e, purpose: Purpose::Apply { keep_local_copy }, decided, progress: Progress::Requested };
         if let Err(err) = self.install_fetched(conn, f, tmp, hash) {
             self.drop_session(conn, err);
         }

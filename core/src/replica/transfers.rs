@@ -23,6 +23,8 @@ pub(super) struct Pending {
     pub(super) also: Vec<(ConnId, Entry)>,
 }
 
+/// A transfer of a session: queued (in `Session::queued`, always `Requested`) or in flight (in
+/// `Session::in_flight`, keyed by its request id).
 pub(super) struct Fetch<D: Disk> {
     pub(super) entry: Entry,
     pub(super) purpose: Purpose,
@@ -30,10 +32,37 @@ pub(super) struct Fetch<D: Disk> {
     /// still the one: a local change scanned meanwhile means deciding again, never installing
     /// over it (issue 11, item 3).
     pub(super) decided: Option<VersionVector>,
-    pub(super) tmp: Option<D::Temp>,
-    pub(super) hasher: blake3::Hasher,
-    pub(super) received: u64,
-    pub(super) failed: bool,
+    pub(super) progress: Progress<D>,
+}
+
+/// Where a transfer's data stands. A queued transfer costs no hasher and no file: 30,000 queued
+/// at once in an initial sync held 72 MB when each carried its hasher (`mirror-bench memory`).
+pub(super) enum Progress<D: Disk> {
+    /// Not asked for yet, or asked for with no byte arrived.
+    Requested,
+    /// Bytes arriving into a temp file, hashed as they come.
+    Receiving { tmp: D::Temp, hasher: Box<blake3::Hasher>, received: u64 },
+    /// Cancelled or failed: what still arrives is counted (a peer may not send more than it
+    /// announced, nor end with another size) and dropped.
+    Discarding { received: u64 },
+}
+
+impl<D: Disk> Progress<D> {
+    fn received(&self) -> u64 {
+        match self {
+            Self::Requested => 0,
+            Self::Receiving { received, .. } | Self::Discarding { received } => *received,
+        }
+    }
+
+    /// Stops taking the data in (a temp file goes with its handle).
+    pub(super) fn discard(&mut self) {
+        *self = Self::Discarding { received: self.received() };
+    }
+
+    pub(super) fn discarding(&self) -> bool {
+        matches!(self, Self::Discarding { .. })
+    }
 }
 
 impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
@@ -48,8 +77,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         let Some(s) = self.sessions.get_mut(&p.conn) else { return };
         s.queued.retain(|(qid, _)| *qid != p.id);
         if let Some(f) = s.in_flight.get_mut(&p.id) {
-            f.failed = true; // ignore the rest of its data
-            f.tmp = None;
+            f.progress.discard(); // ignore the rest of its data
         }
     }
 
@@ -115,8 +143,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             if self.cfg.folding.active() {
                 self.fetch_fold.entry(self.cfg.folding.key(&entry.path)).or_insert_with(|| entry.path.clone());
             }
-            let f =
-                Fetch { entry, purpose, decided, tmp: None, hasher: blake3::Hasher::new(), received: 0, failed: false };
+            let f = Fetch { entry, purpose, decided, progress: Progress::Requested };
             s.queued.push_back((id, f));
         }
     }
@@ -156,57 +183,53 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         let Some(f) = s.in_flight.get_mut(&id) else {
             return Err(PeerError::Violation(Violation::DataForUnknownRequest { id }));
         };
-        f.received += bytes.len() as u64;
         let Kind::File { size, .. } = f.entry.kind else { return Ok(()) };
-        if f.received > size {
+        let received = f.progress.received() + bytes.len() as u64;
+        if received > size {
             return Err(PeerError::Violation(Violation::MoreThanRequested { id, size }));
         }
-        if f.failed {
-            return Ok(());
-        }
-        f.hasher.update(bytes);
         let target = match &f.purpose {
             Purpose::Apply { .. } => f.entry.path.clone(),
             Purpose::KeepRemoteCopy { at } => at.clone(),
         };
-        if f.tmp.is_none() {
-            match self.disk.create_temp(&target) {
-                Ok(t) => f.tmp = Some(t),
-                // A transfer that failed is over for every purpose but ignoring the rest of its
-                // data: it no longer stands for the entry, or the entry, offered again while
-                // the data still flows, would be dropped as already under way, and never asked
-                // for again (simulator seed 8435).
-                Err(ExecError::Jail(e)) => {
-                    f.failed = true;
-                    let entry = f.entry.clone();
-                    self.fetch_done(&entry.path, conn, id);
-                    self.refuse(conn, entry, e.to_string());
-                    return Ok(());
-                }
-                Err(e) => {
-                    f.failed = true;
-                    let entry = f.entry.clone();
-                    log::error!("cannot receive {target}: {e}; retrying in {}s", RETRY_AFTER.as_secs());
-                    self.fetch_done(&entry.path, conn, id);
-                    self.retries.push(self.now + RETRY_AFTER, conn, entry);
-                    return Ok(());
-                }
+        let failure = match &mut f.progress {
+            Progress::Discarding { received: r } => {
+                *r = received;
+                return Ok(());
             }
+            Progress::Requested => match self.disk.create_temp(&target) {
+                Ok(mut tmp) => {
+                    let mut hasher = Box::new(blake3::Hasher::new());
+                    hasher.update(bytes);
+                    let w = self.disk.write_temp(&mut tmp, bytes);
+                    f.progress = Progress::Receiving { tmp, hasher, received };
+                    w.err().map(|e| (ExecError::Io(e), true))
+                }
+                Err(e) => Some((e, false)),
+            },
+            Progress::Receiving { tmp, hasher, received: r } => {
+                *r = received;
+                hasher.update(bytes);
+                self.disk.write_temp(tmp, bytes).err().map(|e| (ExecError::Io(e), true))
+            }
+        };
+        let Some((err, partial)) = failure else { return Ok(()) };
+        // A transfer that failed is over for every purpose but ignoring the rest of its data
+        // (its temp file goes now): it no longer stands for the entry, or the entry, offered
+        // again while the data still flows, would be dropped as already under way, and never
+        // asked for again (simulator seed 8435).
+        f.progress = Progress::Discarding { received };
+        let entry = f.entry.clone();
+        self.fetch_done(&entry.path, conn, id);
+        if let ExecError::Jail(e) = err {
+            self.refuse(conn, entry, e.to_string());
+            return Ok(());
         }
-        if let Some(t) = &mut f.tmp
-            && let Err(e) = self.disk.write_temp(t, bytes)
-        {
-            f.failed = true;
-            f.tmp = None; // removes the partial file
-            let hint = if e.kind() == io::ErrorKind::StorageFull { " (disk full)" } else { "" };
-            log::error!(
-                "cannot write {target}{hint}: {e}; removed the partial file, retrying in {}s",
-                RETRY_AFTER.as_secs()
-            );
-            let entry = f.entry.clone();
-            self.fetch_done(&entry.path, conn, id);
-            self.retries.push(self.now + RETRY_AFTER, conn, entry);
-        }
+        let full = matches!(&err, ExecError::Io(e) if e.kind() == io::ErrorKind::StorageFull);
+        let hint = if full { " (disk full)" } else { "" };
+        let removed = if partial { "; removed the partial file" } else { "" };
+        log::error!("cannot receive {target}{hint}: {err}{removed}; retrying in {}s", RETRY_AFTER.as_secs());
+        self.retries.push(self.now + RETRY_AFTER, conn, entry);
         Ok(())
     }
 
@@ -216,13 +239,15 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             return Err(PeerError::Violation(Violation::EndOfUnknownRequest { id }));
         };
         self.fetch_done(&f.entry.path, conn, id);
-        if size != f.received {
-            return Err(PeerError::Violation(Violation::SizeMismatch { id, claimed: size, sent: f.received }));
+        let received = f.progress.received();
+        if size != received {
+            return Err(PeerError::Violation(Violation::SizeMismatch { id, claimed: size, sent: received }));
         }
-        if f.failed {
-            return Ok(());
-        }
-        let ours = *f.hasher.finalize().as_bytes();
+        let (ours, tmp) = match std::mem::replace(&mut f.progress, Progress::Requested) {
+            Progress::Discarding { .. } => return Ok(()),
+            Progress::Requested => (*blake3::hash(&[]).as_bytes(), None),
+            Progress::Receiving { tmp, hasher, .. } => (*hasher.finalize().as_bytes(), Some(tmp)),
+        };
         if ours != hash {
             log::warn!("{}: the bytes the peer sent do not match their hash; dropping them", f.entry.path);
             return Err(PeerError::Violation(Violation::HashMismatch { id }));
@@ -239,7 +264,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             Purpose::Apply { .. } => f.entry.path.clone(),
             Purpose::KeepRemoteCopy { at } => at.clone(),
         };
-        let tmp = match f.tmp.take() {
+        let tmp = match tmp {
             Some(t) => t,
             None => match self.disk.create_temp(&target) {
                 Ok(t) => t,
