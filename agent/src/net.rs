@@ -57,6 +57,8 @@ const MAX_HANDSHAKING: usize = 256;
 const MAX_CONNS: usize = 2048;
 /// One upload frame: a control message waits behind at most one of these in our buffers.
 const UPLOAD_CHUNK: usize = 64 * 1024;
+/// What a drained output buffer keeps of its room: a chunk and its frame header.
+const KEEP_OUT: usize = UPLOAD_CHUNK + 1024;
 
 /// Opens the engine serving a resolved directory (creating it on first use).
 /// Gets the engine of a resolved directory, starting it with the client's patterns on first use.
@@ -173,6 +175,8 @@ impl Conn {
             return true;
         }
         self.out.clear();
+        // A whole index may have passed through: an idle connection keeps a small buffer.
+        self.out.shrink_to(KEEP_OUT);
         self.out_pos = 0;
         if !self.ctrl.is_empty() {
             std::mem::swap(&mut self.out, &mut self.ctrl);

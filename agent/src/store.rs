@@ -377,16 +377,12 @@ impl Store {
     /// Appends the current entries of `paths`, then any `Have`/`Rules` records set since the
     /// last call, and makes them durable.
     pub fn append<'a>(&mut self, entries: impl Iterator<Item = &'a LocalEntry>) -> io::Result<()> {
-        let mut buf = Vec::new();
-        for l in entries {
-            encode_record(&mut buf, &entry_record(l));
-            self.records_since_snapshot += 1;
-        }
-        buf.append(&mut self.pending);
-        if buf.is_empty() {
+        let wrote = self.write_entries(entries)?;
+        if !wrote && self.pending.is_empty() {
             return self.sync();
         }
-        self.log.write_all(&buf)?;
+        let pending = std::mem::take(&mut self.pending);
+        self.log.write_all(&pending)?;
         self.log.flush()?;
         self.unsynced = false;
         self.log.get_ref().sync_data()
@@ -423,17 +419,31 @@ impl Store {
     /// [`append_now`](Self::append_now) for several entries (no `Have` or `Rules` records: those
     /// wait for [`append`](Self::append), after the entries they cover).
     pub fn append_unsynced<'a>(&mut self, entries: impl Iterator<Item = &'a LocalEntry>) -> io::Result<()> {
+        if self.write_entries(entries)? {
+            self.unsynced = true;
+            self.log.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes a record of each entry to the log (not flushed), a buffer at a time: a start-up
+    /// scan journals every path at once. Whether there were any.
+    fn write_entries<'a>(&mut self, entries: impl Iterator<Item = &'a LocalEntry>) -> io::Result<bool> {
+        const CHUNK: usize = 256 * 1024;
         let mut buf = Vec::new();
+        let mut any = false;
         for l in entries {
             encode_record(&mut buf, &entry_record(l));
             self.records_since_snapshot += 1;
+            any = true;
+            if buf.len() >= CHUNK {
+                self.unsynced = true;
+                self.log.write_all(&buf)?;
+                buf.clear();
+            }
         }
-        if buf.is_empty() {
-            return Ok(());
-        }
-        self.unsynced = true;
         self.log.write_all(&buf)?;
-        self.log.flush()
+        Ok(any)
     }
 
     /// Makes everything appended durable.

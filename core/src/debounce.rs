@@ -37,6 +37,8 @@ pub struct Debounce {
     changed: BTreeMap<RelPath, Instant>,
     /// `changed` is pruned of cool paths when it grows past this (then twice what is left).
     prune_at: usize,
+    /// The latest entry of `changed`: once it is cool, they all are.
+    last_change: Option<Instant>,
     full_rescan: bool,
     /// Every hint waits this long instead (a test hook: a peer's message can then arrive while
     /// a rescan is pending).
@@ -51,6 +53,7 @@ impl Debounce {
     /// A hint for `path` at `now`: `deep` to read its whole subtree, `settled` when the change
     /// looks finished (the writer closed the file, a directory appeared).
     pub fn hint(&mut self, path: RelPath, deep: bool, settled: bool, now: Instant) {
+        self.forget_cool(now);
         let hot = self.changed.get(&path).is_some_and(|t| now.saturating_duration_since(*t) < HOT_WINDOW);
         let d = self.dirty.entry(path).or_insert(Dirty { first: now, due: now, deep });
         d.deep |= deep;
@@ -86,6 +89,7 @@ impl Debounce {
 
     /// The paths due at `now` (each with whether to read it deep), in path order, taken out.
     pub fn due(&mut self, now: Instant) -> Vec<(RelPath, bool)> {
+        self.forget_cool(now);
         let mut due: Vec<(RelPath, bool)> =
             self.dirty.iter().filter(|(_, d)| d.due <= now).map(|(p, d)| (p.clone(), d.deep)).collect();
         due.sort();
@@ -108,11 +112,28 @@ impl Debounce {
     /// `path` was found changed at `now`: another hint soon after means it is being written.
     pub fn found_changed(&mut self, path: &RelPath, now: Instant) {
         self.changed.insert(path.clone(), now);
+        self.last_change = Some(self.last_change.map_or(now, |t| t.max(now)));
         if self.changed.len() > self.prune_at {
             self.changed.retain(|_, t| now.saturating_duration_since(*t) < HOT_WINDOW);
             // Not again before it doubles: a scan finding a million new paths in a second would
             // otherwise walk the whole map at each one.
             self.prune_at = PRUNE_FROM.max(2 * self.changed.len());
+        }
+    }
+
+    /// When every path found changed is cool again and can be forgotten (a scan that found a
+    /// whole tree new holds a name for each of its files until then). A driver wakes the
+    /// replica at this time (it is in [`Replica::next_deadline`](crate::replica::Replica::next_deadline)).
+    pub fn cools_at(&self) -> Option<Instant> {
+        self.last_change.map(|t| t + HOT_WINDOW)
+    }
+
+    /// Forgets what was found changed, once all of it is cool, room and all.
+    fn forget_cool(&mut self, now: Instant) {
+        if self.cools_at().is_some_and(|t| t <= now) {
+            self.changed = BTreeMap::new();
+            self.last_change = None;
+            self.prune_at = PRUNE_FROM;
         }
     }
 
@@ -209,6 +230,27 @@ mod tests {
         }
         assert!(!d.changed.contains_key(&p("f0")), "a cool path kept");
         assert_eq!(d.changed.len(), PRUNE_FROM + 2);
+    }
+
+    #[test]
+    fn what_was_found_changed_is_forgotten_once_all_of_it_is_cool() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(None);
+        assert_eq!(d.cools_at(), None, "nothing to forget, no wake");
+        for i in 0..1000 {
+            d.found_changed(&p(&format!("f{i}")), t0);
+        }
+        d.found_changed(&p("late"), t0 + ms(30));
+        assert_eq!(d.cools_at(), Some(t0 + ms(30) + HOT_WINDOW));
+        // Just before the last one cools, the others are cool but kept (one pass, not a walk
+        // at each wake); the last is still hot.
+        d.due(t0 + ms(30) + HOT_WINDOW - ms(1));
+        assert_eq!(d.changed.len(), 1001);
+        d.hint(p("late"), false, true, t0 + ms(30) + HOT_WINDOW - ms(1));
+        assert_eq!(d.next_due(), Some(t0 + ms(30) + HOT_WINDOW - ms(1) + QUIET), "late is hot");
+        // At the wake: all forgotten, no further wake for them.
+        d.due(t0 + ms(30) + HOT_WINDOW);
+        assert!(d.changed.is_empty() && d.cools_at().is_none());
     }
 
     #[test]

@@ -88,7 +88,12 @@ pub struct Tree {
     by_content: HashMap<Hash, RelPath>,
     by_fold: HashMap<Vec<u8>, RelPath>,
     gone: HashMap<u64, (Stat, Hash, Instant)>,
+    /// `paths` is rebuilt ([`Tree::compact`]) when it reaches this many entries.
+    compact_at: usize,
 }
+
+/// Below this many paths the index is never rebuilt: the room it could win is small.
+const COMPACT_FROM: usize = 1024;
 
 /// The folded name of a path, on a file system that folds names.
 pub type FoldKey<'a> = dyn Fn(&RelPath) -> Vec<u8> + 'a;
@@ -123,7 +128,23 @@ impl Tree {
             t.note_content(p, l);
         }
         t.paths = paths;
+        t.compact();
         t
+    }
+
+    /// Rebuilds the map of paths with its nodes full. Paths come in order (a scan, a peer's
+    /// index), and a B-tree filled in order splits each node in two halves and never fills the
+    /// left one again: half its room stays empty, about 200 bytes a path. `append` into a
+    /// non-empty map builds the merged tree bottom-up from the two sorted sequences, each node
+    /// full, freeing the old nodes as it goes. Done each time the map grows by half: amortised, a
+    /// constant cost per path.
+    fn compact(&mut self) {
+        let mut old = std::mem::take(&mut self.paths);
+        if let Some((path, l)) = old.pop_first() {
+            self.paths.insert(path, l);
+            self.paths.append(&mut old);
+        }
+        self.compact_at = COMPACT_FROM.max(self.paths.len() + self.paths.len() / 2);
     }
 
     /// Records `l` at its path (`fold_key`: its folded name, when names fold here), keeping
@@ -143,6 +164,9 @@ impl Tree {
         let stat = l.stat;
         let is_file = matches!(l.entry.kind, Kind::File { .. });
         let old = self.paths.insert(path.clone(), l);
+        if self.paths.len() >= self.compact_at {
+            self.compact();
+        }
         if let Some((s, hash)) = old.as_ref().and_then(known_hash)
             && self.by_ino.get(&s.ino) == Some(&path)
         {
@@ -286,6 +310,27 @@ mod tests {
         t.set_stat(&RelPath::new("small").unwrap(), Stat::new(S_IFREG | 0o644, 5, Timestamp::default(), 12));
         assert_eq!(t.known_inode(11), None);
         assert_eq!(t.known_inode(12).map(|(_, h)| h), Some([2; 32]));
+    }
+
+    #[test]
+    fn rebuilding_the_map_as_it_grows_keeps_every_path_and_its_lookups() {
+        let t0 = Instant::now();
+        let mut t = Tree::new(Index::new(), None);
+        // In order (a scan), then between the others (later creations), past several rebuilds.
+        let n = 5 * COMPACT_FROM as u64;
+        for i in (0..n).map(|i| 2 * i).chain((0..n).map(|i| 2 * i + 1)) {
+            t.insert(file(&format!("d/f{i:06}"), (i % 251) as u8, 1, Some(1000 + i)), None, t0);
+        }
+        assert_eq!(t.len() as u64, 2 * n);
+        assert!(t.compact_at > t.len() && t.compact_at <= 2 * t.len(), "rebuilt as it grew: {}", t.compact_at);
+        for i in 0..2 * n {
+            let p = RelPath::new(format!("d/f{i:06}")).unwrap();
+            let l = t.get(&p).unwrap_or_else(|| panic!("{p} lost"));
+            assert_eq!(l.entry.path, p);
+            assert_eq!(t.known_inode(1000 + i).map(|(_, h)| h), Some([(i % 251) as u8; 32]), "{p}");
+        }
+        let order: Vec<&RelPath> = t.keys().collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "out of order");
     }
 
     #[test]

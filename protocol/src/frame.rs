@@ -54,6 +54,9 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     v
 }
 
+/// What an emptied [`Decoder`] keeps of its room.
+const KEEP_BUF: usize = 128 * 1024;
+
 /// Incremental frame decoder.
 #[derive(Debug, Default)]
 pub struct Decoder {
@@ -70,6 +73,8 @@ impl Decoder {
     pub fn extend(&mut self, bytes: &[u8]) {
         if self.pos > 0 && self.pos == self.buf.len() {
             self.buf.clear();
+            // The room of the largest frame seen is not kept for ever: one per connection.
+            self.buf.shrink_to(KEEP_BUF.max(bytes.len()));
             self.pos = 0;
         } else if self.pos > 64 * 1024 && self.pos * 2 > self.buf.len() {
             self.buf.drain(..self.pos);

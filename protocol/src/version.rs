@@ -60,13 +60,23 @@ impl VersionVector {
     /// `self` with `replica`'s counter raised to `counter` (a replica clock's next value, which
     /// is always above anything it used before). Keeps the counter if it is already higher.
     pub fn with(&self, replica: ReplicaId, counter: u64) -> Self {
-        let mut v = self.clone();
-        match v.0.binary_search_by_key(&replica, |(r, _)| *r) {
-            Ok(i) => v.0[i].1 = v.0[i].1.max(counter),
-            Err(i) if counter > 0 => v.0.insert(i, (replica, counter)),
-            Err(_) => {}
+        match self.0.binary_search_by_key(&replica, |(r, _)| *r) {
+            Ok(i) => {
+                let mut v = self.clone();
+                v.0[i].1 = v.0[i].1.max(counter);
+                v
+            }
+            Err(i) if counter > 0 => {
+                // Exactly the room it needs: an index holds one of these per path, and a
+                // `Vec` grown by one insert would hold four.
+                let mut v = Vec::with_capacity(self.0.len() + 1);
+                v.extend_from_slice(&self.0[..i]);
+                v.push((replica, counter));
+                v.extend_from_slice(&self.0[i..]);
+                Self(v)
+            }
+            Err(_) => self.clone(),
         }
-        v
     }
 
     /// The least version that supersedes or equals both.
@@ -99,6 +109,7 @@ impl VersionVector {
                 (None, None) => break,
             }
         }
+        out.shrink_to_fit(); // kept per path: no spare room
         Self(out)
     }
 

@@ -296,7 +296,9 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     pub fn started(&mut self) {
         self.initial = false;
         self.intents.clear();
-        self.outbox.clear(); // nobody is connected yet; each session gets the index
+        // Nobody is connected yet; each session gets the index. The scan's whole tree passed
+        // through here: give its room back.
+        self.outbox = Vec::new();
         // Rules other than last time (edited while we were stopped): ask peers for everything.
         let fp = self.rules_fingerprint();
         self.journal.set_rules(fp);
@@ -381,7 +383,8 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     pub fn next_deadline(&self) -> Option<Instant> {
         let stash = self.stash.values().flatten().map(|(_, t)| *t + STASH_FOR);
         let waits = self.retries.next_due().into_iter().chain(self.deferred.iter().map(|r| r.0));
-        self.debounce.next_due().into_iter().chain(waits).chain(stash).min()
+        let cool = self.debounce.cools_at();
+        self.debounce.next_due().into_iter().chain(cool).chain(waits).chain(stash).min()
     }
 
     /// Why the pair halted, if it did.
@@ -579,7 +582,11 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             self.shape_changed = true;
         }
         self.unsaved.insert(entry.path.clone());
-        self.outbox.push((entry.clone(), from));
+        // With no session there is nobody to tell: the next one gets the index (a start-up scan
+        // would otherwise hold a copy of every entry here).
+        if !self.sessions.is_empty() {
+            self.outbox.push((entry.clone(), from));
+        }
         let key = self.cfg.folding.active().then(|| self.cfg.folding.key(&entry.path));
         let replaced = self.index.insert(LocalEntry { entry, stat, seq }, key, self.now);
         if let Some(key) = replaced.freed_fold

@@ -159,6 +159,10 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                     s.in_flight.insert(id, f);
                 }
             }
+            // An initial sync may have queued a whole tree: an idle session keeps little room.
+            if s.queued.capacity() > 1024 && s.queued.len() < s.queued.capacity() / 4 {
+                s.queued.shrink_to(2 * s.queued.len());
+            }
         }
     }
 
