@@ -76,59 +76,10 @@ fn now() -> Time {
 /// runs on the engine thread before it serves any peer.
 pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> {
     let rules = SharedRules(Arc::new(Mutex::new(Rules::new(&cfg.root, &cfg.includes, &cfg.excludes)?)));
-    let (mut store, loaded) = Store::open(&cfg.state_dir, &cfg.root)?;
-    let resume_hint = format!(
-        "the pair {} is halted for safety. Check the directory; to accept it as it is now (and let \
-         its state propagate), restart with --resume",
-        cfg.root.display()
-    );
-    if let Some(reason) = &loaded.halted {
-        if !cfg.resume {
-            return Err(crate::store::Halted { reason: reason.clone(), hint: resume_hint }.into());
-        }
-        log::warn!("resuming {} (halted earlier: {reason})", cfg.root.display());
-        store.set_halted(None)?;
-    }
-    let disk = RealDisk::new(cfg.root.clone());
-    let root_id = disk.root_identity()?;
-    if loaded.existed && loaded.root_id.is_some_and(|id| id != root_id) && !cfg.resume {
-        let reason = format!(
-            "sync root {} is not the directory that was synced before (another file system or a \
-             re-created directory)",
-            cfg.root.display()
-        );
-        store.set_halted(Some(&reason))?;
-        return Err(crate::store::Halted { reason, hint: resume_hint }.into());
-    }
-    store.set_root_id(root_id)?;
-    // Whatever a crash left in the agent's own directory (temp and stash files) goes first.
-    match executor::clean_agent_dir(&cfg.root) {
-        Ok(0) => {}
-        Ok(n) => log::info!("{}: removed {n} leftover temp files of an earlier run", cfg.root.display()),
-        Err(e) => log::warn!("{}: cannot clean up temp files: {e}", cfg.root.display()),
-    }
+    let (store, loaded, disk, root_id) = open_base(&cfg)?;
     let folding = cfg.hooks.folding.unwrap_or_else(|| fold::probe(&cfg.root));
-    if folding.active() {
-        log::info!(
-            "{}: this file system treats names differing only in {} as one; such names from peers \
-             are reported as collisions, never synced twice",
-            cfg.root.display(),
-            match (folding.case, folding.unicode) {
-                (true, true) => "case or Unicode normalization",
-                (true, false) => "case",
-                _ => "Unicode normalization",
-            }
-        );
-    }
-    let patterns_key = {
-        let mut h = blake3::Hasher::new();
-        for (tag, pats) in [(b"i", &cfg.includes), (b"e", &cfg.excludes)] {
-            for pat in pats {
-                h.update(tag).update(pat.as_bytes()).update(&[0]);
-            }
-        }
-        *h.finalize().as_bytes()
-    };
+    log_folding(&cfg.root, folding);
+    let patterns_key = patterns_key(&cfg.includes, &cfg.excludes);
     // The watcher may replay what changed while we were stopped, instead of a full scan, only
     // from a base that is whole and trusted: not halted, not `--resume`d, the same rules (paths
     // ignored last time are nowhere in the history we would replay). A `.gitignore` edited
@@ -191,6 +142,71 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         .name(name.chars().take(15).collect())
         .spawn(move || driver.run(replica, rx, watcher, watch_rx))?;
     Ok(EngineHandle { tx, thread, replica: me, attached })
+}
+
+/// Opens the pair's base and its root: refuses a halted pair (unless `--resume`) and a root
+/// that is not the directory synced before, and removes what a crash left in the agent's own
+/// directory.
+fn open_base(cfg: &EngineConfig) -> anyhow::Result<(Store, crate::store::Loaded, RealDisk, (u64, u64))> {
+    let (mut store, loaded) = Store::open(&cfg.state_dir, &cfg.root)?;
+    let resume_hint = format!(
+        "the pair {} is halted for safety. Check the directory; to accept it as it is now (and let \
+         its state propagate), restart with --resume",
+        cfg.root.display()
+    );
+    if let Some(reason) = &loaded.halted {
+        if !cfg.resume {
+            return Err(crate::store::Halted { reason: reason.clone(), hint: resume_hint }.into());
+        }
+        log::warn!("resuming {} (halted earlier: {reason})", cfg.root.display());
+        store.set_halted(None)?;
+    }
+    let disk = RealDisk::new(cfg.root.clone());
+    let root_id = disk.root_identity()?;
+    if loaded.existed && loaded.root_id.is_some_and(|id| id != root_id) && !cfg.resume {
+        let reason = format!(
+            "sync root {} is not the directory that was synced before (another file system or a \
+             re-created directory)",
+            cfg.root.display()
+        );
+        store.set_halted(Some(&reason))?;
+        return Err(crate::store::Halted { reason, hint: resume_hint }.into());
+    }
+    store.set_root_id(root_id)?;
+    // Whatever a crash left in the agent's own directory (temp and stash files) goes first.
+    match executor::clean_agent_dir(&cfg.root) {
+        Ok(0) => {}
+        Ok(n) => log::info!("{}: removed {n} leftover temp files of an earlier run", cfg.root.display()),
+        Err(e) => log::warn!("{}: cannot clean up temp files: {e}", cfg.root.display()),
+    }
+    Ok((store, loaded, disk, root_id))
+}
+
+/// Says once that names folding here are collisions, not synced twice.
+fn log_folding(root: &Path, folding: mirror_core::fold::Folding) {
+    if folding.active() {
+        log::info!(
+            "{}: this file system treats names differing only in {} as one; such names from peers \
+             are reported as collisions, never synced twice",
+            root.display(),
+            match (folding.case, folding.unicode) {
+                (true, true) => "case or Unicode normalization",
+                (true, false) => "case",
+                _ => "Unicode normalization",
+            }
+        );
+    }
+}
+
+/// What identifies the command line's patterns (part of the rules' fingerprint).
+fn patterns_key(includes: &[String], excludes: &[String]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for (tag, pats) in [(b"i", includes), (b"e", excludes)] {
+        for pat in pats {
+            h.update(tag).update(pat.as_bytes()).update(&[0]);
+        }
+    }
+    *h.finalize().as_bytes()
 }
 
 /// What the engine thread needs besides its replica.

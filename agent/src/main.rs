@@ -85,25 +85,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => default_state_dir()?,
     };
-    // The identity commands need neither a network nor a watcher.
+    // The identity and control commands need neither a network nor a watcher.
     match &cli.command {
-        Command::Id => {
-            let identity = identity::Identity::load_or_create(&state_dir)
-                .with_context(|| format!("identity in {}", state_dir.display()))?;
-            println!("{}", identity.id);
-            return Ok(());
-        }
-        Command::Trust { id, name } => {
-            let id = identity::DeviceId::parse(id).with_context(|| format!("{id:?} is not a device ID"))?;
-            let trust = identity::Trust::new(&state_dir);
-            let comment = name.clone().unwrap_or_else(|| "added by `mirror-agent trust`".into());
-            if trust.add(&id, &comment).with_context(|| format!("writing {}", trust.path().display()))? {
-                eprintln!("trusted {id} (in {}); a running agent accepts it at once", trust.path().display());
-            } else {
-                eprintln!("{id} was already trusted");
-            }
-            return Ok(());
-        }
+        Command::Id | Command::Trust { .. } => return identity_command(&cli.command, &state_dir),
         Command::Status { .. }
         | Command::List
         | Command::Pause { .. }
@@ -132,71 +116,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         hooks: c.hooks.clone(),
     };
     if let Command::Run { config, check } = &cli.command {
-        let explicit = config.is_some();
-        let config = match config {
-            Some(f) => f.clone(),
-            None => default_config_file()?,
-        };
-        // Absolute from the start: control edits rewrite it, wherever the agent's cwd is.
-        let config = std::path::absolute(&config).with_context(|| format!("resolving {}", config.display()))?;
-        match config.try_exists() {
-            Ok(true) => {}
-            Ok(false) if explicit => anyhow::bail!(
-                "there is no configuration file {}: write one (see \"Running in the background\" in the \
-                 README), or leave out --config to start with none and add pairs with `mirror-agent add`",
-                config.display()
-            ),
-            Ok(false) => log::warn!(
-                "there is no configuration file {} yet: running no pairs; `mirror-agent add NAME -h HOST \
-                 -l DIR -r DIR` adds one (and writes the file)",
-                config.display()
-            ),
-            Err(e) => anyhow::bail!("cannot read {}: {e}", config.display()),
-        }
-        if *check {
-            let (cfg, _) = config::Config::load(&config)?;
-            println!(
-                "{}: {} pairs{}",
-                config.display(),
-                cfg.pairs.len(),
-                if cfg.server.is_some() { " and a server" } else { "" }
-            );
-            return Ok(());
-        }
-        let tls = identity::Identity::load_or_create(&state_dir)
-            .with_context(|| format!("identity in {}", state_dir.display()))
-            .and_then(|id| {
-                identity::warn_if_open(&state_dir);
-                log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", id.id, id.id);
-                tls::Tls::new(&id, trust_of(c, &state_dir)).context("setting up TLS")
-            })
-            .map_err(|e| format!("{e:#}"));
-        let control = control::socket_path(c.state_dir.as_deref(), &state_dir);
-        return daemon::run(config, control, shared, tls, c.resume);
+        return run_daemon(c, config.as_deref(), *check, shared);
     }
-    let tls = if c.insecure {
-        let (what, addr) = match &cli.command {
-            Command::Server { listen, .. } => ("--listen", listen.clone()),
-            Command::Client { pair } if pair.host.contains(':') => ("-h", format!("[{}]:{}", pair.host, pair.port)),
-            Command::Client { pair } => ("-h", format!("{}:{}", pair.host, pair.port)),
-            _ => ("", String::new()),
-        };
-        if !what.is_empty() {
-            cli::check_insecure(what, &addr, c.insecure_any_address).map_err(anyhow::Error::msg)?;
-        }
-        log::warn!(
-            "--insecure: plaintext TCP without authentication; anyone on the network path can read \
-             and change what is synced. Use it on loopback or through an SSH tunnel only"
-        );
-        None
-    } else {
-        let identity = identity::Identity::load_or_create(&state_dir)
-            .with_context(|| format!("identity in {}", state_dir.display()))?;
-        let trust = trust_of(c, &state_dir);
-        identity::warn_if_open(&state_dir);
-        log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", identity.id, identity.id);
-        Some(tls::Tls::new(&identity, trust).context("setting up TLS")?)
-    };
+    let tls = foreground_tls(&cli, &state_dir)?;
     let stop = worker::Stopper::default();
     {
         let stop = stop.clone();
@@ -219,6 +141,103 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// `id` and `trust`: this agent's identity, and the peers it trusts.
+fn identity_command(command: &Command, state_dir: &std::path::Path) -> anyhow::Result<()> {
+    match command {
+        Command::Id => {
+            let identity = identity::Identity::load_or_create(state_dir)
+                .with_context(|| format!("identity in {}", state_dir.display()))?;
+            println!("{}", identity.id);
+        }
+        Command::Trust { id, name } => {
+            let id = identity::DeviceId::parse(id).with_context(|| format!("{id:?} is not a device ID"))?;
+            let trust = identity::Trust::new(state_dir);
+            let comment = name.clone().unwrap_or_else(|| "added by `mirror-agent trust`".into());
+            if trust.add(&id, &comment).with_context(|| format!("writing {}", trust.path().display()))? {
+                eprintln!("trusted {id} (in {}); a running agent accepts it at once", trust.path().display());
+            } else {
+                eprintln!("{id} was already trusted");
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `run`: the pairs of a configuration file (`--check`: only say whether it reads).
+fn run_daemon(c: &Common, config: Option<&std::path::Path>, check: bool, shared: worker::Shared) -> anyhow::Result<()> {
+    let state_dir = shared.state_dir.clone();
+    let explicit = config.is_some();
+    let config = match config {
+        Some(f) => f.to_path_buf(),
+        None => default_config_file()?,
+    };
+    // Absolute from the start: control edits rewrite it, wherever the agent's cwd is.
+    let config = std::path::absolute(&config).with_context(|| format!("resolving {}", config.display()))?;
+    match config.try_exists() {
+        Ok(true) => {}
+        Ok(false) if explicit => anyhow::bail!(
+            "there is no configuration file {}: write one (see \"Running in the background\" in the \
+             README), or leave out --config to start with none and add pairs with `mirror-agent add`",
+            config.display()
+        ),
+        Ok(false) => log::warn!(
+            "there is no configuration file {} yet: running no pairs; `mirror-agent add NAME -h HOST \
+             -l DIR -r DIR` adds one (and writes the file)",
+            config.display()
+        ),
+        Err(e) => anyhow::bail!("cannot read {}: {e}", config.display()),
+    }
+    if check {
+        let (cfg, _) = config::Config::load(&config)?;
+        println!(
+            "{}: {} pairs{}",
+            config.display(),
+            cfg.pairs.len(),
+            if cfg.server.is_some() { " and a server" } else { "" }
+        );
+        return Ok(());
+    }
+    let tls = identity::Identity::load_or_create(&state_dir)
+        .with_context(|| format!("identity in {}", state_dir.display()))
+        .and_then(|id| {
+            identity::warn_if_open(&state_dir);
+            log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", id.id, id.id);
+            tls::Tls::new(&id, trust_of(c, &state_dir)).context("setting up TLS")
+        })
+        .map_err(|e| format!("{e:#}"));
+    let control = control::socket_path(c.state_dir.as_deref(), &state_dir);
+    daemon::run(config, control, shared, tls, c.resume)
+}
+
+/// The TLS of a foreground `client` or `server`: none with `--insecure` (on loopback only,
+/// unless told otherwise), else this agent's identity and the peers it trusts.
+fn foreground_tls(cli: &Cli, state_dir: &std::path::Path) -> anyhow::Result<Option<tls::Tls>> {
+    let c = &cli.common;
+    if c.insecure {
+        let (what, addr) = match &cli.command {
+            Command::Server { listen, .. } => ("--listen", listen.clone()),
+            Command::Client { pair } if pair.host.contains(':') => ("-h", format!("[{}]:{}", pair.host, pair.port)),
+            Command::Client { pair } => ("-h", format!("{}:{}", pair.host, pair.port)),
+            _ => ("", String::new()),
+        };
+        if !what.is_empty() {
+            cli::check_insecure(what, &addr, c.insecure_any_address).map_err(anyhow::Error::msg)?;
+        }
+        log::warn!(
+            "--insecure: plaintext TCP without authentication; anyone on the network path can read \
+             and change what is synced. Use it on loopback or through an SSH tunnel only"
+        );
+        return Ok(None);
+    }
+    let identity = identity::Identity::load_or_create(state_dir)
+        .with_context(|| format!("identity in {}", state_dir.display()))?;
+    let trust = trust_of(c, state_dir);
+    identity::warn_if_open(state_dir);
+    log::info!("this agent is {} (peers must trust it: mirror-agent trust {})", identity.id, identity.id);
+    Ok(Some(tls::Tls::new(&identity, trust).context("setting up TLS")?))
 }
 
 /// The trust file of `state_dir`; suggested `trust` commands name the state dir the user gave.

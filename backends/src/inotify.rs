@@ -266,29 +266,8 @@ impl State {
             return;
         }
         if mask.contains(EventMask::MOVED_TO) {
-            match pending_from.take().map(|(_, from, from_dir)| (from, from_dir)) {
-                Some((from, true)) => {
-                    if (self.descend)(&path) {
-                        self.rename_tree(&from, &path);
-                        // Our map may not have known the whole subtree under its old name (it
-                        // moved in and out before we looked): make sure all of it is watched.
-                        // (The rescan of `path` below reads whatever this finds.)
-                        if let Err(e) = self.add_tree(&path) {
-                            log::error!("{e}");
-                        }
-                    } else {
-                        self.remove_tree(&from);
-                    }
-                    batch.push(WatchEvent::RescanSubtree(from));
-                    batch.push(WatchEvent::RescanSubtree(path));
-                }
-                Some((from, false)) => {
-                    batch.push(WatchEvent::Settled(from));
-                    batch.push(WatchEvent::Settled(path));
-                }
-                None if is_dir => self.new_dir(batch, path),
-                None => batch.push(WatchEvent::Settled(path)),
-            }
+            let from = pending_from.take().map(|(_, from, from_dir)| (from, from_dir));
+            self.moved_in(batch, from, path, is_dir);
             return;
         }
         if is_dir && mask.contains(EventMask::CREATE) {
@@ -301,6 +280,34 @@ impl State {
             batch.push(WatchEvent::Settled(path));
         } else {
             batch.push(WatchEvent::Dirty(path));
+        }
+    }
+
+    /// The TO half of a rename to `path`: of `from` (and whether it was a directory) when its
+    /// FROM half came just before, else from outside the tree.
+    fn moved_in(&mut self, batch: &mut Batch, from: Option<(PathBuf, bool)>, path: PathBuf, is_dir: bool) {
+        match from {
+            Some((from, true)) => {
+                if (self.descend)(&path) {
+                    self.rename_tree(&from, &path);
+                    // Our map may not have known the whole subtree under its old name (it
+                    // moved in and out before we looked): make sure all of it is watched.
+                    // (The rescan of `path` below reads whatever this finds.)
+                    if let Err(e) = self.add_tree(&path) {
+                        log::error!("{e}");
+                    }
+                } else {
+                    self.remove_tree(&from);
+                }
+                batch.push(WatchEvent::RescanSubtree(from));
+                batch.push(WatchEvent::RescanSubtree(path));
+            }
+            Some((from, false)) => {
+                batch.push(WatchEvent::Settled(from));
+                batch.push(WatchEvent::Settled(path));
+            }
+            None if is_dir => self.new_dir(batch, path),
+            None => batch.push(WatchEvent::Settled(path)),
         }
     }
 

@@ -266,3 +266,76 @@ pub fn memory(files: usize) -> Memory {
         took,
     }
 }
+
+/// What [`hub`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Hub {
+    /// The server's resident memory once every sample went round.
+    pub server: u64,
+    /// The clients' resident memory, on average.
+    pub client: u64,
+    /// From a save on the first client until every other client has the file.
+    pub all: Summary,
+    /// ...until the first of them has it.
+    pub first: Summary,
+    /// From the clients' start until every one of them had the whole tree.
+    pub setup: Duration,
+}
+
+/// Polls every path of `paths` until each holds `content` (about once a millisecond: 99 files
+/// polled tightly would take the CPU the agents need); each one's arrival.
+fn arrivals(paths: &[std::path::PathBuf], content: &[u8], deadline: Duration) -> Vec<Instant> {
+    let end = Instant::now() + deadline;
+    let mut when: Vec<Option<Instant>> = vec![None; paths.len()];
+    while when.iter().any(Option::is_none) {
+        assert!(
+            Instant::now() < end,
+            "{} of {} clients never got the file",
+            when.iter().filter(|w| w.is_none()).count(),
+            paths.len()
+        );
+        for (p, w) in paths.iter().zip(when.iter_mut()).filter(|(_, w)| w.is_none()) {
+            if fs::read(p).is_ok_and(|b| b == content) {
+                *w = Some(Instant::now());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    when.into_iter().flatten().collect()
+}
+
+/// A hub of `clients` clients of one tree of `files` files (1-8 KiB), all on loopback: the
+/// server has the tree and every client starts empty and takes it whole (a client's own copy
+/// of the same files would have versions of its own, which the hub then merges and sends to
+/// every other client: a storm of updates that is not the hub at rest). Then `samples` times
+/// a new file is saved on the first client and timed until the others all have it.
+pub fn hub(clients: usize, files: usize, samples: usize) -> Hub {
+    let area = Area::new();
+    make_tree(&area.path("server/hub"), files);
+    let locals: Vec<_> = (0..clients).map(|i| area.path(&format!("c{i}/tree"))).collect();
+    let server = Server::start(&area.server_root(), &["-q"]);
+    let t = Instant::now();
+    let agents: Vec<Agent> =
+        locals.iter().enumerate().map(|(i, l)| server.spawn_client(&format!("c{i}"), l, "hub", &["-q"])).collect();
+    let mut behind: Vec<&std::path::PathBuf> = locals.iter().collect();
+    while !behind.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(3600), "{} clients still short of the tree", behind.len());
+        std::thread::sleep(Duration::from_millis(500));
+        behind.retain(|l| count_files(l) < files);
+    }
+    let setup = t.elapsed();
+    let (mut all, mut first) = (Vec::new(), Vec::new());
+    for s in 0..samples {
+        let content = format!("sample {s} {}", "y".repeat(1000));
+        let name = format!("fan-{s}.txt");
+        let others: Vec<_> = locals[1..].iter().map(|l| l.join(&name)).collect();
+        let t0 = Instant::now();
+        fs::write(locals[0].join(&name), &content).unwrap();
+        let got = arrivals(&others, content.as_bytes(), Duration::from_secs(60));
+        all.push(got.iter().max().map_or(Duration::ZERO, |t| *t - t0));
+        first.push(got.iter().min().map_or(Duration::ZERO, |t| *t - t0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let client = agents.iter().map(Agent::rss).sum::<u64>() / agents.len().max(1) as u64;
+    Hub { server: server.agent.rss(), client, all: summarize(all), first: summarize(first), setup }
+}

@@ -4,6 +4,7 @@
 //! cargo build --release -p mirror-agent -p mirror-benches && target/release/mirror-bench [SAMPLES] [FILES] [MIB]
 //! target/release/mirror-bench startup [FILES]    # only the restart benchmark
 //! target/release/mirror-bench memory [FILES]     # memory per synced file (default 100,000)
+//! target/release/mirror-bench hub [CLIENTS] [FILES] [SAMPLES]   # one server, many clients (100, 10,000, 50)
 //! ```
 
 fn ms(d: std::time::Duration) -> String {
@@ -46,7 +47,40 @@ fn memory(files: usize) {
     println!("| initial sync took | {:.1} s | |", big.took.as_secs_f64());
 }
 
+/// One server, many clients: memory, and how long a save on one client takes to reach all.
+fn hub(clients: usize, files: usize, samples: usize) {
+    let h = mirror_benches::hub(clients, files, samples);
+    let others = clients - 1;
+    println!("| hub of {clients} clients, one tree of {files} files | p50 | p99 | max | samples |");
+    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| save on one client -> all {others} others have it | {} | {} | {} | {} |",
+        ms(h.all.p50),
+        ms(h.all.p99),
+        ms(h.all.max),
+        h.all.n
+    );
+    println!(
+        "| ...the first of them has it | {} | {} | {} | {} |",
+        ms(h.first.p50),
+        ms(h.first.p99),
+        ms(h.first.max),
+        h.first.n
+    );
+    println!();
+    println!("| hub of {clients} clients | |");
+    println!("| --- | --- |");
+    println!("| server resident | {} |", mib(h.server));
+    println!("| client resident (mean) | {} |", mib(h.client));
+    println!("| every client started empty and took the whole tree | {:.1} s |", h.setup.as_secs_f64());
+}
+
 fn main() {
+    let arg = |n: usize| std::env::args().nth(n).and_then(|a| a.parse().ok());
+    if std::env::args().nth(1).as_deref() == Some("hub") {
+        hub(arg(2).unwrap_or(100).max(2), arg(3).unwrap_or(10_000), arg(4).unwrap_or(50));
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("memory") {
         memory(std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(100_000));
         return;

@@ -23,3 +23,10 @@ fn throughput_benchmark_moves_the_file_both_ways_of_transport() {
     let (plain, tls) = mirror_benches::throughput(4);
     assert!(plain.as_nanos() > 0 && tls.as_nanos() > 0);
 }
+
+#[test]
+fn hub_benchmark_reaches_every_client() {
+    let h = mirror_benches::hub(3, 30, 2);
+    assert_eq!(h.all.n, 2);
+    assert!(h.all.p50 >= h.first.p50 && h.server > 0);
+}

@@ -123,7 +123,7 @@ impl Debounce {
 
     /// When every path found changed is cool again and can be forgotten (a scan that found a
     /// whole tree new holds a name for each of its files until then). A driver wakes the
-    /// replica at this time (it is in [`Replica::next_deadline`](crate::replica::Replica::next_deadline)).
+    /// replica at this time (it is in `Replica::next_deadline`).
     pub fn cools_at(&self) -> Option<Instant> {
         self.last_change.map(|t| t + HOT_WINDOW)
     }

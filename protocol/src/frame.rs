@@ -88,6 +88,16 @@ impl Decoder {
         self.buf.len() - self.pos
     }
 
+    /// How many undecoded bytes the frame at the front needs in all (its header says; 4 for a
+    /// header still to come). A reader that buffers no more than this, or a little read-ahead,
+    /// holds one frame per connection at most, not a whole burst of them.
+    pub fn wanted(&self) -> usize {
+        match self.buf.get(self.pos..self.pos + 4) {
+            Some(h) => 4 + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize,
+            None => 4,
+        }
+    }
+
     /// Takes `n` raw bytes off the front, for the preamble that precedes the frames.
     pub fn take_raw(&mut self, n: usize) -> Option<Vec<u8>> {
         if self.buffered() < n {
@@ -259,6 +269,24 @@ mod tests {
         }
         assert_eq!(got, samples());
         assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn the_decoder_says_how_much_the_frame_under_way_needs() {
+        let frame = encode(&Message::Ping);
+        let big = encode(&Message::Update { entries: Vec::new(), seq: u64::MAX });
+        let mut d = Decoder::new();
+        assert_eq!(d.wanted(), 4, "a header first");
+        d.extend(&big[..3]);
+        assert_eq!(d.wanted(), 4, "still the header");
+        d.extend(&big[3..5]);
+        assert_eq!(d.wanted(), big.len(), "the whole frame, once the header is in");
+        d.extend(&big[5..]);
+        d.extend(&frame);
+        assert!(d.decode().unwrap().is_some());
+        assert_eq!(d.wanted(), frame.len(), "then the next one");
+        assert!(d.decode().unwrap().is_some());
+        assert_eq!(d.wanted(), 4);
     }
 
     /// Golden frames: these bytes are the protocol. If this test fails, the wire format changed

@@ -79,38 +79,63 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let started = std::time::Instant::now();
     if a.trace || a.shrink {
-        for seed in a.from..=a.to {
-            let plan = Plan::of(seed);
-            let plan = if a.shrink && run_seed(seed, a.planted).failure.is_some() {
-                shrink(&plan, seed, a.planted)
-            } else {
-                plan
-            };
-            let (out, trace) = run_plan(&plan, seed, a.planted, true);
-            if a.shrink {
-                println!("seed {seed}: {} steps", plan.len());
-                for (r, steps) in plan.rounds.iter().enumerate() {
-                    for s in steps {
-                        println!("  round {r} +{} ms: {:?}", s.at_ms, s.action);
-                    }
-                }
-            }
-            if a.trace {
-                for line in trace {
-                    println!("{line}");
-                }
-            }
-            match out.failure {
-                Some(f) => println!("seed {seed} FAILED in round {}: {}", f.round, f.what),
-                None => println!("seed {seed} passed"),
-            }
-        }
+        replay(&a);
         return ExitCode::SUCCESS;
     }
+    let started = std::time::Instant::now();
     let threads = if a.threads > 0 { a.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
     let n = a.to - a.from + 1;
+    let (digest, failures) = run_range(&a, threads);
+    let plant_arg = plant_arg(a.planted);
+    for (seed, what) in &failures {
+        println!("seed {seed} FAILED {what}");
+        println!(
+            "  replay: cargo run --release -p mirror-sim{} -- --seeds {seed}{} --shrink --trace",
+            plant_arg.0, plant_arg.1
+        );
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{n} seeds, {} failures, digest {digest} ({:.1} s, {:.0} seeds/minute on {threads} threads)",
+        failures.len(),
+        secs,
+        n as f64 / secs * 60.0
+    );
+    if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// `--trace` and `--shrink`: each seed of the range once more, shrunk if it fails, with its
+/// steps and its trace.
+fn replay(a: &Args) {
+    for seed in a.from..=a.to {
+        let plan = Plan::of(seed);
+        let plan =
+            if a.shrink && run_seed(seed, a.planted).failure.is_some() { shrink(&plan, seed, a.planted) } else { plan };
+        let (out, trace) = run_plan(&plan, seed, a.planted, true);
+        if a.shrink {
+            println!("seed {seed}: {} steps", plan.len());
+            for (r, steps) in plan.rounds.iter().enumerate() {
+                for s in steps {
+                    println!("  round {r} +{} ms: {:?}", s.at_ms, s.action);
+                }
+            }
+        }
+        if a.trace {
+            for line in trace {
+                println!("{line}");
+            }
+        }
+        match out.failure {
+            Some(f) => println!("seed {seed} FAILED in round {}: {}", f.round, f.what),
+            None => println!("seed {seed} passed"),
+        }
+    }
+}
+
+/// Runs every seed of the range on `threads` threads: the digest of all their traces (in seed
+/// order, whatever the threads did), and the failures, by seed.
+fn run_range(a: &Args, threads: usize) -> (String, Vec<(u64, String)>) {
     let next = AtomicU64::new(a.from);
     let results: Mutex<Vec<(u64, [u8; 32])>> = Mutex::new(Vec::new());
     let failures: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
@@ -140,23 +165,7 @@ fn main() -> ExitCode {
     }
     let mut failures = failures.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     failures.sort();
-    let plant_arg = plant_arg(a.planted);
-    for (seed, what) in &failures {
-        println!("seed {seed} FAILED {what}");
-        println!(
-            "  replay: cargo run --release -p mirror-sim{} -- --seeds {seed}{} --shrink --trace",
-            plant_arg.0, plant_arg.1
-        );
-    }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "{n} seeds, {} failures, digest {} ({:.1} s, {:.0} seeds/minute on {threads} threads)",
-        failures.len(),
-        &all.finalize().to_hex()[..16],
-        secs,
-        n as f64 / secs * 60.0
-    );
-    if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    (all.finalize().to_hex()[..16].to_string(), failures)
 }
 
 /// What the replay command needs for the bug planted: cargo's part, the simulator's part.

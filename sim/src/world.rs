@@ -322,48 +322,9 @@ impl World {
 
     fn event(&mut self, ev: Event, touched: &mut BTreeSet<usize>) {
         match ev {
-            Event::Deliver { to, link, epoch, msg } => {
-                let l = &self.links[link];
-                if l.epoch != epoch || !l.open {
-                    return;
-                }
-                let conn = if to == HUB { l.hub_conn } else { l.client_conn };
-                {
-                    let line = format!("{} <- {conn}: {}", self.machines[to].name, describe(&msg));
-                    self.note(line);
-                }
-                self.feed(to, Input::Message { conn, msg });
-                touched.insert(to);
-            }
-            Event::Connected { to, link, epoch } => {
-                let l = &self.links[link];
-                if l.epoch != epoch || !l.open {
-                    return;
-                }
-                let (conn, peer) = if to == HUB { (l.hub_conn, link + 1) } else { (l.client_conn, HUB) };
-                let (peer_host, peer_replica) = (self.machines[peer].name.clone(), self.machines[peer].id);
-                {
-                    let line = format!("{} connected to {peer_host} on {conn}", self.machines[to].name);
-                    self.note(line);
-                }
-                self.feed(to, Input::Connected { conn, peer_host, peer_replica });
-                touched.insert(to);
-            }
-            Event::Disconnected { to, conn, reason } => {
-                {
-                    let line = format!("{} lost {conn}: {reason}", self.machines[to].name);
-                    self.note(line);
-                }
-                self.feed(to, Input::Disconnected { conn, reason: reason.into() });
-                touched.insert(to);
-                if to != HUB {
-                    let link = to - 1;
-                    if self.links[link].client_conn == conn {
-                        self.links[link].open = false;
-                        self.schedule_reconnect(to);
-                    }
-                }
-            }
+            Event::Deliver { to, link, epoch, msg } => self.deliver(to, link, epoch, msg, touched),
+            Event::Connected { to, link, epoch } => self.connected(to, link, epoch, touched),
+            Event::Disconnected { to, conn, reason } => self.disconnected(to, conn, reason, touched),
             Event::Hint { machine, hint } => {
                 {
                     let line = format!("{} watcher: {hint:?}", self.machines[machine].name);
@@ -402,6 +363,48 @@ impl World {
                     d.allow(&path);
                 }
                 self.hint(machine, Hint::Settled(crate::ops::os_path(&path)));
+            }
+        }
+    }
+
+    /// A message on `link` arrives at machine `to` (unless the link was cut since).
+    fn deliver(&mut self, to: usize, link: usize, epoch: u64, msg: Message, touched: &mut BTreeSet<usize>) {
+        let l = &self.links[link];
+        if l.epoch != epoch || !l.open {
+            return;
+        }
+        let conn = if to == HUB { l.hub_conn } else { l.client_conn };
+        let line = format!("{} <- {conn}: {}", self.machines[to].name, describe(&msg));
+        self.note(line);
+        self.feed(to, Input::Message { conn, msg });
+        touched.insert(to);
+    }
+
+    /// The handshake on `link` is over at machine `to`.
+    fn connected(&mut self, to: usize, link: usize, epoch: u64, touched: &mut BTreeSet<usize>) {
+        let l = &self.links[link];
+        if l.epoch != epoch || !l.open {
+            return;
+        }
+        let (conn, peer) = if to == HUB { (l.hub_conn, link + 1) } else { (l.client_conn, HUB) };
+        let (peer_host, peer_replica) = (self.machines[peer].name.clone(), self.machines[peer].id);
+        let line = format!("{} connected to {peer_host} on {conn}", self.machines[to].name);
+        self.note(line);
+        self.feed(to, Input::Connected { conn, peer_host, peer_replica });
+        touched.insert(to);
+    }
+
+    /// Machine `to` learns that `conn` is gone; a client reconnects.
+    fn disconnected(&mut self, to: usize, conn: ConnId, reason: &'static str, touched: &mut BTreeSet<usize>) {
+        let line = format!("{} lost {conn}: {reason}", self.machines[to].name);
+        self.note(line);
+        self.feed(to, Input::Disconnected { conn, reason: reason.into() });
+        touched.insert(to);
+        if to != HUB {
+            let link = to - 1;
+            if self.links[link].client_conn == conn {
+                self.links[link].open = false;
+                self.schedule_reconnect(to);
             }
         }
     }

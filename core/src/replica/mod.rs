@@ -15,6 +15,10 @@
 //! user did not change the path meanwhile. What we write is recorded with its stat before the
 //! watcher reports it, so the report finds nothing new: no echo. Sessions (what each peer was
 //! told and has) are in [`sessions`], conflicts in [`conflicts`].
+//!
+//! About 650 lines, a little over the usual 600: the replica's fields, each with why it is
+//! there, and the driving calls ([`Replica::feed`], [`Replica::turn`], [`Replica::settle`]); every
+//! concept's logic is in the submodules.
 
 mod conflicts;
 mod local;

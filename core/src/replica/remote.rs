@@ -7,49 +7,8 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     /// A peer's entry for one path.
     pub(super) fn on_remote(&mut self, conn: ConnId, e: Entry) -> Result<(), PeerError> {
         self.retries.supersede(conn, &e);
-        let is_dir = matches!(e.kind, Kind::Directory);
-        if self.is_ignored(rel_path(&e.path), is_dir) {
-            if let Some(s) = self.sessions.get_mut(&conn) {
-                hold(&mut s.skipped, e);
-            }
-            return Ok(());
-        }
-        if let Some(ours) = self.fold_collision(&e) {
-            let key = self.cfg.folding.key(&e.path);
-            if self.collided.insert(key) {
-                self.conflicts_named(&e.path, &ours);
-                // Skipped like an ignored entry: the next session must offer it again.
-                let fp = self.rules_fingerprint();
-                self.journal.set_rules(fp);
-            }
-            if let Some(s) = self.sessions.get_mut(&conn) {
-                hold(&mut s.skipped, e);
-            }
-            return Ok(());
-        }
-        // A transfer already under way for this path: keep it unless this entry supersedes it.
-        if let Some(pending) = self.pending_version(&e.path) {
-            match pending.compare(&e.version) {
-                mirror_protocol::VersionOrdering::Before => self.cancel_fetches(&e.path),
-                // Made without knowledge of the version being fetched: a conflict to decide
-                // once that version is in place. Look at it again shortly.
-                mirror_protocol::VersionOrdering::Concurrent => {
-                    self.retries.push(self.now + Duration::from_millis(20), conn, e);
-                    return Ok(());
-                }
-                // The same version (or an older one) from another session: not fetched twice,
-                // but owed by that session until the transfer under way is in.
-                _ => {
-                    if let Some(p) = self.fetching.get_mut(&e.path)
-                        && p.conn != conn
-                    {
-                        p.also.retain(|(c, _)| *c != conn);
-                        p.also.push((conn, e));
-                    }
-                    return Ok(());
-                }
-            }
-        }
+        let Some(e) = self.syncable(conn, e) else { return Ok(()) };
+        let Some(e) = self.past_pending(conn, e) else { return Ok(()) };
         // Executor discipline: what the user did since the last scan counts first. A pending
         // subtree rescan (a directory moved in) is done whole here, or what it holds is never read.
         if let Some(deep) = self.debounce.take(&e.path) {
@@ -91,29 +50,80 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         }
         match action {
             Action::Nothing => {}
-            Action::Adopt(version) => {
-                let stat = self.index.get(&e.path).and_then(|l| l.stat);
-                // Ours is live and beats the peer's concurrent deletion: a new change of ours
-                // over both, as the winner of any conflict makes. The merge alone is not enough:
-                // elsewhere that deletion may have met another one, and their merge was the same
-                // vector as ours for a deletion, not our content: equal versions, two contents,
-                // for ever (simulator seed 190890).
-                let live_over_deletion =
-                    e.kind.is_deleted() && self.index.get(&e.path).is_some_and(|l| !l.entry.kind.is_deleted());
-                let version = if live_over_deletion { self.next_version(&version) } else { version };
-                // The source already has its own version; a merge is news to it as well.
-                let to_source = if version == e.version { Some(conn) } else { None };
-                let entry = match self.index.get(&e.path) {
-                    Some(l) => Entry { version, ..l.entry.clone() },
-                    None => Entry { version, ..e },
-                };
-                self.set(entry, stat, to_source);
-            }
+            Action::Adopt(version) => self.adopt(conn, e, version),
             Action::Apply => self.apply(conn, e, false),
             Action::ConflictKeepLocalCopy => self.apply(conn, e, true),
             Action::ConflictKeepRemoteCopy => self.keep_remote_copy(conn, e),
         }
         Ok(())
+    }
+
+    /// `e`, unless its path is not synced here (ignored, or the same name as one of ours on a
+    /// file system that folds names): then it is held for the session to offer again.
+    fn syncable(&mut self, conn: ConnId, e: Entry) -> Option<Entry> {
+        let is_dir = matches!(e.kind, Kind::Directory);
+        if !self.is_ignored(rel_path(&e.path), is_dir) {
+            let Some(ours) = self.fold_collision(&e) else { return Some(e) };
+            let key = self.cfg.folding.key(&e.path);
+            if self.collided.insert(key) {
+                self.conflicts_named(&e.path, &ours);
+                // Skipped like an ignored entry: the next session must offer it again.
+                let fp = self.rules_fingerprint();
+                self.journal.set_rules(fp);
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            hold(&mut s.skipped, e);
+        }
+        None
+    }
+
+    /// `e`, unless a transfer under way for its path stands: kept unless `e` supersedes it.
+    fn past_pending(&mut self, conn: ConnId, e: Entry) -> Option<Entry> {
+        let Some(pending) = self.pending_version(&e.path) else { return Some(e) };
+        match pending.compare(&e.version) {
+            mirror_protocol::VersionOrdering::Before => {
+                self.cancel_fetches(&e.path);
+                Some(e)
+            }
+            // Made without knowledge of the version being fetched: a conflict to decide
+            // once that version is in place. Look at it again shortly.
+            mirror_protocol::VersionOrdering::Concurrent => {
+                self.retries.push(self.now + Duration::from_millis(20), conn, e);
+                None
+            }
+            // The same version (or an older one) from another session: not fetched twice,
+            // but owed by that session until the transfer under way is in.
+            _ => {
+                if let Some(p) = self.fetching.get_mut(&e.path)
+                    && p.conn != conn
+                {
+                    p.also.retain(|(c, _)| *c != conn);
+                    p.also.push((conn, e));
+                }
+                None
+            }
+        }
+    }
+
+    /// The same content under another history: ours takes `version`, the disk is untouched.
+    fn adopt(&mut self, conn: ConnId, e: Entry, version: VersionVector) {
+        let stat = self.index.get(&e.path).and_then(|l| l.stat);
+        // Ours is live and beats the peer's concurrent deletion: a new change of ours
+        // over both, as the winner of any conflict makes. The merge alone is not enough:
+        // elsewhere that deletion may have met another one, and their merge was the same
+        // vector as ours for a deletion, not our content: equal versions, two contents,
+        // for ever (simulator seed 190890).
+        let live_over_deletion =
+            e.kind.is_deleted() && self.index.get(&e.path).is_some_and(|l| !l.entry.kind.is_deleted());
+        let version = if live_over_deletion { self.next_version(&version) } else { version };
+        // The source already has its own version; a merge is news to it as well.
+        let to_source = if version == e.version { Some(conn) } else { None };
+        let entry = match self.index.get(&e.path) {
+            Some(l) => Entry { version, ..l.entry.clone() },
+            None => Entry { version, ..e },
+        };
+        self.set(entry, stat, to_source);
     }
 
     /// On a file system that folds names: the live path of ours that is the same name as the
