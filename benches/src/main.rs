@@ -53,20 +53,11 @@ fn hub(clients: usize, files: usize, samples: usize) {
     let others = clients - 1;
     println!("| hub of {clients} clients, one tree of {files} files | p50 | p99 | max | samples |");
     println!("| --- | --- | --- | --- | --- |");
-    println!(
-        "| save on one client -> all {others} others have it | {} | {} | {} | {} |",
-        ms(h.all.p50),
-        ms(h.all.p99),
-        ms(h.all.max),
-        h.all.n
-    );
-    println!(
-        "| ...the first of them has it | {} | {} | {} | {} |",
-        ms(h.first.p50),
-        ms(h.first.p99),
-        ms(h.first.max),
-        h.first.n
-    );
+    let row = |what: &str, s: mirror_benches::Summary| {
+        println!("| {what} | {} | {} | {} | {} |", ms(s.p50), ms(s.p99), ms(s.max), s.n);
+    };
+    row(&format!("save on one client -> all {others} others have it"), h.all);
+    row("...the first of them has it", h.first);
     println!();
     println!("| hub of {clients} clients | |");
     println!("| --- | --- |");

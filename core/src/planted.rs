@@ -15,16 +15,20 @@ pub enum Bug {
     /// What a peer sent is counted as taken in (its `Have` journaled) while transfers of it
     /// are still under way: after a crash they are never asked for again.
     HaveTooEarly,
+    /// Our deletions go out without a look at the root first: an unmounted root's files are
+    /// sent as deleted before the watcher says the root went.
+    RootUnchecked,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [Bug::Echo, Bug::DeletionWins, Bug::HaveTooEarly];
+    pub const ALL: [Bug; 4] = [Bug::Echo, Bug::DeletionWins, Bug::HaveTooEarly, Bug::RootUnchecked];
 
     pub fn name(self) -> &'static str {
         match self {
             Bug::Echo => "echo",
             Bug::DeletionWins => "deletion-wins",
             Bug::HaveTooEarly => "have-too-early",
+            Bug::RootUnchecked => "root-unchecked",
         }
     }
 

@@ -27,8 +27,8 @@ use mirror_core::fold::Folding;
 use mirror_core::ignore::SyncAll;
 use mirror_core::replica::{Command, Config, ConnId, Hint, Input, Replica, Time};
 use mirror_protocol::fuzz::Rng;
-use mirror_protocol::{Message, RelPath, Timestamp};
-use std::collections::{BTreeMap, BTreeSet};
+use mirror_protocol::{Message, RelPath, Timestamp, VersionVector};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,9 @@ pub(crate) struct Machine {
     pub(crate) unmounted: bool,
     /// Deletions it sent after its root was unmounted (there must be none).
     pub(crate) deletions_after_unmount: usize,
+    /// The deletions its index held when its root was unmounted: the user's, made before, and
+    /// sent with any index after it (news of nothing the unmount did).
+    deleted_before_unmount: HashSet<(RelPath, VersionVector)>,
 }
 
 impl Machine {
@@ -179,6 +182,7 @@ impl World {
                 halted: None,
                 unmounted: false,
                 deletions_after_unmount: 0,
+                deleted_before_unmount: HashSet::new(),
             });
         }
         let links = (0..plan.clients)
@@ -590,6 +594,18 @@ impl World {
             }
         }
         self.machines[client].unmounted = true;
+        let before: HashSet<(RelPath, VersionVector)> = self.machines[client]
+            .replica
+            .as_ref()
+            .map(|r| {
+                r.index()
+                    .values()
+                    .filter(|l| l.entry.kind.is_deleted())
+                    .map(|l| (l.entry.path.clone(), l.entry.version.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.machines[client].deleted_before_unmount = before;
         if let Some(d) = self.machines[client].disk_mut() {
             d.replace_root();
         }
@@ -749,8 +765,12 @@ impl World {
                     if self.machines[m].unmounted
                         && let Message::Update { entries, .. } | Message::IndexBatch { entries, .. } = &msg
                     {
-                        self.machines[m].deletions_after_unmount +=
-                            entries.iter().filter(|e| e.kind.is_deleted()).count();
+                        let known = &self.machines[m].deleted_before_unmount;
+                        let new = entries
+                            .iter()
+                            .filter(|e| e.kind.is_deleted() && !known.contains(&(e.path.clone(), e.version.clone())))
+                            .count();
+                        self.machines[m].deletions_after_unmount += new;
                     }
                     self.send(m, conn, msg);
                 }

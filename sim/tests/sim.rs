@@ -222,3 +222,15 @@ fn an_old_entry_of_a_peer_never_takes_the_place_of_its_newer_one() {
     let (out, trace) = run_plan(&plan, 448180, None, true);
     assert_eq!(out.failure, None, "{}", trace.join("\n"));
 }
+
+/// Seed 542173 of the 1,000,000-seed run: a client's user deleted a subtree, the client crashed
+/// and came back, and its root was unmounted while the hub asked for its index. The index it
+/// sent still carried the user's deletions from before the unmount (old news, not something
+/// the unmount did), and the check counted them as deletions sent after it. The check now
+/// counts only deletions the index did not hold at the unmount; the planted `root-unchecked`
+/// bug shows it still catches the ones the unmount makes.
+#[test]
+fn deletions_a_user_made_before_an_unmount_may_still_be_sent() {
+    let out = run_seed(542173, None);
+    assert_eq!(out.failure.map(|f| f.what), None);
+}
