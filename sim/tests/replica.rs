@@ -176,6 +176,40 @@ fn a_replaced_root_halts_before_any_deletion_goes_out() {
     assert!(!deletions, "a deletion went out from a replaced root: {out:?}");
 }
 
+/// The same with no peer connected when the files seem to go: the deletions wait for the next
+/// session's index, and the root is looked at before that (review of session 8: with nobody to
+/// send to, no deletion passed through the outbox, whose flush is where the root is checked,
+/// and a peer connecting within the second got every file as deleted).
+#[test]
+fn a_replaced_root_halts_before_a_deletion_made_while_nobody_is_connected_goes_out() {
+    let mut d = MemDisk::new();
+    d.write(&p("a.txt"), b"x").expect("a write");
+    let mut c = Clock { base: Instant::now(), ms: 0 };
+    let root = d.root_identity().expect("the root");
+    let base = Base { replica: ME, ..Base::default() };
+    let mut r = Replica::new(cfg(), base, d, MemJournal::new(ME), SyncAll, root, c.now()).expect("a replica");
+    r.scan_all(c.now());
+    r.started();
+    let mut out = Vec::new();
+    c.ms += 1500;
+    r.handle(c.now(), Input::Timer, &mut out);
+    r.disk_mut().replace_root();
+    r.handle(c.now(), Input::Hint(mirror_core::replica::Hint::Settled(PathBuf::from("a.txt"))), &mut out);
+    for _ in 0..20 {
+        r.handle(c.now(), Input::Timer, &mut out);
+    }
+    // A peer connects well within the second and asks for everything.
+    r.handle(c.now(), Input::Connected { conn: 1, peer_host: "peer".into(), peer_replica: PEER }, &mut out);
+    let index = Message::IndexBatch { entries: Vec::new(), last: true, seq: 0 };
+    r.handle(c.now(), Input::Message { conn: 1, msg: index }, &mut out);
+    r.handle(c.now(), Input::Message { conn: 1, msg: Message::IndexFrom { since: 0 } }, &mut out);
+    let deletions = out.iter().any(|c| {
+        matches!(c, Command::Send { msg: Message::Update { entries, .. } | Message::IndexBatch { entries, .. }, .. } if entries.iter().any(|e| e.kind.is_deleted()))
+    });
+    assert!(!deletions, "a deletion went out from a replaced root: {out:?}");
+    assert_eq!(r.halted().map(|h| h.reason.clone()), Some(HaltReason::RootReplaced));
+}
+
 /// A version of ours is in the journal before any peer can hold it: the driver sends what a
 /// turn returns before the turn is made durable, and a `kill -9` in between must not make us
 /// forget a version the peer has (model seed 10105).

@@ -318,3 +318,34 @@ fn halt_and_clock_persist() {
     let (_s, l) = Store::open(d.path(), Path::new("/r")).unwrap();
     assert_eq!(l.halted, None);
 }
+
+/// A batch larger than one write (a start-up scan journals every path at once) is written a
+/// chunk at a time: every entry comes back, and the `Have` set before it is still written after
+/// all of them (a torn journal never keeps the `Have` without its entries).
+#[test]
+fn a_batch_of_many_chunks_comes_back_whole_with_its_have_after_it() {
+    let d = tempfile::tempdir().unwrap();
+    let root = Path::new("/big");
+    let many: Vec<LocalEntry> = (0..5000).map(|i| entry(&format!("dir/file-{i:05}.txt"), i + 1)).collect();
+    {
+        let (mut s, _) = Store::open(d.path(), root).unwrap();
+        s.set_have(7, 42);
+        s.append(many.iter()).unwrap();
+    }
+    let dir = pair_dir(d.path(), root);
+    let log = fs::read(dir.join("base.log")).unwrap();
+    let snap = fs::read(dir.join("base.snap")).unwrap();
+    assert!(log.len() > 256 * 1024, "not more than one chunk: {} bytes", log.len());
+    for cut in [100_000, 256 * 1024 + 7, log.len() - 1, log.len()] {
+        fs::write(dir.join("base.log"), &log[..cut]).unwrap();
+        fs::write(dir.join("base.snap"), &snap).unwrap();
+        let (s, l) = Store::open(d.path(), root).unwrap();
+        // The `Have` is the last record: cut anywhere, it is there only with every entry.
+        let whole = cut == log.len();
+        assert_eq!(s.have(7), if whole { 42 } else { 0 }, "cut at {cut}");
+        assert_eq!(l.index.len() == 5000, cut >= log.len() - 1, "cut at {cut}: {} entries", l.index.len());
+        if whole {
+            assert_eq!(l.index[&RelPath::new("dir/file-04999.txt").unwrap()].seq, 5000);
+        }
+    }
+}

@@ -113,6 +113,9 @@ pub struct Replica<D: Disk, J: Journal, R: Ignore> {
     deferred: Vec<(Instant, ConnId, Entry)>,
     /// Changed entries to broadcast, each with the session it came from (not sent back there).
     outbox: Vec<(Entry, Option<ConnId>)>,
+    /// A deletion of ours was made while nobody was connected (so it is not in the outbox): the
+    /// root is looked at before anything is sent, as for a deletion in the outbox.
+    root_check_owed: bool,
     next_id: u64,
     /// Files deleted for a peer, kept for a while under temp names by content, so that a rename
     /// (a delete and a create of the same content) moves the file instead of transferring it.
@@ -204,6 +207,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             retries: retries::Retries::default(),
             deferred: Vec::new(),
             outbox: Vec::new(),
+            root_check_owed: false,
             next_id: 1,
             stash: BTreeMap::new(),
             waited_move: BTreeSet::new(),
@@ -303,6 +307,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         // Nobody is connected yet; each session gets the index. The scan's whole tree passed
         // through here: give its room back.
         self.outbox = Vec::new();
+        self.root_check_owed = false;
         // Rules other than last time (edited while we were stopped): ask peers for everything.
         let fp = self.rules_fingerprint();
         self.journal.set_rules(fp);
@@ -387,7 +392,8 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     pub fn next_deadline(&self) -> Option<Instant> {
         let stash = self.stash.values().flatten().map(|(_, t)| *t + STASH_FOR);
         let waits = self.retries.next_due().into_iter().chain(self.deferred.iter().map(|r| r.0));
-        let cool = self.debounce.cools_at();
+        // A halted replica reads nothing more, so it forgets nothing either: no wake for that.
+        let cool = self.debounce.cools_at().filter(|_| self.halted.is_none());
         self.debounce.next_due().into_iter().chain(cool).chain(waits).chain(stash).min()
     }
 
@@ -590,6 +596,8 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         // would otherwise hold a copy of every entry here).
         if !self.sessions.is_empty() {
             self.outbox.push((entry.clone(), from));
+        } else if from.is_none() && entry.kind.is_deleted() {
+            self.root_check_owed = true;
         }
         let key = self.cfg.folding.active().then(|| self.cfg.folding.key(&entry.path));
         let replaced = self.index.insert(LocalEntry { entry, stat, seq }, key, self.now);

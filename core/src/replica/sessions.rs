@@ -245,13 +245,15 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     }
 
     pub(super) fn flush_outbox(&mut self) {
-        if self.outbox.is_empty() {
+        let owed = std::mem::take(&mut self.root_check_owed);
+        if self.outbox.is_empty() && !owed {
             return;
         }
         // Deletions of ours go out only from a root that is still there: `rm -rf` of the root
         // unlinks every file before the root itself, and the watcher's word that the root went
         // may come a batch after the files' (halts.rs saw all five deletions sent under load).
-        let look = self.outbox.iter().any(|(e, from)| from.is_none() && e.kind.is_deleted());
+        // With nobody connected they go out later, with the next session's index.
+        let look = owed || self.outbox.iter().any(|(e, from)| from.is_none() && e.kind.is_deleted());
         #[cfg(feature = "planted-bugs")]
         let look = look && !self.planted(crate::planted::Bug::RootUnchecked);
         if look {
