@@ -36,18 +36,29 @@ impl Clock {
 
 /// A started replica on `disk`, with a session from the peer on connection 1, its index taken.
 fn replica(disk: MemDisk) -> (R, Clock) {
+    let (mut r, mut c) = alone(disk);
+    let mut out = Vec::new();
+    connect(&mut r, &mut c, &mut out);
+    (r, c)
+}
+
+/// A started replica on `disk`, nobody connected.
+fn alone(disk: MemDisk) -> (R, Clock) {
     let mut c = Clock { base: Instant::now(), ms: 0 };
     let root = disk.root_identity().expect("the root");
     let base = Base { replica: ME, ..Base::default() };
     let mut r = Replica::new(cfg(), base, disk, MemJournal::new(ME), SyncAll, root, c.now()).expect("a replica");
     r.scan_all(c.now());
     r.started();
-    let mut out = Vec::new();
-    r.handle(c.now(), Input::Connected { conn: 1, peer_host: "peer".into(), peer_replica: PEER }, &mut out);
-    let index = Message::IndexBatch { entries: Vec::new(), last: true, seq: 0 };
-    r.handle(c.now(), Input::Message { conn: 1, msg: index }, &mut out);
-    r.handle(c.now(), Input::Message { conn: 1, msg: Message::IndexFrom { since: 0 } }, &mut out);
     (r, c)
+}
+
+/// The peer connects on connection 1, sends an empty index and asks for ours.
+fn connect(r: &mut R, c: &mut Clock, out: &mut Vec<Command<Vec<u8>>>) {
+    r.handle(c.now(), Input::Connected { conn: 1, peer_host: "peer".into(), peer_replica: PEER }, out);
+    let index = Message::IndexBatch { entries: Vec::new(), last: true, seq: 0 };
+    r.handle(c.now(), Input::Message { conn: 1, msg: index }, out);
+    r.handle(c.now(), Input::Message { conn: 1, msg: Message::IndexFrom { since: 0 } }, out);
 }
 
 fn p(s: &str) -> RelPath {
@@ -184,12 +195,7 @@ fn a_replaced_root_halts_before_any_deletion_goes_out() {
 fn a_replaced_root_halts_before_a_deletion_made_while_nobody_is_connected_goes_out() {
     let mut d = MemDisk::new();
     d.write(&p("a.txt"), b"x").expect("a write");
-    let mut c = Clock { base: Instant::now(), ms: 0 };
-    let root = d.root_identity().expect("the root");
-    let base = Base { replica: ME, ..Base::default() };
-    let mut r = Replica::new(cfg(), base, d, MemJournal::new(ME), SyncAll, root, c.now()).expect("a replica");
-    r.scan_all(c.now());
-    r.started();
+    let (mut r, mut c) = alone(d);
     let mut out = Vec::new();
     c.ms += 1500;
     r.handle(c.now(), Input::Timer, &mut out);
@@ -199,10 +205,7 @@ fn a_replaced_root_halts_before_a_deletion_made_while_nobody_is_connected_goes_o
         r.handle(c.now(), Input::Timer, &mut out);
     }
     // A peer connects well within the second and asks for everything.
-    r.handle(c.now(), Input::Connected { conn: 1, peer_host: "peer".into(), peer_replica: PEER }, &mut out);
-    let index = Message::IndexBatch { entries: Vec::new(), last: true, seq: 0 };
-    r.handle(c.now(), Input::Message { conn: 1, msg: index }, &mut out);
-    r.handle(c.now(), Input::Message { conn: 1, msg: Message::IndexFrom { since: 0 } }, &mut out);
+    connect(&mut r, &mut c, &mut out);
     let deletions = out.iter().any(|c| {
         matches!(c, Command::Send { msg: Message::Update { entries, .. } | Message::IndexBatch { entries, .. }, .. } if entries.iter().any(|e| e.kind.is_deleted()))
     });
