@@ -143,11 +143,19 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         if self.halted.is_some() {
             return;
         }
-        let busy: BTreeSet<ConnId> = self
+        // Those that could advance; most turns of a sync have none, or none idle.
+        let journal = &self.journal;
+        let could = |s: &Session<D>| s.index_done && s.have > journal.have(s.peer_replica);
+        if !self.sessions.values().any(could) {
+            return;
+        }
+        // Busy: retries, deferred deletions or transfers of a session. The transfers owed by a
+        // session through another's (`also`) are looked for last, and only when some session
+        // is otherwise idle: during an initial sync they are a walk of every pending transfer.
+        let mut busy: BTreeSet<ConnId> = self
             .retries
             .conns()
             .chain(self.deferred.iter().map(|d| d.1))
-            .chain(self.fetching.values().flat_map(|p| p.also.iter().map(|(c, _)| *c)))
             .chain(
                 self.sessions
                     .iter()
@@ -156,13 +164,34 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             )
             .collect();
         #[cfg(feature = "planted-bugs")]
-        let busy = if self.planted(crate::planted::Bug::HaveTooEarly) { BTreeSet::new() } else { busy };
+        let planted = self.planted(crate::planted::Bug::HaveTooEarly);
+        #[cfg(not(feature = "planted-bugs"))]
+        let planted = false;
+        if planted {
+            busy.clear();
+        }
         // A replica is only as far as the least advanced of its sessions (normally one).
-        let busy_replicas: BTreeSet<ReplicaId> =
-            self.sessions.iter().filter(|(c, _)| busy.contains(*c)).map(|(_, s)| s.peer_replica).collect();
-        for s in self.sessions.values() {
-            if s.index_done && s.have > self.journal.have(s.peer_replica) && !busy_replicas.contains(&s.peer_replica) {
-                self.journal.set_have(s.peer_replica, s.have);
+        let replicas_of = |busy: &BTreeSet<ConnId>| -> BTreeSet<ReplicaId> {
+            self.sessions.iter().filter(|(c, _)| busy.contains(*c)).map(|(_, s)| s.peer_replica).collect()
+        };
+        let mut busy_replicas = replicas_of(&busy);
+        if self.sessions.values().all(|s| !could(s) || busy_replicas.contains(&s.peer_replica)) {
+            return;
+        }
+        if !planted {
+            busy.extend(self.fetching.values().flat_map(|p| p.also.iter().map(|(c, _)| *c)));
+            busy_replicas = replicas_of(&busy);
+        }
+        let advance: Vec<(ReplicaId, u64)> = self
+            .sessions
+            .values()
+            .filter(|s| could(s) && !busy_replicas.contains(&s.peer_replica))
+            .map(|s| (s.peer_replica, s.have))
+            .collect();
+        for (replica, have) in advance {
+            // Two sessions of one replica (a reconnect while the old one lingers): the furthest.
+            if have > self.journal.have(replica) {
+                self.journal.set_have(replica, have);
             }
         }
     }
