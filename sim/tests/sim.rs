@@ -234,3 +234,23 @@ fn deletions_a_user_made_before_an_unmount_may_still_be_sent() {
     let out = run_seed(542173, None);
     assert_eq!(out.failure.map(|f| f.what), None);
 }
+
+/// Seed 1364882 of the second 1,000,000-seed run: every machine saved `d0/e1/f2.txt` at once
+/// (conflict copies went round), then the hub's user renamed `d0/e1` away while another save
+/// at once made `d0/e1/e1/f3.txt` again there. A peer's entry for `d0/e1` reached the hub
+/// before its watcher's report; the hub read the new directory's stat then, and the report's
+/// read found nothing new, so what the old directory held stayed in the hub's index: the
+/// clients asked for the conflict copy at its old place for ever.
+#[test]
+fn a_directory_made_again_under_a_peer_s_entry_is_read_whole() {
+    let plan = shrunk(
+        1364882,
+        vec![
+            (0, 734, Action::Race { path: p("d0/e1/f2.txt"), len: 94 }),
+            (0, 774, user(0, Op::Rename { from: p("d0/e1"), to: p("d0/e2") })),
+            (0, 774, Action::Race { path: p("d0/e1/e1/f3.txt"), len: 2935 }),
+        ],
+    );
+    let (out, trace) = run_plan(&plan, 1364882, None, true);
+    assert_eq!(out.failure, None, "{}", trace.join("\n"));
+}
