@@ -51,6 +51,12 @@ pub enum ToNet {
         conn: ConnId,
         reason: String,
     },
+    /// A server's opener thread answers the `Hello` of connection `conn`.
+    Opened {
+        conn: ConnId,
+        hello: mirror_protocol::Hello,
+        result: crate::net::Opened,
+    },
 }
 
 /// How an engine reaches the network thread.

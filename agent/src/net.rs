@@ -14,7 +14,7 @@
 //! heartbeat all act on the one `Conn` while the loop holds it out of its map, and on the loop's
 //! listener, engines and reconnect timer; split by concern, each part would take both whole.
 
-use crate::link::{ConnId, ToEngine, ToNet};
+use crate::link::{ConnId, NetHandle, ToEngine, ToNet};
 use crate::status::{State as PairState, Status};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
@@ -73,10 +73,31 @@ const UPLOAD_CHUNK: usize = 64 * 1024;
 /// What a drained output buffer keeps of its room: a chunk and its frame header.
 const KEEP_OUT: usize = UPLOAD_CHUNK + 1024;
 
-/// Opens the engine serving a resolved directory (creating it on first use).
-/// Gets the engine of a resolved directory, starting it with the client's patterns on first use.
-/// Finds or starts the engine for a served directory: its channel and its replica id.
-pub type EngineFactory = Box<dyn FnMut(PathBuf, &Hello) -> anyhow::Result<(Sender<ToEngine>, ReplicaId)>>;
+/// A server's answer to a client's `Hello`: the engine of the directory it asked for, or why not.
+pub type Opened = Result<Served, Refusal>;
+
+/// The engine a `Hello` was routed to.
+#[derive(Debug)]
+pub struct Served {
+    pub engine: Sender<ToEngine>,
+    pub replica: ReplicaId,
+    /// The directory, resolved inside the server's root.
+    pub dir: PathBuf,
+}
+
+/// Why a client's directory is not served: what the server's log says, and what the client is
+/// told in its `Goodbye`.
+#[derive(Debug)]
+pub struct Refusal {
+    pub log: String,
+    pub told: String,
+}
+
+/// Resolves a client's remote directory inside the server's root (the first argument) and finds
+/// or starts its engine. It runs on a thread of its own for each `Hello`, never on the network
+/// thread: resolving reads the disk, and opening a pair's store and watching its tree take
+/// seconds on a large directory, while every other connection must go on.
+pub type EngineFactory = Arc<dyn Fn(&std::path::Path, &Hello) -> Opened + Send + Sync>;
 
 pub enum Role {
     Server { listener: TcpListener, root: PathBuf, engines: EngineFactory },
@@ -89,6 +110,10 @@ pub enum Role {
 enum State {
     Preamble,
     Handshake,
+    /// A server's opener looks for the engine of the directory the `Hello` asked for; nothing
+    /// more is read from the connection until it answers (a client sends nothing more before
+    /// our `Welcome`).
+    Opening,
     Open(Sender<ToEngine>),
 }
 
@@ -252,12 +277,18 @@ pub struct Net {
     /// TLS configuration; `None` for `--insecure`.
     tls: Option<crate::tls::Tls>,
     status: Option<Status>,
+    /// How the opener threads (and the upload readers) hand their results to this loop.
+    handle: NetHandle,
+    /// The opener threads still running (one per `Hello` being served).
+    openers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Net {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         poll: Poll,
         rx: Receiver<ToNet>,
+        handle: NetHandle,
         parked_flag: Arc<AtomicBool>,
         stop: Arc<AtomicBool>,
         mut role: Role,
@@ -291,6 +322,8 @@ impl Net {
             parked_flag,
             tls,
             status,
+            handle,
+            openers: Vec::new(),
         })
     }
 
@@ -357,6 +390,10 @@ impl Net {
             }
             // Best effort: the socket is non-blocking and the peer may be gone.
             flush(&mut c);
+        }
+        // An engine an opener starts now is stopped by whoever owns the engines, after this.
+        for t in self.openers.drain(..) {
+            let _ = t.join();
         }
         Ok(())
     }
@@ -486,6 +523,13 @@ impl Net {
                         c.fail(reason);
                     }
                 }
+                ToNet::Opened { conn, hello, result } => {
+                    // The connection may have closed meanwhile: the engine stays for the next.
+                    if let Some(mut c) = self.conns.remove(&conn) {
+                        self.on_opened(conn, &mut c, hello, result);
+                        self.conns.insert(conn, c);
+                    }
+                }
             }
         }
     }
@@ -513,7 +557,7 @@ impl Net {
         // Edge-triggered: read until the kernel buffer is empty, or no readable event would ever
         // come back for what is left in it. Only engine back-pressure (a parked message) stops
         // this early, and the engine's wake-up resumes it.
-        while c.parked.is_none() && !c.closing {
+        while c.parked.is_none() && !c.closing && !matches!(c.state, State::Opening) {
             let drained = self.read(&mut c);
             self.dispatch(id, &mut c);
             if drained {
@@ -648,7 +692,8 @@ impl Net {
     /// for the engine, or the connection fails.
     fn dispatch(&mut self, id: ConnId, c: &mut Conn) {
         loop {
-            if c.parked.is_some() {
+            // What a client sent right after its `Hello` waits, decoded or not, for its engine.
+            if c.parked.is_some() || matches!(c.state, State::Opening) {
                 return;
             }
             if let State::Preamble = c.state {
@@ -753,23 +798,41 @@ impl Net {
         true
     }
 
+    /// A client's `Hello`: an opener thread finds its directory's engine (or says why not), and
+    /// the connection waits in [`State::Opening`] for the answer ([`Net::on_opened`]).
     fn on_hello(&mut self, id: ConnId, c: &mut Conn, h: Hello) {
         let h = Hello { host: crate::logsafe::clean(&h.host), ..h };
-        let Role::Server { engines, .. } = &mut self.role else { return };
-        let Some(root) = &self.root_canon else { return };
-        let target = match crate::paths::resolve_remote(root, &h.remote) {
-            Ok(t) => t,
-            Err(reason) => {
-                log::error!("{} ({}): {reason}", c.peer, h.host);
+        let Role::Server { engines, .. } = &self.role else { return };
+        let Some(root) = self.root_canon.clone() else { return };
+        let (engines, handle) = (engines.clone(), self.handle.clone());
+        self.openers.retain(|t| !t.is_finished());
+        let opener = std::thread::Builder::new().name("opener".into()).spawn(move || {
+            let result = engines(&root, &h);
+            handle.send(ToNet::Opened { conn: id, hello: h, result });
+        });
+        match opener {
+            Ok(t) => {
+                self.openers.push(t);
+                c.state = State::Opening;
+            }
+            Err(e) => {
+                let reason = format!("cannot serve the connection now: {e}");
+                log::error!("{}: {reason}", c.peer);
                 c.send(&Message::Goodbye { reason: reason.clone() });
                 c.fail(reason);
-                return;
             }
-        };
-        match engines(target.clone(), &h) {
-            Ok((tx, replica)) => {
+        }
+    }
+
+    /// The opener's answer to a `Hello`: welcome the client into its engine, or refuse it.
+    fn on_opened(&mut self, id: ConnId, c: &mut Conn, h: Hello, result: Opened) {
+        if !matches!(c.state, State::Opening) || c.closing {
+            return;
+        }
+        match result {
+            Ok(Served { engine: tx, replica, dir }) => {
                 c.send(&Message::Welcome(Welcome { replica, host: crate::hostname() }));
-                log::info!("{} ({}{}) syncs {}", h.host, c.peer, c.peer_id(), target.display());
+                log::info!("{} ({}{}) syncs {}", h.host, c.peer, c.peer_id(), dir.display());
                 let hello = ToEngine::Connected { conn: id, peer_host: h.host, peer_replica: h.replica };
                 match offer(&tx, hello, &self.parked_flag) {
                     Ok(()) => {}
@@ -781,12 +844,10 @@ impl Net {
                     s.update(|r| r.peers += 1);
                 }
             }
-            Err(e) => {
-                let reason = crate::logsafe::clean(&format!("cannot sync {}: {e:#}", target.display()));
-                log::error!("{reason}");
-                let told = crate::logsafe::clean(&crate::store::refusal_for_client(&e, &target));
+            Err(Refusal { log, told }) => {
+                log::error!("{} ({}): {log}", c.peer, h.host);
                 c.send(&Message::Goodbye { reason: told });
-                c.fail(reason);
+                c.fail(log);
             }
         }
     }
@@ -986,3 +1047,6 @@ fn resolve(addr: &str) -> io::Result<SocketAddr> {
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address for {addr}")))
 }
+
+#[cfg(test)]
+mod tests;

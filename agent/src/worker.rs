@@ -14,7 +14,7 @@ use mirror_backends::Backend;
 use mirror_protocol::Hello;
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -164,7 +164,8 @@ pub fn run_client(
         excludes: spec.exclude.clone(),
     };
     let role = net::Role::Client { addr, hello, engine: engine_tx.clone() };
-    let result = net::Net::new(l.poll, l.net_rx, l.parked, stop.flag.clone(), role, tls, Some(status.clone()))?.run();
+    let result =
+        net::Net::new(l.poll, l.net_rx, l.handle, l.parked, stop.flag.clone(), role, tls, Some(status.clone()))?.run();
     let _ = engine_tx.send(ToEngine::Shutdown);
     let engine_result = done.join().unwrap_or_else(|_| Err("engine thread panicked".into()));
     result?;
@@ -192,45 +193,20 @@ pub fn run_server(
     // patterns is refused with the reason while another client uses it (its patterns would
     // silently not apply: issue 11, item 15); when nobody does, the engine is restarted with
     // the new patterns (a user who changed their -e).
-    type Served = (EngineHandle, Vec<String>, Vec<String>);
-    let engines: Arc<Mutex<HashMap<PathBuf, Served>>> = Arc::default();
-    let factory = {
+    let engines: Engines = Arc::default();
+    let factory: net::EngineFactory = {
         let engines = engines.clone();
         let handle = l.handle.clone();
         let shared = shared.clone();
-        Box::new(move |path: PathBuf, hello: &Hello| {
-            let mut map = engines.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((h, inc, exc)) = map.get(&path)
-                && !h.thread.is_finished()
-            {
-                if *inc == hello.includes && *exc == hello.excludes {
-                    return Ok((h.tx.clone(), h.replica));
-                }
-                if h.attached.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-                    anyhow::bail!(
-                        "another client syncs this directory with other patterns ({}); every client of \
-                         one directory must use the same -i/-e patterns (yours: {})",
-                        show_patterns(inc, exc),
-                        show_patterns(&hello.includes, &hello.excludes)
-                    );
-                }
-                log::info!("{}: restarting its engine with the patterns of {}", path.display(), hello.host);
-                if let Some((old, _, _)) = map.remove(&path) {
-                    let _ = old.tx.send(ToEngine::Shutdown);
-                    let _ = old.thread.join();
-                }
-            }
-            let cfg = engine_cfg(&shared, path.clone(), hello.includes.clone(), hello.excludes.clone(), resume);
-            let h = engine::spawn(cfg, handle.clone())?;
-            let answer = (h.tx.clone(), h.replica);
-            map.insert(path, (h, hello.includes.clone(), hello.excludes.clone()));
-            Ok(answer)
-        }) as net::EngineFactory
+        Arc::new(move |root: &Path, hello: &Hello| open_engine(&engines, &shared, &handle, resume, root, hello))
     };
     let role = net::Role::Server { listener, root, engines: factory };
-    let result = net::Net::new(l.poll, l.net_rx, l.parked, stop.flag.clone(), role, tls, Some(status.clone()))?.run();
+    let result =
+        net::Net::new(l.poll, l.net_rx, l.handle, l.parked, stop.flag.clone(), role, tls, Some(status.clone()))?.run();
+    // The network loop has joined its openers: nothing starts an engine any more.
+    let slots: Vec<Slot> = engines.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, s)| s).collect();
     let all: Vec<EngineHandle> =
-        engines.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, (h, _, _))| h).collect();
+        slots.iter().filter_map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).take()).map(|s| s.0).collect();
     for h in &all {
         let _ = h.tx.send(ToEngine::Shutdown);
     }
@@ -238,6 +214,69 @@ pub fn run_server(
         let _ = h.thread.join();
     }
     result
+}
+
+/// A served directory's engine, with the patterns of the client that opened it.
+type ServedEngine = (EngineHandle, Vec<String>, Vec<String>);
+/// One directory's engine, if started: locked while it is started, so two clients of one
+/// directory never start two, while clients of other directories do not wait.
+type Slot = Arc<Mutex<Option<ServedEngine>>>;
+type Engines = Arc<Mutex<HashMap<PathBuf, Slot>>>;
+
+/// Serves a client's `Hello` (on an opener thread): resolves its directory inside the root and
+/// finds or starts the directory's engine.
+///
+/// One engine per served directory, shared by every client of that directory, with the patterns
+/// of the client that opened it. A client asking for the same directory with other patterns is
+/// refused with the reason while another client uses it (its patterns would silently not apply:
+/// issue 11, item 15); when nobody does, the engine is restarted with the new patterns (a user
+/// who changed their -e).
+fn open_engine(
+    engines: &Engines,
+    shared: &Shared,
+    handle: &NetHandle,
+    resume: bool,
+    root: &Path,
+    hello: &Hello,
+) -> net::Opened {
+    let path = crate::paths::resolve_remote(root, &hello.remote)
+        .map_err(|reason| net::Refusal { log: reason.clone(), told: reason })?;
+    let slot = engines.lock().unwrap_or_else(PoisonError::into_inner).entry(path.clone()).or_default().clone();
+    let mut served = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((h, inc, exc)) = served.as_ref()
+        && !h.thread.is_finished()
+    {
+        if *inc == hello.includes && *exc == hello.excludes {
+            return Ok(net::Served { engine: h.tx.clone(), replica: h.replica, dir: path });
+        }
+        if h.attached.load(Ordering::SeqCst) > 0 {
+            let reason = format!(
+                "another client syncs this directory with other patterns ({}); every client of one \
+                 directory must use the same -i/-e patterns (yours: {})",
+                show_patterns(inc, exc),
+                show_patterns(&hello.includes, &hello.excludes)
+            );
+            let reason = crate::logsafe::clean(&format!("cannot sync {}: {reason}", path.display()));
+            return Err(net::Refusal { log: reason.clone(), told: reason });
+        }
+        log::info!("{}: restarting its engine with the patterns of {}", path.display(), hello.host);
+    }
+    if let Some((old, _, _)) = served.take() {
+        let _ = old.tx.send(ToEngine::Shutdown);
+        let _ = old.thread.join();
+    }
+    let cfg = engine_cfg(shared, path.clone(), hello.includes.clone(), hello.excludes.clone(), resume);
+    match engine::spawn(cfg, handle.clone()) {
+        Ok(h) => {
+            let answer = net::Served { engine: h.tx.clone(), replica: h.replica, dir: path };
+            *served = Some((h, hello.includes.clone(), hello.excludes.clone()));
+            Ok(answer)
+        }
+        Err(e) => Err(net::Refusal {
+            log: crate::logsafe::clean(&format!("cannot sync {}: {e:#}", path.display())),
+            told: crate::logsafe::clean(&crate::store::refusal_for_client(&e, &path)),
+        }),
+    }
 }
 
 pub fn net_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {

@@ -1,0 +1,205 @@
+//! The network thread against real sockets on loopback, with stand-in engines: what must go on
+//! while some other connection waits for the disk.
+
+use super::*;
+use crossbeam_channel::bounded;
+use mio::Waker;
+use std::net::TcpStream as StdStream;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+/// How long a test waits for what must happen (what must not happen shows as this expiring).
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A server's network thread on an ephemeral loopback port, without TLS.
+struct Server {
+    addr: SocketAddr,
+    handle: NetHandle,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    fn start(engines: EngineFactory) -> Self {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+        let (tx, rx) = bounded(1024);
+        let parked = Arc::new(AtomicBool::new(false));
+        let handle = NetHandle { tx, waker, parked: parked.clone() };
+        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let root = std::env::temp_dir();
+        let stop = Arc::new(AtomicBool::new(false));
+        let role = Role::Server { listener, root, engines };
+        let net = Net::new(poll, rx, handle.clone(), parked, stop.clone(), role, None, None).unwrap();
+        let thread = Some(std::thread::spawn(move || net.run()));
+        Server { addr, handle, stop, thread }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.handle.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A client speaking the protocol by hand.
+struct Peer {
+    stream: StdStream,
+    dec: Decoder,
+    preamble: bool,
+}
+
+impl Peer {
+    fn connect(addr: SocketAddr, remote: &str) -> Self {
+        let stream = StdStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut p = Peer { stream, dec: Decoder::new(), preamble: false };
+        let mut first = Preamble::ours().encode().to_vec();
+        let hello = Hello {
+            replica: 7,
+            host: format!("test-{remote}"),
+            remote: remote.as_bytes().to_vec(),
+            includes: vec![],
+            excludes: vec![],
+        };
+        encode_into(&Message::Hello(hello), &mut first);
+        p.stream.write_all(&first).unwrap();
+        p
+    }
+
+    fn send(&mut self, msg: &Message) {
+        let mut buf = Vec::new();
+        encode_into(msg, &mut buf);
+        self.stream.write_all(&buf).unwrap();
+    }
+
+    /// The next message the server sent, if one came within `wait`.
+    fn recv(&mut self, wait: Duration) -> Option<Message> {
+        let end = Instant::now() + wait;
+        loop {
+            if !self.preamble && self.dec.buffered() >= PREAMBLE_LEN {
+                self.dec.take_raw(PREAMBLE_LEN);
+                self.preamble = true;
+            }
+            if self.preamble
+                && let Some(m) = self.dec.decode().unwrap()
+            {
+                return Some(m);
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut buf = [0u8; 64 * 1024];
+            match self.stream.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.dec.extend(&buf[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// The next message that is not a heartbeat.
+    fn recv_session(&mut self, wait: Duration) -> Option<Message> {
+        let end = Instant::now() + wait;
+        loop {
+            match self.recv(end.saturating_duration_since(Instant::now()))? {
+                Message::Ping | Message::Pong => {}
+                m => return Some(m),
+            }
+        }
+    }
+}
+
+/// Engines for the tests: a directory named `slow` takes until the test releases it to open;
+/// every other opens at once, into a channel the test reads.
+struct Engines {
+    entered: crossbeam_channel::Receiver<()>,
+    release: Sender<()>,
+    connected: crossbeam_channel::Receiver<ToEngine>,
+    factory: EngineFactory,
+}
+
+fn engines() -> Engines {
+    let (entered_tx, entered) = bounded(8);
+    let (release, release_rx) = bounded::<()>(8);
+    let (engine_tx, connected) = bounded(64);
+    let release_rx = Mutex::new(release_rx);
+    let factory: EngineFactory = Arc::new(move |root: &std::path::Path, h: &Hello| {
+        let dir = root.join(String::from_utf8_lossy(&h.remote).into_owned());
+        if h.remote == b"slow" {
+            let _ = entered_tx.send(());
+            let _ = release_rx.lock().unwrap().recv_timeout(DEADLINE * 3);
+        }
+        Ok(Served { engine: engine_tx.clone(), replica: 42, dir })
+    });
+    Engines { entered, release, connected, factory }
+}
+
+#[test]
+fn a_directory_slow_to_open_holds_up_no_other_client() {
+    let e = engines();
+    let server = Server::start(e.factory.clone());
+    let mut slow = Peer::connect(server.addr, "slow");
+    e.entered.recv_timeout(DEADLINE).expect("the slow directory's opener never started");
+    // While it opens, another client is welcomed and its engine hears of it.
+    let mut fast = Peer::connect(server.addr, "fast");
+    match fast.recv_session(DEADLINE) {
+        Some(Message::Welcome(w)) => assert_eq!(w.replica, 42),
+        other => panic!("the second client was not welcomed while the first directory opened: {other:?}"),
+    }
+    match e.connected.recv_timeout(DEADLINE) {
+        Ok(ToEngine::Connected { peer_host, .. }) => assert_eq!(peer_host, "test-fast"),
+        other => panic!("the engine did not hear of the second client: {other:?}"),
+    }
+    // Its session works: a ping is answered.
+    fast.send(&Message::Ping);
+    assert!(matches!(fast.recv(DEADLINE), Some(Message::Pong)), "the second client's ping went unanswered");
+    // The first is still waiting, and is welcomed once its directory is open.
+    assert_eq!(slow.recv_session(Duration::from_millis(200)), None, "welcomed before its directory was open");
+    e.release.send(()).unwrap();
+    assert!(matches!(slow.recv_session(DEADLINE), Some(Message::Welcome(_))), "the first client was never welcomed");
+    match e.connected.recv_timeout(DEADLINE) {
+        Ok(ToEngine::Connected { peer_host, .. }) => assert_eq!(peer_host, "test-slow"),
+        other => panic!("the engine did not hear of the first client: {other:?}"),
+    }
+}
+
+#[test]
+fn a_refused_directory_is_told_why_in_a_goodbye() {
+    let factory: EngineFactory = Arc::new(|_: &std::path::Path, _: &Hello| {
+        Err(Refusal { log: "cannot sync x: it is on fire".into(), told: "the directory is on fire".into() })
+    });
+    let server = Server::start(factory);
+    let mut p = Peer::connect(server.addr, "x");
+    match p.recv_session(DEADLINE) {
+        Some(Message::Goodbye { reason }) => assert_eq!(reason, "the directory is on fire"),
+        other => panic!("expected a goodbye with the refusal, got {other:?}"),
+    }
+    assert_eq!(p.recv(DEADLINE), None, "the connection stayed open after the refusal");
+}
+
+#[test]
+fn what_a_client_sends_before_its_welcome_reaches_its_engine() {
+    let e = engines();
+    let server = Server::start(e.factory.clone());
+    let mut slow = Peer::connect(server.addr, "slow");
+    // Sent at once behind the hello, in the same segment: it must wait for the engine, not be
+    // dropped while the directory opens.
+    slow.send(&Message::IndexFrom { since: 0 });
+    e.entered.recv_timeout(DEADLINE).expect("the opener never started");
+    e.release.send(()).unwrap();
+    assert!(matches!(slow.recv_session(DEADLINE), Some(Message::Welcome(_))));
+    assert!(matches!(e.connected.recv_timeout(DEADLINE), Ok(ToEngine::Connected { .. })));
+    match e.connected.recv_timeout(DEADLINE) {
+        Ok(ToEngine::Message { msg: Message::IndexFrom { since: 0 }, .. }) => {}
+        other => panic!("the message sent behind the hello was lost: {other:?}"),
+    }
+}
