@@ -39,7 +39,8 @@ pub enum ToNet {
         conn: ConnId,
         msg: Message,
     },
-    /// Stream `file` as the answer to request `id`: at most `size` bytes, then `DataEnd`.
+    /// Stream `file` as the answer to request `id`: at most `size` bytes, then `DataEnd`. The
+    /// network thread hands the reads to the upload readers and sends chunks as the socket drains.
     Upload {
         conn: ConnId,
         id: u64,
@@ -51,6 +52,8 @@ pub enum ToNet {
         conn: ConnId,
         reason: String,
     },
+    /// An upload reader read the next chunk of a file being sent.
+    Chunk(crate::reader::Chunk),
     /// A server's opener thread answers the `Hello` of connection `conn`.
     Opened {
         conn: ConnId,
@@ -71,9 +74,16 @@ pub struct NetHandle {
 
 impl NetHandle {
     pub fn send(&self, m: ToNet) {
-        if self.tx.send(m).is_ok() {
+        self.send_checked(m);
+    }
+
+    /// [`send`](Self::send), saying whether the network thread is still there to take it.
+    pub fn send_checked(&self, m: ToNet) -> bool {
+        let sent = self.tx.send(m).is_ok();
+        if sent {
             let _ = self.waker.wake();
         }
+        sent
     }
 
     /// Called by an engine after it took messages off its channel.

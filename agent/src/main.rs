@@ -19,6 +19,7 @@ mod logsafe;
 mod net;
 mod notify;
 mod paths;
+mod reader;
 mod rules;
 mod scan;
 mod status;

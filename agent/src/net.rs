@@ -3,9 +3,9 @@
 //! It only moves bytes: the preamble check, frame decoding and the handshake route a
 //! connection to its engine, after which messages pass through untouched once the session rules
 //! ([`mirror_protocol::session`]) accepted them (a peer that breaks one is closed here, with the
-//! [`Violation`] as the reason), except file uploads,
-//! which this thread streams from an open file handle in bounded chunks as the socket drains, so
-//! a file of any size costs one chunk of memory.
+//! [`Violation`] as the reason), except file uploads: their bytes are read by the upload readers
+//! ([`crate::reader`]), at most [`READ_AHEAD_CHUNKS`] chunks ahead of what the socket has taken,
+//! so a file of any size costs a few chunks of memory and a slow disk stalls no connection.
 //!
 //! It never blocks on an engine: a message the engine's channel cannot take yet is parked, and
 //! the connection is not read again until the message is delivered.
@@ -15,17 +15,17 @@
 //! listener, engines and reconnect timer; split by concern, each part would take both whole.
 
 use crate::link::{ConnId, NetHandle, ToEngine, ToNet};
+use crate::reader::{Chunk, Job, Readers, Source, UPLOAD_CHUNK};
 use crate::status::{State as PairState, Status};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use mirror_protocol::session::{DEAD_AFTER, HANDSHAKE_DEADLINE, PING_INTERVAL};
 use mirror_protocol::{
-    Connection, Decoder, Event, Hello, MAX_CHUNK_LEN, Message, PREAMBLE_LEN, Preamble, ReplicaId, Side, Violation,
-    Welcome, encode_into,
+    Connection, Decoder, Event, Hello, Message, PREAMBLE_LEN, Preamble, ReplicaId, Side, Violation, Welcome,
+    encode_into,
 };
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,8 +68,6 @@ const MAX_HANDSHAKING_PER_ADDR: usize = 16;
 const MAX_HANDSHAKING: usize = 256;
 /// Open connections in all.
 const MAX_CONNS: usize = 2048;
-/// One upload frame: a control message waits behind at most one of these in our buffers.
-const UPLOAD_CHUNK: usize = 64 * 1024;
 /// What a drained output buffer keeps of its room: a chunk and its frame header.
 const KEEP_OUT: usize = UPLOAD_CHUNK + 1024;
 
@@ -117,15 +115,23 @@ enum State {
     Open(Sender<ToEngine>),
 }
 
+/// A file being sent in answer to request `id`: its chunks are read by the upload readers
+/// ([`crate::reader`]), a chunk or two ahead of the socket.
 struct Upload {
     id: u64,
-    file: File,
-    size: u64,
-    sent: u64,
-    hash: blake3::Hasher,
+    /// Where to read on from; `None` while a reader has it, and after the last chunk.
+    src: Option<Box<Source>>,
+    /// Chunks read and not yet sent.
+    ready: VecDeque<Message>,
+    /// The last message (`DataEnd` or `DataAbort`) is in `ready` or sent.
+    read_all: bool,
 }
 
+/// Chunks read ahead of the socket, per upload.
+const READ_AHEAD_CHUNKS: usize = 2;
+
 struct Conn {
+    id: ConnId,
     stream: TcpStream,
     /// The TLS session on top of `stream`, unless the agent runs `--insecure`.
     tls: Option<Box<rustls::Connection>>,
@@ -151,6 +157,8 @@ struct Conn {
     pong_queued: bool,
     /// The socket is gone: close at once.
     dead: bool,
+    /// Where the chunks of `uploads` are read.
+    readers: Readers,
     /// Why it closed, for the engine and the log.
     close_reason: Option<String>,
     /// When bytes last arrived, and when we last pinged.
@@ -166,8 +174,16 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, tls: Option<Box<rustls::Connection>>, peer: String, first_out: Vec<u8>) -> Self {
+    fn new(
+        id: ConnId,
+        stream: TcpStream,
+        tls: Option<Box<rustls::Connection>>,
+        peer: String,
+        first_out: Vec<u8>,
+        readers: Readers,
+    ) -> Self {
         Self {
+            id,
             stream,
             tls,
             peer,
@@ -184,6 +200,7 @@ impl Conn {
             closing_since: None,
             pong_queued: false,
             dead: false,
+            readers,
             close_reason: None,
             last_rx: Instant::now(),
             last_ping: Instant::now(),
@@ -221,12 +238,44 @@ impl Conn {
             self.pong_queued = false;
             return true;
         }
-        if let Some(msg) = next_chunk(&mut self.uploads) {
-            self.proto.sent(&msg); // a DataEnd or DataAbort answers the request
-            encode_into(&msg, &mut self.out);
-            return true;
+        let msg = self.uploads.front_mut().and_then(|u| u.ready.pop_front());
+        if let Some(u) = self.uploads.front()
+            && u.read_all
+            && u.ready.is_empty()
+        {
+            self.uploads.pop_front();
         }
-        false
+        self.read_ahead();
+        let Some(msg) = msg else { return false };
+        self.proto.sent(&msg); // a DataEnd or DataAbort answers the request
+        encode_into(&msg, &mut self.out);
+        true
+    }
+
+    /// Asks the readers for the next chunk of the upload under way, unless one is being read
+    /// or enough wait.
+    fn read_ahead(&mut self) {
+        let Some(u) = self.uploads.front_mut() else { return };
+        if u.ready.len() >= READ_AHEAD_CHUNKS {
+            return;
+        }
+        if let Some(src) = u.src.take()
+            && let Err(job) = self.readers.read(Job { conn: self.id, id: u.id, src })
+        {
+            // The queue is full (it has room for every connection's one read): next turn.
+            u.src = Some(job.src);
+        }
+    }
+
+    /// A reader read a chunk of one of our uploads.
+    fn chunk_read(&mut self, chunk: Chunk) {
+        let Some(u) = self.uploads.iter_mut().find(|u| u.id == chunk.id && u.src.is_none() && !u.read_all) else {
+            return; // the upload was dropped meanwhile (the connection is closing)
+        };
+        u.ready.push_back(chunk.msg);
+        u.read_all = chunk.src.is_none();
+        u.src = chunk.src;
+        self.read_ahead();
     }
 
     /// A write attempt took `n` bytes (0: the socket pushed back).
@@ -277,8 +326,10 @@ pub struct Net {
     /// TLS configuration; `None` for `--insecure`.
     tls: Option<crate::tls::Tls>,
     status: Option<Status>,
-    /// How the opener threads (and the upload readers) hand their results to this loop.
+    /// How the opener threads hand their results to this loop.
     handle: NetHandle,
+    /// Where uploads are read.
+    readers: Readers,
     /// The opener threads still running (one per `Hello` being served).
     openers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -307,6 +358,7 @@ impl Net {
             root_canon = Some(root.canonicalize()?);
         }
         let reconnect_at = matches!(role, Role::Client { .. }).then(Instant::now);
+        let readers = Readers::start(handle.clone(), MAX_CONNS)?;
         Ok(Self {
             poll,
             rx,
@@ -323,6 +375,7 @@ impl Net {
             tls,
             status,
             handle,
+            readers,
             openers: Vec::new(),
         })
     }
@@ -456,7 +509,8 @@ impl Net {
             return None;
         }
         log::debug!("connection {id} with {peer}");
-        self.conns.insert(id as ConnId, Conn::new(stream, tls, peer, first_out));
+        let conn = Conn::new(id as ConnId, stream, tls, peer, first_out, self.readers.clone());
+        self.conns.insert(id as ConnId, conn);
         Some(id as ConnId)
     }
 
@@ -514,7 +568,14 @@ impl Net {
                 ToNet::Upload { conn, id, file, size } => {
                     // At most one per request the session let in: MAX_REQUESTS_IN_FLIGHT.
                     if let Some(c) = self.conns.get_mut(&conn) {
-                        c.uploads.push_back(Upload { id, file, size, sent: 0, hash: blake3::Hasher::new() });
+                        let src = Some(Source::new(file, size));
+                        c.uploads.push_back(Upload { id, src, ready: VecDeque::new(), read_all: false });
+                        c.read_ahead();
+                    }
+                }
+                ToNet::Chunk(chunk) => {
+                    if let Some(c) = self.conns.get_mut(&chunk.conn) {
+                        c.chunk_read(chunk);
                     }
                 }
                 ToNet::Close { conn, reason } => {
@@ -926,43 +987,6 @@ fn offer(tx: &Sender<ToEngine>, m: ToEngine, parked: &AtomicBool) -> Result<(), 
 enum Offer {
     Full(ToEngine),
     Gone,
-}
-
-/// The next frame of the upload under way: a chunk of data, or its end (`DataEnd`, or
-/// `DataAbort` if the file could not be read or grew).
-fn next_chunk(uploads: &mut VecDeque<Upload>) -> Option<Message> {
-    let mut buf = Vec::new();
-    let u = uploads.front_mut()?;
-    let want = usize::try_from(u.size - u.sent).unwrap_or(usize::MAX).min(UPLOAD_CHUNK).min(MAX_CHUNK_LEN);
-    // At the declared size, probe one byte further: a file that grew is not sent as the old one.
-    buf.resize(want.max(1), 0);
-    let (msg, done) = match read_some(&mut u.file, &mut buf) {
-        Ok(0) => {
-            let hash = *u.hash.finalize().as_bytes();
-            (Message::DataEnd { id: u.id, size: u.sent, hash }, true)
-        }
-        Ok(_) if want == 0 => (Message::DataAbort { id: u.id, reason: "file grew while being sent".into() }, true),
-        Ok(n) => {
-            u.hash.update(&buf[..n]);
-            u.sent += n as u64;
-            buf.truncate(n);
-            (Message::Data { id: u.id, bytes: buf }, false)
-        }
-        Err(e) => (Message::DataAbort { id: u.id, reason: format!("read failed: {e}") }, true),
-    };
-    if done {
-        uploads.pop_front();
-    }
-    Some(msg)
-}
-
-fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match f.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
 }
 
 /// Writes control frames first, then upload chunks, until the socket pushes back or nothing

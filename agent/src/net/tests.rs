@@ -203,3 +203,78 @@ fn what_a_client_sends_before_its_welcome_reaches_its_engine() {
         other => panic!("the message sent behind the hello was lost: {other:?}"),
     }
 }
+
+/// The peer's connection and the id the engine knows it by, once welcomed.
+fn welcomed(e: &Engines, server: &Server, remote: &str) -> (Peer, ConnId) {
+    let mut p = Peer::connect(server.addr, remote);
+    assert!(matches!(p.recv_session(DEADLINE), Some(Message::Welcome(_))), "not welcomed");
+    match e.connected.recv_timeout(DEADLINE) {
+        Ok(ToEngine::Connected { conn, .. }) => (p, conn),
+        other => panic!("the engine did not hear of the client: {other:?}"),
+    }
+}
+
+#[test]
+fn a_file_slow_to_read_holds_up_neither_its_connection_nor_others() {
+    let e = engines();
+    let server = Server::start(e.factory.clone());
+    let (mut a, conn) = welcomed(&e, &server, "a");
+    let (mut b, _) = welcomed(&e, &server, "b");
+    let path = mirror_protocol::RelPath::new("slow.bin").unwrap();
+    let hash = *blake3::hash(b"hello").as_bytes();
+    a.send(&Message::Request { id: 1, path, size: 5, hash });
+    assert!(matches!(e.connected.recv_timeout(DEADLINE), Ok(ToEngine::Message { msg: Message::Request { .. }, .. })));
+    // A file whose reads block (a pipe with nothing in it yet: a hung mount, a drive spinning
+    // up) is what the engine hands over to send.
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let file = std::fs::File::from(std::os::fd::OwnedFd::from(reader));
+    server.handle.send(ToNet::Upload { conn, id: 1, file, size: 5 });
+    // Both connections still answer while the read waits.
+    for p in [&mut a, &mut b] {
+        p.send(&Message::Ping);
+        assert!(matches!(p.recv(DEADLINE), Some(Message::Pong)), "a ping went unanswered while a file was read");
+    }
+    writer.write_all(b"hello").unwrap();
+    drop(writer);
+    match a.recv_session(DEADLINE) {
+        Some(Message::Data { id: 1, bytes }) => assert_eq!(bytes, b"hello"),
+        other => panic!("expected the file's data, got {other:?}"),
+    }
+    match a.recv_session(DEADLINE) {
+        Some(Message::DataEnd { id: 1, size: 5, hash: h }) => assert_eq!(h, hash),
+        other => panic!("expected the end of the file, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_large_file_arrives_whole_and_in_order_behind_pings() {
+    let e = engines();
+    let server = Server::start(e.factory.clone());
+    let (mut a, conn) = welcomed(&e, &server, "a");
+    let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let hash = *blake3::hash(&bytes).as_bytes();
+    let path = mirror_protocol::RelPath::new("big.bin").unwrap();
+    a.send(&Message::Request { id: 9, path, size: bytes.len() as u64, hash });
+    assert!(matches!(e.connected.recv_timeout(DEADLINE), Ok(ToEngine::Message { .. })));
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(&bytes).unwrap();
+    std::io::Seek::rewind(&mut f).unwrap();
+    server.handle.send(ToNet::Upload { conn, id: 9, file: f, size: bytes.len() as u64 });
+    let mut got = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < end, "the file did not arrive in time ({} of {} bytes)", got.len(), bytes.len());
+        if got.len() % (UPLOAD_CHUNK * 8) == 0 {
+            a.send(&Message::Ping);
+        }
+        match a.recv_session(DEADLINE) {
+            Some(Message::Data { id: 9, bytes }) => got.extend(bytes),
+            Some(Message::DataEnd { id: 9, size, hash: h }) => {
+                assert_eq!((size, h), (bytes.len() as u64, hash));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(got == bytes, "the file arrived changed");
+}
