@@ -10,7 +10,7 @@ use crate::disk::RealDisk;
 use crate::executor;
 use crate::fold;
 use crate::link::{NetHandle, ToEngine, ToNet};
-use crate::rules::{Rules, SharedRules, is_temp};
+use crate::rules::{Rules, WatchRules};
 use crate::status::{Status, unix_now};
 use crate::store::Store;
 use crossbeam_channel::{Receiver, Sender, bounded, never, select};
@@ -23,8 +23,8 @@ use mirror_protocol::{ReplicaId, Timestamp};
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,7 +33,7 @@ const REPLAY_LIMIT: Duration = Duration::from_secs(60);
 /// How long the engine sleeps with nothing due: the root check and lone checkpoints ride on it.
 const IDLE_TURN: Duration = Duration::from_secs(1);
 
-type Engine = Replica<RealDisk, Store, SharedRules>;
+type Engine = Replica<RealDisk, Store, Rules>;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -75,7 +75,7 @@ fn now() -> Time {
 /// Starts the engine thread for `cfg.root`. Returns once the root is watched; the initial scan
 /// runs on the engine thread before it serves any peer.
 pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> {
-    let rules = SharedRules(Arc::new(Mutex::new(Rules::new(&cfg.root, &cfg.includes, &cfg.excludes)?)));
+    let rules = Rules::new(&cfg.root, &cfg.includes, &cfg.excludes)?;
     let (store, loaded, disk, root_id) = open_base(&cfg)?;
     let folding = cfg.hooks.folding.unwrap_or_else(|| fold::probe(&cfg.root));
     log_folding(&cfg.root, folding);
@@ -101,13 +101,9 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         _ => None,
     };
     let (watch_tx, watch_rx) = bounded(4096);
-    let filter_rules = rules.0.clone();
     let wcfg = WatchConfig {
         root: cfg.root.clone(),
-        descend: Arc::new(move |rel: &Path| {
-            let mut r = filter_rules.lock().unwrap_or_else(PoisonError::into_inner);
-            !is_temp(rel) && (r.has_includes() || !r.is_ignored(rel, true))
-        }),
+        descend: Arc::new(WatchRules::new(rules.clone())),
         poll_interval: cfg.poll_interval,
         resume,
         history: cfg.hooks.history.clone(),

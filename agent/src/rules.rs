@@ -7,6 +7,7 @@
 //! names it. The `ignore` crate does the pattern matching; this module does the layering.
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use mirror_backends::DirRules;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ impl std::fmt::Display for PatternError {
 
 impl std::error::Error for PatternError {}
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rules {
     root: PathBuf,
     includes: Option<Gitignore>,
@@ -89,6 +90,12 @@ impl Rules {
         if dir == Path::new(".git/info") || dir == Path::new(".git") {
             self.info_exclude = load_file(&self.root, &self.root.join(".git/info/exclude"));
         }
+    }
+
+    /// Forgets every cached rule file (anything may have changed).
+    pub fn invalidate_all(&mut self) {
+        self.dirs.clear();
+        self.info_exclude = load_file(&self.root, &self.root.join(".git/info/exclude"));
     }
 
     /// Whether an include pattern names `rel` or one of its ancestors.
@@ -152,37 +159,57 @@ impl Rules {
     }
 }
 
-/// The rules one engine and its watcher share: the watcher asks which directories to descend
-/// into, the engine which paths to sync, and a `.gitignore` the engine sees change is read again
-/// for both.
-#[derive(Debug, Clone)]
-pub struct SharedRules(pub Arc<Mutex<Rules>>);
+impl mirror_core::ignore::Ignore for Rules {
+    fn has_includes(&self) -> bool {
+        Rules::has_includes(self)
+    }
+    fn is_included(&self, rel: &Path, is_dir: bool) -> bool {
+        Rules::is_included(self, rel, is_dir)
+    }
+    fn is_ignored(&mut self, rel: &Path, is_dir: bool) -> bool {
+        Rules::is_ignored(self, rel, is_dir)
+    }
+    fn ignored_here(&mut self, rel: &Path, is_dir: bool) -> bool {
+        Rules::ignored_here(self, rel, is_dir)
+    }
+    fn invalidate(&mut self, dir: &Path) {
+        Rules::invalidate(self, dir);
+    }
+    fn info_exclude(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.root.join(".git/info/exclude")).ok()
+    }
+}
 
-impl SharedRules {
+/// The watcher's own copy of a root's rules: which directories it watches and walks. The engine
+/// keeps its [`Rules`] to itself; when it sees a `.gitignore` change it asks the watcher to
+/// refresh that directory, and the watcher has this copy read it again ([`DirRules::reload`]).
+/// The lock is for the watcher's thread alone (the trait asks for `Sync`); nobody else takes it.
+#[derive(Debug)]
+pub struct WatchRules(Mutex<Rules>);
+
+impl WatchRules {
+    pub fn new(rules: Rules) -> Self {
+        Self(Mutex::new(rules))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Rules> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-impl mirror_core::ignore::Ignore for SharedRules {
-    fn has_includes(&self) -> bool {
-        self.lock().has_includes()
+impl DirRules for WatchRules {
+    fn descend(&self, rel: &Path) -> bool {
+        let mut r = self.lock();
+        !is_temp(rel) && (r.has_includes() || !r.is_ignored(rel, true))
     }
-    fn is_included(&self, rel: &Path, is_dir: bool) -> bool {
-        self.lock().is_included(rel, is_dir)
-    }
-    fn is_ignored(&mut self, rel: &Path, is_dir: bool) -> bool {
-        self.lock().is_ignored(rel, is_dir)
-    }
-    fn ignored_here(&mut self, rel: &Path, is_dir: bool) -> bool {
-        self.lock().ignored_here(rel, is_dir)
-    }
-    fn invalidate(&mut self, dir: &Path) {
-        self.lock().invalidate(dir);
-    }
-    fn info_exclude(&self) -> Option<Vec<u8>> {
-        let root = self.lock().root.clone();
-        std::fs::read(root.join(".git/info/exclude")).ok()
+
+    fn reload(&self, dir: &Path) {
+        let mut r = self.lock();
+        if dir.as_os_str().is_empty() {
+            r.invalidate_all();
+        } else {
+            r.invalidate(dir);
+        }
     }
 }
 

@@ -173,6 +173,7 @@ fn run(mut state: State, mut poll: Poll, sink: Sender<WatchEvent>, refresh: Rece
         }
         let mut batch = Batch::default();
         while let Ok(path) = refresh.try_recv() {
+            state.descend.reload(&path);
             state.add_tree_and_report(&mut batch, &path);
         }
         loop {
@@ -288,7 +289,7 @@ impl State {
     fn moved_in(&mut self, batch: &mut Batch, from: Option<(PathBuf, bool)>, path: PathBuf, is_dir: bool) {
         match from {
             Some((from, true)) => {
-                if (self.descend)(&path) {
+                if self.descend.descend(&path) {
                     self.rename_tree(&from, &path);
                     // Our map may not have known the whole subtree under its old name (it
                     // moved in and out before we looked): make sure all of it is watched.
@@ -324,7 +325,7 @@ impl State {
     /// A directory appeared: watch it and everything beneath it (each watched, then listed), then
     /// have it read whole by the engine: the rescan comes after every watch is in place.
     fn new_dir(&mut self, batch: &mut Batch, path: PathBuf) {
-        if (self.descend)(&path)
+        if self.descend.descend(&path)
             && let Err(e) = self.add_tree(&path)
         {
             log::error!("{e}");

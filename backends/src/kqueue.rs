@@ -178,6 +178,7 @@ fn run(mut state: State, sink: Sender<WatchEvent>, refresh: Receiver<PathBuf>, s
     while !stop.load(Ordering::SeqCst) {
         let mut out = Vec::new();
         while let Ok(path) = refresh.try_recv() {
+            state.descend.reload(&path);
             if let Err(e) = state.watch_tree(&path) {
                 log::error!("{e}");
             }
@@ -276,7 +277,7 @@ impl State {
 
     /// Watches `rel` (a directory the filter accepts) and everything beneath it.
     fn watch_tree(&mut self, rel: &Path) -> Result<(), WatchError> {
-        if !rel.as_os_str().is_empty() && !(self.descend)(rel) {
+        if !rel.as_os_str().is_empty() && !self.descend.descend(rel) {
             return Ok(());
         }
         let mut stack = vec![rel.to_path_buf()];
@@ -289,7 +290,7 @@ impl State {
                     continue;
                 }
                 if l.is_dir {
-                    if (self.descend)(&child) {
+                    if self.descend.descend(&child) {
                         stack.push(child);
                     }
                 } else {

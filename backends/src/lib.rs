@@ -69,8 +69,29 @@ pub enum WatchEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint(pub String);
 
-/// Decides whether a directory is watched and descended into. Gets the path relative to the root.
-pub type DirFilter = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
+/// Decides whether a directory is watched and descended into. The watcher owns it (its own
+/// copy of the consumer's ignore rules, not one shared with the consumer) and asks it from its
+/// own thread only.
+pub trait DirRules: Send + Sync {
+    /// Whether directory `rel` (relative to the root) is watched and descended into.
+    fn descend(&self, rel: &Path) -> bool;
+    /// What decides about the directories under `dir` may have changed (its ignore file was
+    /// edited): forget what was read of it before the next [`DirRules::descend`]. The empty path
+    /// means anything may have changed. [`Watcher::refresh`] calls this before walking again.
+    fn reload(&self, dir: &Path) {
+        let _ = dir;
+    }
+}
+
+/// Any `Fn(&Path) -> bool` is a set of rules that never changes.
+impl<F: Fn(&Path) -> bool + Send + Sync> DirRules for F {
+    fn descend(&self, rel: &Path) -> bool {
+        self(rel)
+    }
+}
+
+/// The rules a watcher and the parts of its thread share.
+pub type DirFilter = Arc<dyn DirRules>;
 
 /// What to watch and how.
 #[derive(Clone)]
@@ -105,7 +126,7 @@ impl WatchConfig {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
-            descend: Arc::new(|_| true),
+            descend: Arc::new(|_: &Path| true),
             poll_interval: Duration::from_millis(500),
             resume: None,
             history: None,
@@ -117,8 +138,9 @@ impl WatchConfig {
 pub trait Watcher: Send + fmt::Debug {
     /// Which backend this is.
     fn backend(&self) -> Backend;
-    /// Adds watches for directories under `path` that are not watched yet (after ignore rules
-    /// changed so that more of the tree is wanted).
+    /// The ignore rules of directory `path` changed: the watcher has its [`WatchConfig::descend`]
+    /// rules read them again ([`DirRules::reload`]) and adds watches for directories under `path`
+    /// that are wanted now and not watched yet.
     fn refresh(&self, path: &Path);
     /// Stops the watcher and joins its thread.
     fn stop(&mut self);

@@ -83,7 +83,10 @@ fn run(config: WatchConfig, mut prev: HashMap<PathBuf, Stamp>, sink: Sender<Watc
     loop {
         match control.recv_timeout(interval) {
             Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            Ok(Control::Refresh) | Err(RecvTimeoutError::Timeout) => {}
+            // A refresh does not say which directory (the queue holds a few at most): every
+            // scan walks the whole tree anyway, so the rules forget everything they read.
+            Ok(Control::Refresh) => config.descend.reload(Path::new("")),
+            Err(RecvTimeoutError::Timeout) => {}
         }
         let next = match snapshot(&config.root, &config.descend) {
             Ok(s) => s,
@@ -132,7 +135,7 @@ fn walk_into(root: &Path, start: &Path, descend: &DirFilter, out: &mut HashMap<P
         for ent in rd.flatten() {
             let rel = dir.join(ent.file_name());
             let Ok(m) = ent.metadata() else { continue };
-            if m.is_dir() && descend(&rel) {
+            if m.is_dir() && descend.descend(&rel) {
                 stack.push(rel.clone());
             }
             out.insert(rel, stamp(&m));

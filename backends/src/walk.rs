@@ -15,6 +15,6 @@ pub(crate) fn child_dirs(root: &Path, rel: &Path, descend: &DirFilter) -> Vec<Pa
     rd.flatten()
         .filter(|ent| ent.file_type().is_ok_and(|ft| ft.is_dir()))
         .map(|ent| rel.join(ent.file_name()))
-        .filter(|child| descend(child))
+        .filter(|child| descend.descend(child))
         .collect()
 }

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crossbeam_channel::{Receiver, bounded};
-use mirror_backends::{Backend, WatchConfig, WatchEvent, Watcher, start};
+use mirror_backends::{Backend, DirRules, WatchConfig, WatchEvent, Watcher, start};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -387,5 +387,50 @@ fn files_in_directories_made_in_just_moved_in_directories_are_seen() {
             let want: Vec<&str> = want.iter().map(String::as_str).collect();
             expect_covered(&f, b, &want);
         }
+    });
+}
+
+/// Rules that ignore the directories named in the root's `.rules` file, read when made and
+/// again on each reload: how a consumer's `.gitignore` handling looks to a watcher.
+struct FileRules {
+    file: PathBuf,
+    ignored: std::sync::Mutex<Vec<String>>,
+}
+
+impl FileRules {
+    fn read(file: &Path) -> Vec<String> {
+        fs::read_to_string(file).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+}
+
+impl DirRules for FileRules {
+    fn descend(&self, rel: &Path) -> bool {
+        let ignored = self.ignored.lock().unwrap();
+        !ignored.iter().any(|d| rel == Path::new(d))
+    }
+    fn reload(&self, _dir: &Path) {
+        *self.ignored.lock().unwrap() = Self::read(&self.file);
+    }
+}
+
+#[test]
+fn a_refresh_has_the_rules_read_again_and_watches_what_they_now_want() {
+    each_backend(|backend| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("later")).unwrap();
+        let file = root.join(".rules");
+        fs::write(&file, "later\n").unwrap();
+        let (tx, rx) = bounded(1024);
+        let mut cfg = WatchConfig::new(&root);
+        cfg.poll_interval = Duration::from_millis(30);
+        cfg.descend = std::sync::Arc::new(FileRules { ignored: std::sync::Mutex::new(FileRules::read(&file)), file });
+        let watcher = start(backend, cfg, tx).expect("start watcher");
+        let f = Fixture { _dir: dir, root, rx, watcher };
+        fs::write(f.root.join(".rules"), "").unwrap();
+        f.watcher.refresh(Path::new(""));
+        drain(&f);
+        fs::write(f.root.join("later/new"), "x").unwrap();
+        expect_covered(&f, backend, &["later/new"]);
     });
 }

@@ -152,6 +152,34 @@ fn gitignore_and_patterns_are_honoured_and_gitignore_changes_apply_live() {
     assert!(!s.join("build").exists());
 }
 
+/// A directory no longer ignored is watched from then on: what is written in it later syncs too
+/// (the watcher has its own copy of the rules and reads them again when the engine says so).
+/// No `-i` here: an include pattern has the watcher walk every directory anyway.
+#[test]
+fn a_directory_no_longer_ignored_is_watched_from_then_on() {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    write(&c.join(".gitignore"), "build/\n");
+    write(&c.join("sub/.gitignore"), "generated/\n");
+    write(&c.join("build/out.o"), "obj");
+    write(&c.join("sub/generated/g.rs"), "gen");
+    write(&c.join("src/main.rs"), "fn main() {}");
+    let server = Server::start(&area.server_root(), &[]);
+    let _client = server.client("client", &c, "p", &[]);
+    wait_content(&s.join("src/main.rs"), b"fn main() {}");
+    assert!(!s.join("build").exists() && !s.join("sub/generated").exists());
+
+    for (rules, dir) in [(".gitignore", "build"), ("sub/.gitignore", "sub/generated")] {
+        write(&c.join(format!("{rules}.new")), "# nothing ignored\n");
+        fs::rename(c.join(format!("{rules}.new")), c.join(rules)).unwrap();
+        wait_content(&s.join(rules), b"# nothing ignored\n");
+        wait_until(&format!("{dir} synced"), || s.join(dir).exists().then_some(()));
+        write(&c.join(dir).join("later"), "later");
+        wait_content(&s.join(dir).join("later"), b"later");
+    }
+    wait_same(&c, &s);
+}
+
 #[test]
 fn two_clients_see_each_others_changes_through_the_server() {
     let area = Area::new();
