@@ -18,7 +18,7 @@ use mirror_backends::{Backend, Checkpoint, WatchConfig, WatchEvent, Watcher};
 use mirror_core::disk::Disk;
 use mirror_core::ignore::Ignore;
 use mirror_core::journal::Base;
-use mirror_core::replica::{self, Command, Hint, Input, Replay, Replica, Time};
+use mirror_core::replica::{self, Command, Halt, Hint, Input, Replay, Replica, Time};
 use mirror_protocol::{ReplicaId, Timestamp};
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -58,11 +58,93 @@ pub struct EngineConfig {
 #[derive(Debug)]
 pub struct EngineHandle {
     pub tx: Sender<ToEngine>,
-    pub thread: JoinHandle<Result<(), String>>,
+    pub thread: JoinHandle<Result<(), Halt>>,
     /// The pair's replica id (persistent).
     pub replica: ReplicaId,
     /// How many peer sessions are attached now (a server may restart an engine nobody uses).
     pub attached: Arc<AtomicUsize>,
+}
+
+/// Why a pair's engine did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// An `-i`/`-e` pattern does not parse.
+    Pattern(crate::rules::PatternError),
+    /// The pair's state cannot be opened (locked by another agent, unreadable, corrupt).
+    Store(crate::store::StoreError),
+    /// The pair is halted for safety until it is resumed.
+    Halted(crate::store::Halted),
+    /// The root cannot be watched.
+    Watch(mirror_backends::WatchError),
+    /// Some other file-system or system call failed.
+    Io { what: &'static str, root: PathBuf, source: std::io::Error },
+}
+
+impl StartError {
+    fn io(what: &'static str, root: &Path, source: std::io::Error) -> Self {
+        StartError::Io { what, root: root.to_path_buf(), source }
+    }
+
+    /// What a server tells a client whose directory `target` it cannot sync. A halt is the
+    /// server's to resume: `--resume` on the client does nothing for it, so the client is told
+    /// so, not handed the server's own hint.
+    pub fn told_to_client(&self, target: &Path) -> String {
+        match self {
+            StartError::Halted(h) => format!(
+                "the server's directory {} is halted for safety ({}); it must be resumed on the server \
+                 (restart the server with --resume, or `mirror-agent resume NAME` there under \
+                 `mirror-agent run`): --resume on this client does not resume it",
+                target.display(),
+                h.reason
+            ),
+            e => format!("cannot sync {}: {e}", target.display()),
+        }
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Pattern(e) => e.fmt(f),
+            StartError::Store(e) => e.fmt(f),
+            StartError::Halted(e) => e.fmt(f),
+            StartError::Watch(e) => e.fmt(f),
+            StartError::Io { what, root, source } => write!(f, "{what} {}: {source}", root.display()),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<crate::rules::PatternError> for StartError {
+    fn from(e: crate::rules::PatternError) -> Self {
+        StartError::Pattern(e)
+    }
+}
+
+impl From<crate::store::StoreError> for StartError {
+    fn from(e: crate::store::StoreError) -> Self {
+        StartError::Store(e)
+    }
+}
+
+impl From<crate::store::Halted> for StartError {
+    fn from(e: crate::store::Halted) -> Self {
+        StartError::Halted(e)
+    }
+}
+
+impl From<mirror_backends::WatchError> for StartError {
+    fn from(e: mirror_backends::WatchError) -> Self {
+        StartError::Watch(e)
+    }
 }
 
 /// The time now, as a replica takes it.
@@ -74,7 +156,7 @@ fn now() -> Time {
 
 /// Starts the engine thread for `cfg.root`. Returns once the root is watched; the initial scan
 /// runs on the engine thread before it serves any peer.
-pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> {
+pub fn spawn(cfg: EngineConfig, net: NetHandle) -> Result<EngineHandle, StartError> {
     let rules = Rules::new(&cfg.root, &cfg.includes, &cfg.excludes)?;
     let (store, loaded, disk, root_id) = open_base(&cfg)?;
     let folding = cfg.hooks.folding.unwrap_or_else(|| fold::probe(&cfg.root));
@@ -131,19 +213,21 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> anyhow::Result<EngineHandle> 
         accept_empty: cfg.resume,
         patterns_key,
     };
-    let replica = Replica::new(rcfg, base, disk, store, rules, root_id, now())?;
+    let replica = Replica::new(rcfg, base, disk, store, rules, root_id, now())
+        .map_err(|e| StartError::io("reserving clock values for", &cfg.root, e))?;
     let driver = Driver { root: cfg.root.clone(), net, status: cfg.status, attached: attached.clone() };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()
         .name(name.chars().take(15).collect())
-        .spawn(move || driver.run(replica, rx, watcher, watch_rx))?;
+        .spawn(move || driver.run(replica, rx, watcher, watch_rx))
+        .map_err(|e| StartError::io("starting the engine thread of", &cfg.root, e))?;
     Ok(EngineHandle { tx, thread, replica: me, attached })
 }
 
 /// Opens the pair's base and its root: refuses a halted pair (unless `--resume`) and a root
 /// that is not the directory synced before, and removes what a crash left in the agent's own
 /// directory.
-fn open_base(cfg: &EngineConfig) -> anyhow::Result<(Store, crate::store::Loaded, RealDisk, (u64, u64))> {
+fn open_base(cfg: &EngineConfig) -> Result<(Store, crate::store::Loaded, RealDisk, (u64, u64)), StartError> {
     let (mut store, loaded) = Store::open(&cfg.state_dir, &cfg.root)?;
     let resume_hint = format!(
         "the pair {} is halted for safety. Check the directory; to accept it as it is now (and let \
@@ -155,20 +239,20 @@ fn open_base(cfg: &EngineConfig) -> anyhow::Result<(Store, crate::store::Loaded,
             return Err(crate::store::Halted { reason: reason.clone(), hint: resume_hint }.into());
         }
         log::warn!("resuming {} (halted earlier: {reason})", cfg.root.display());
-        store.set_halted(None)?;
+        store.set_halted(None).map_err(|e| StartError::io("clearing the halt", &cfg.root, e))?;
     }
     let disk = RealDisk::new(cfg.root.clone());
-    let root_id = disk.root_identity()?;
+    let root_id = disk.root_identity().map_err(|e| StartError::io("looking at", &cfg.root, e))?;
     if loaded.existed && loaded.root_id.is_some_and(|id| id != root_id) && !cfg.resume {
         let reason = format!(
             "sync root {} is not the directory that was synced before (another file system or a \
              re-created directory)",
             cfg.root.display()
         );
-        store.set_halted(Some(&reason))?;
+        store.set_halted(Some(&reason)).map_err(|e| StartError::io("recording the halt of", &cfg.root, e))?;
         return Err(crate::store::Halted { reason, hint: resume_hint }.into());
     }
-    store.set_root_id(root_id)?;
+    store.set_root_id(root_id).map_err(|e| StartError::io("recording the identity of", &cfg.root, e))?;
     // Whatever a crash left in the agent's own directory (temp and stash files) goes first.
     match executor::clean_agent_dir(&cfg.root) {
         Ok(0) => {}
@@ -233,7 +317,7 @@ impl Driver {
         rx: Receiver<ToEngine>,
         mut watcher: Box<dyn Watcher>,
         watch_rx: Receiver<WatchEvent>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Halt> {
         let started = Instant::now();
         let replayed = watcher.replaying() && self.replay(&mut replica, &watch_rx);
         if !replayed {
@@ -298,7 +382,7 @@ impl Driver {
             self.report(&replica);
         }
         watcher.stop();
-        let r = replica.stop(now(), &mut out).map_err(|h| h.to_string());
+        let r = replica.stop(now(), &mut out);
         self.carry_out(&mut watcher, &mut out);
         r
     }

@@ -33,6 +33,36 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// Why the network loop ended other than by being stopped.
+#[derive(Debug)]
+pub enum NetError {
+    /// Waiting for readiness failed.
+    Poll(io::Error),
+    /// A client's server did not speak this protocol (or this version of it, or TLS as we do).
+    Preamble { peer: String, reason: String },
+    /// A client's server refused it for good; its goodbye says why.
+    Refused { peer: String, reason: String },
+}
+
+impl std::fmt::Display for NetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetError::Poll(e) => write!(f, "network loop: waiting for sockets failed: {e}"),
+            NetError::Preamble { peer, reason } => write!(f, "server {peer}: {reason}"),
+            NetError::Refused { peer, reason } => write!(f, "server {peer} refused the connection: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for NetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NetError::Poll(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 pub const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
 const FIRST_CONN: usize = 2;
@@ -320,7 +350,7 @@ pub struct Net {
     reconnect_at: Option<Instant>,
     backoff: Duration,
     /// Set when a client's server refused it for good; the loop ends with this error.
-    fatal: Option<String>,
+    fatal: Option<NetError>,
     root_canon: Option<PathBuf>,
     parked_flag: Arc<AtomicBool>,
     /// TLS configuration; `None` for `--insecure`.
@@ -358,7 +388,7 @@ impl Net {
             root_canon = Some(root.canonicalize()?);
         }
         let reconnect_at = matches!(role, Role::Client { .. }).then(Instant::now);
-        let readers = Readers::start(handle.clone(), MAX_CONNS)?;
+        let readers = Readers::new(handle.clone(), MAX_CONNS);
         Ok(Self {
             poll,
             rx,
@@ -396,7 +426,7 @@ impl Net {
     }
 
     /// Runs until the stop flag is set (or a client is refused for good).
-    pub fn run(mut self) -> anyhow::Result<()> {
+    pub fn run(mut self) -> Result<(), NetError> {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::SeqCst) {
             // A parked message is retried when its engine signals room (NetHandle::made_room);
@@ -415,7 +445,7 @@ impl Net {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(e.into());
+                return Err(NetError::Poll(e));
             }
             // Every connection is serviced on every turn (reads and writes stop at WouldBlock),
             // so readiness only needs to wake the loop; the listener is the one token we act on.
@@ -432,8 +462,8 @@ impl Net {
             for id in ids {
                 self.service(id);
             }
-            if let Some(reason) = self.fatal.take() {
-                anyhow::bail!(reason);
+            if let Some(e) = self.fatal.take() {
+                return Err(e);
             }
         }
         for (_, mut c) in std::mem::take(&mut self.conns) {
@@ -804,7 +834,7 @@ impl Net {
                 let e = crate::tls::plaintext_met_tls(c.dec.peek(), self.tls.is_none()).unwrap_or(err.to_string());
                 log::error!("{}: {e}", c.peer);
                 if matches!(self.role, Role::Client { .. }) {
-                    self.fatal = Some(format!("server {}: {e}", c.peer));
+                    self.fatal = Some(NetError::Preamble { peer: c.peer.clone(), reason: e.clone() });
                 } else if matches!(err, mirror_protocol::PreambleError::VersionMismatch { .. }) {
                     // PROTOCOL.md, "Version mismatch": say why before closing.
                     c.send(&Message::Goodbye { reason: e.clone() });
@@ -832,7 +862,7 @@ impl Net {
                 let reason = crate::logsafe::clean(&reason);
                 log::error!("{} refused us: {reason}", c.peer);
                 if matches!(self.role, Role::Client { .. }) {
-                    self.fatal = Some(format!("server {} refused the connection: {reason}", c.peer));
+                    self.fatal = Some(NetError::Refused { peer: c.peer.clone(), reason: reason.clone() });
                 }
                 c.lost(format!("refused: {reason}"));
                 return false;

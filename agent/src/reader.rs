@@ -14,6 +14,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use mirror_protocol::{MAX_CHUNK_LEN, Message};
 use std::fs::File;
 use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One chunk of a file being sent.
 pub const UPLOAD_CHUNK: usize = 64 * 1024;
@@ -81,38 +83,71 @@ pub struct Chunk {
 }
 
 /// The pool's door. Cloning it is cheap; the threads end when the last clone is gone.
+///
+/// Threads start on demand, when a read finds none idle, up to [`THREADS`]: an agent that sends
+/// nothing has none, and one that sends a file at a time has one.
 #[derive(Clone, Debug)]
 pub struct Readers {
     tx: Sender<Job>,
+    rx: Receiver<Job>,
+    net: NetHandle,
+    /// Threads started, and of those how many wait for a job.
+    started: Arc<AtomicUsize>,
+    idle: Arc<AtomicUsize>,
 }
 
 impl Readers {
-    /// Starts the threads; each chunk read is handed to the network thread through `net`.
-    /// `queue` bounds the jobs waiting (one per connection at most).
-    pub fn start(net: NetHandle, queue: usize) -> io::Result<Self> {
+    /// The pool, with no thread yet; each chunk read is handed to the network thread through
+    /// `net`. `queue` bounds the jobs waiting (one per connection at most).
+    pub fn new(net: NetHandle, queue: usize) -> Self {
         let (tx, rx) = bounded(queue);
-        for i in 0..THREADS {
-            let (rx, net): (Receiver<Job>, NetHandle) = (rx.clone(), net.clone());
-            // Not joined: a thread ends once the network thread is gone (its channels close),
-            // after the read it may be blocked in.
-            std::thread::Builder::new().name(format!("reader {i}")).spawn(move || {
-                for Job { conn, id, mut src } in rx {
-                    let (msg, last) = src.next(id);
-                    if !net.send_checked(ToNet::Chunk(Chunk { conn, id, msg, src: (!last).then_some(src) })) {
-                        return;
-                    }
-                }
-            })?;
-        }
-        Ok(Readers { tx })
+        Readers { tx, rx, net, started: Arc::default(), idle: Arc::default() }
     }
 
-    /// Asks for the next chunk; hands the job back if the queue is full (try again later).
+    /// Asks for the next chunk; hands the job back if it cannot be taken now (the queue is
+    /// full, or no reader could be started): try again later.
     pub fn read(&self, job: Job) -> Result<(), Job> {
+        if self.idle.load(Ordering::SeqCst) == 0
+            && self.started.load(Ordering::SeqCst) < THREADS
+            && let Err(e) = self.spawn()
+        {
+            log::error!("cannot start an upload reader: {e}");
+            if self.started.load(Ordering::SeqCst) == 0 {
+                return Err(job);
+            }
+        }
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) => Err(j),
         }
+    }
+
+    fn spawn(&self) -> io::Result<()> {
+        let i = self.started.fetch_add(1, Ordering::SeqCst);
+        let (rx, net, idle) = (self.rx.clone(), self.net.clone(), self.idle.clone());
+        // Counted idle from the start, so the reads right after this one start no more threads
+        // than they need.
+        idle.fetch_add(1, Ordering::SeqCst);
+        // Not joined: a thread ends once the network thread is gone (its channels close), after
+        // the read it may be blocked in.
+        let started = std::thread::Builder::new().name(format!("reader {i}")).spawn(move || {
+            for Job { conn, id, mut src } in rx.iter() {
+                idle.fetch_sub(1, Ordering::SeqCst);
+                let (msg, last) = src.next(id);
+                // Idle again before the chunk is handed over: the read it prompts finds this
+                // thread free rather than starting another.
+                idle.fetch_add(1, Ordering::SeqCst);
+                if !net.send_checked(ToNet::Chunk(Chunk { conn, id, msg, src: (!last).then_some(src) })) {
+                    return;
+                }
+            }
+        });
+        if let Err(e) = started {
+            self.started.fetch_sub(1, Ordering::SeqCst);
+            self.idle.fetch_sub(1, Ordering::SeqCst);
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -126,6 +161,29 @@ mod tests {
         f.write_all(bytes).unwrap();
         std::io::Seek::rewind(&mut f).unwrap();
         Source::new(f, size)
+    }
+
+    /// An agent that sends nothing keeps no reader; one file at a time keeps one.
+    #[test]
+    fn readers_start_only_when_wanted() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (tx, rx) = bounded(16);
+        let net = NetHandle { tx, waker, parked: Arc::default() };
+        let readers = Readers::new(net, 4);
+        assert_eq!(readers.started.load(Ordering::SeqCst), 0, "a reader started with nothing to read");
+        let mut src = Some(source(&[7u8; UPLOAD_CHUNK * 3], (UPLOAD_CHUNK * 3) as u64));
+        let mut chunks = 0;
+        while let Some(s) = src.take() {
+            readers.read(Job { conn: 1, id: 9, src: s }).unwrap();
+            match rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap() {
+                ToNet::Chunk(c) => src = c.src,
+                other => panic!("unexpected {other:?}"),
+            }
+            chunks += 1;
+        }
+        assert_eq!(chunks, 4, "three chunks and the end");
+        assert_eq!(readers.started.load(Ordering::SeqCst), 1, "one file at a time wants one reader");
     }
 
     #[test]

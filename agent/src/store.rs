@@ -755,22 +755,6 @@ impl std::fmt::Display for Halted {
 
 impl std::error::Error for Halted {}
 
-/// What a server tells a client whose directory it cannot sync (`e`, from starting its engine).
-/// A halt is the server's to resume: `--resume` on the client does nothing for it, so the client
-/// is told so, not handed the server's own hint.
-pub fn refusal_for_client(e: &anyhow::Error, target: &Path) -> String {
-    match e.downcast_ref::<Halted>() {
-        Some(h) => format!(
-            "the server's directory {} is halted for safety ({}); it must be resumed on the server \
-             (restart the server with --resume, or `mirror-agent resume NAME` there under \
-             `mirror-agent run`): --resume on this client does not resume it",
-            target.display(),
-            h.reason
-        ),
-        None => format!("cannot sync {}: {e:#}", target.display()),
-    }
-}
-
 /// Creates `dir` and its missing parents for the agent's state: owner only (0700), whatever the
 /// umask, so no other local user can read the state or add a trusted ID.
 pub fn private_dir(dir: &Path) -> io::Result<()> {

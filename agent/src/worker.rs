@@ -167,9 +167,9 @@ pub fn run_client(
     let result =
         net::Net::new(l.poll, l.net_rx, l.handle, l.parked, stop.flag.clone(), role, tls, Some(status.clone()))?.run();
     let _ = engine_tx.send(ToEngine::Shutdown);
-    let engine_result = done.join().unwrap_or_else(|_| Err("engine thread panicked".into()));
+    let engine_result = done.join().unwrap_or(Err(EngineEnd::Panicked));
     result?;
-    engine_result.map_err(anyhow::Error::msg)
+    Ok(engine_result?)
 }
 
 /// Serves directories under `spec.root` to any number of clients until stopped.
@@ -213,7 +213,7 @@ pub fn run_server(
     for h in all {
         let _ = h.thread.join();
     }
-    result
+    Ok(result?)
 }
 
 /// A served directory's engine, with the patterns of the client that opened it.
@@ -274,7 +274,7 @@ fn open_engine(
         }
         Err(e) => Err(net::Refusal {
             log: crate::logsafe::clean(&format!("cannot sync {}: {e:#}", path.display())),
-            told: crate::logsafe::clean(&crate::store::refusal_for_client(&e, &path)),
+            told: crate::logsafe::clean(&e.told_to_client(&path)),
         }),
     }
 }
@@ -287,11 +287,32 @@ pub fn net_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {
         .with_context(|| format!("no address for {s:?}"))
 }
 
+/// How an engine ended other than by being told to.
+#[derive(Debug)]
+enum EngineEnd {
+    Halted(mirror_core::replica::Halt),
+    Panicked,
+}
+
+impl std::fmt::Display for EngineEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineEnd::Halted(h) => h.fmt(f),
+            EngineEnd::Panicked => f.write_str("the engine thread panicked"),
+        }
+    }
+}
+
+impl std::error::Error for EngineEnd {}
+
 /// Ends the worker's loop when its engine ends (a halted pair, a crash), and hands back how it
 /// ended.
-fn watch_engine(engine: EngineHandle, stop: Stopper) -> std::thread::JoinHandle<Result<(), String>> {
+fn watch_engine(engine: EngineHandle, stop: Stopper) -> std::thread::JoinHandle<Result<(), EngineEnd>> {
     std::thread::spawn(move || {
-        let r = engine.thread.join().unwrap_or_else(|_| Err("engine thread panicked".into()));
+        let r = match engine.thread.join() {
+            Ok(r) => r.map_err(EngineEnd::Halted),
+            Err(_) => Err(EngineEnd::Panicked),
+        };
         stop.stop();
         r
     })

@@ -16,7 +16,7 @@ struct Server {
     addr: SocketAddr,
     handle: NetHandle,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    thread: Option<JoinHandle<Result<(), super::NetError>>>,
 }
 
 impl Server {

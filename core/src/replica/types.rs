@@ -158,6 +158,8 @@ impl fmt::Display for Halt {
     }
 }
 
+impl std::error::Error for Halt {}
+
 /// Why a session ends on something its peer sent.
 #[derive(Debug)]
 pub enum PeerError {
