@@ -212,6 +212,7 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> Result<EngineHandle, StartErr
         scan_delay: cfg.hooks.scan_delay,
         accept_empty: cfg.resume,
         patterns_key,
+        index_pacing: replica::IndexPacing::default(),
     };
     let replica = Replica::new(rcfg, base, disk, store, rules, root_id, now())
         .map_err(|e| StartError::io("reserving clock values for", &cfg.root, e))?;
@@ -433,6 +434,7 @@ impl Driver {
             ToEngine::Connected { conn, peer_host, peer_replica } => Input::Connected { conn, peer_host, peer_replica },
             ToEngine::Message { conn, msg } => Input::Message { conn, msg },
             ToEngine::Disconnected { conn, reason } => Input::Disconnected { conn, reason },
+            ToEngine::Drained { conn } => Input::Drained { conn },
         };
         replica.feed(now(), input);
         self.attached.store(replica.sessions(), Ordering::SeqCst);
@@ -446,6 +448,7 @@ impl Driver {
                 Command::Send { conn, msg } => self.net.send(ToNet::Send { conn, msg }),
                 Command::Upload { conn, id, file, size } => self.net.send(ToNet::Upload { conn, id, file, size }),
                 Command::Close { conn, reason } => self.net.send(ToNet::Close { conn, reason }),
+                Command::WhenDrained { conn } => self.net.send(ToNet::WhenDrained { conn }),
                 Command::Rewatch(dir) => watcher.refresh(&dir),
                 Command::Problem(msg) => {
                     if let Some(s) = &self.status {

@@ -30,6 +30,10 @@ pub enum ToEngine {
         conn: ConnId,
         reason: String,
     },
+    /// What was sent on `conn` up to a [`ToNet::WhenDrained`] has mostly left.
+    Drained {
+        conn: ConnId,
+    },
     Shutdown,
 }
 
@@ -46,6 +50,10 @@ pub enum ToNet {
         id: u64,
         file: File,
         size: u64,
+    },
+    /// Say [`ToEngine::Drained`] once what waits to be sent on `conn` is down to a little.
+    WhenDrained {
+        conn: ConnId,
     },
     /// Say goodbye with `reason` and close.
     Close {

@@ -92,6 +92,9 @@ fn read_ahead(dec: &Decoder) -> usize {
 /// against an index or updates it never takes. (Not reading a connection whose output waits
 /// would be simpler, but two sides sending large indexes at once would stall each other.)
 const OUT_LIMIT: usize = 1024 * 1024 * 1024;
+/// An engine sending its index a burst at a time hears the connection drained
+/// ([`ToEngine::Drained`]) once no more than this waits here to be sent.
+const DRAIN_MARK: usize = 256 * 1024;
 /// Connections still in their handshake, from one address and in all: a slowloris peer cannot
 /// take every descriptor (the handshake also has an absolute deadline).
 const MAX_HANDSHAKING_PER_ADDR: usize = 16;
@@ -201,6 +204,9 @@ struct Conn {
     /// The socket pushed back (`WouldBlock`) on the last write.
     blocked: bool,
     opened: Instant,
+    /// The engine wants to hear when what waits here falls to [`DRAIN_MARK`] (to send more of
+    /// its index).
+    drain_wanted: bool,
 }
 
 impl Conn {
@@ -237,6 +243,7 @@ impl Conn {
             last_drain: Instant::now(),
             blocked: false,
             opened: Instant::now(),
+            drain_wanted: false,
         }
     }
 
@@ -595,6 +602,11 @@ impl Net {
                         c.send(&msg);
                     }
                 }
+                ToNet::WhenDrained { conn } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.drain_wanted = true;
+                    }
+                }
                 ToNet::Upload { conn, id, file, size } => {
                     // At most one per request the session let in: MAX_REQUESTS_IN_FLIGHT.
                     if let Some(c) = self.conns.get_mut(&conn) {
@@ -694,6 +706,16 @@ impl Net {
         // Edge-triggered: write until the socket pushes back or nothing is left, or no event
         // would ever come back to continue an upload.
         flush(&mut c);
+        if c.drain_wanted
+            && !c.closing
+            && c.pending_out() <= DRAIN_MARK
+            && let State::Open(tx) = &c.state
+        {
+            c.drain_wanted = false;
+            if let Err(Offer::Full(m)) = offer(tx, ToEngine::Drained { conn: id }, &self.parked_flag) {
+                self.notices.push_back((tx.clone(), m));
+            }
+        }
         if c.dead || (c.closing && c.pending_out() == 0) {
             self.close(id, c);
         } else {

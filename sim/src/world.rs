@@ -116,16 +116,49 @@ struct Link {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { to: usize, link: usize, epoch: u64, msg: Message },
-    Connected { to: usize, link: usize, epoch: u64 },
-    Disconnected { to: usize, conn: ConnId, reason: &'static str },
-    Hint { machine: usize, hint: Hint },
-    Tick { machine: usize },
+    Deliver {
+        to: usize,
+        link: usize,
+        epoch: u64,
+        msg: Message,
+    },
+    Connected {
+        to: usize,
+        link: usize,
+        epoch: u64,
+    },
+    Disconnected {
+        to: usize,
+        conn: ConnId,
+        reason: &'static str,
+    },
+    /// What machine `to` sent on `conn` before it asked ([`Command::WhenDrained`]) has left.
+    Drained {
+        to: usize,
+        conn: ConnId,
+        epoch: u64,
+    },
+    Hint {
+        machine: usize,
+        hint: Hint,
+    },
+    Tick {
+        machine: usize,
+    },
     Act(Action),
-    Restart { machine: usize },
-    Reconnect { client: usize },
-    Allow { machine: usize, path: RelPath },
-    DiskSpace { machine: usize },
+    Restart {
+        machine: usize,
+    },
+    Reconnect {
+        client: usize,
+    },
+    Allow {
+        machine: usize,
+        path: RelPath,
+    },
+    DiskSpace {
+        machine: usize,
+    },
 }
 
 /// One history being run.
@@ -329,6 +362,13 @@ impl World {
             Event::Deliver { to, link, epoch, msg } => self.deliver(to, link, epoch, msg, touched),
             Event::Connected { to, link, epoch } => self.connected(to, link, epoch, touched),
             Event::Disconnected { to, conn, reason } => self.disconnected(to, conn, reason, touched),
+            Event::Drained { to, conn, epoch } => {
+                // Only on the connection it was asked on, and while that is open.
+                if self.link_of(to, conn).is_some_and(|l| self.links[l].epoch == epoch) {
+                    self.feed(to, Input::Drained { conn });
+                    touched.insert(to);
+                }
+            }
             Event::Hint { machine, hint } => {
                 {
                     let line = format!("{} watcher: {hint:?}", self.machines[machine].name);
@@ -797,6 +837,16 @@ impl World {
                         }
                     }
                 }
+                Command::WhenDrained { conn } => {
+                    // When the last byte sent so far has left; a silent link never drains.
+                    if let Some(l) = self.link_of(m, conn)
+                        && !self.links[l].silent
+                    {
+                        let dir = usize::from(m == HUB);
+                        let (at, epoch) = (self.t.max(self.links[l].busy[dir]), self.links[l].epoch);
+                        self.at(at, Event::Drained { to: m, conn, epoch });
+                    }
+                }
                 Command::Rewatch(_) => {}
                 Command::Problem(p) | Command::Collision(p) => {
                     let line = format!("{} reports: {p}", self.machines[m].name);
@@ -855,6 +905,8 @@ pub fn config(name: &str) -> Config {
         scan_delay: None,
         accept_empty: false,
         patterns_key: [0; 32],
+        // Small, so that the small trees of a history go out in several bursts.
+        index_pacing: mirror_core::replica::IndexPacing { batch: 3, burst: 2 },
     }
 }
 

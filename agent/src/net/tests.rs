@@ -278,3 +278,54 @@ fn a_large_file_arrives_whole_and_in_order_behind_pings() {
     }
     assert!(got == bytes, "the file arrived changed");
 }
+
+/// An engine that sends its index a burst at a time hears the connection drained only once the
+/// peer took what was sent: a peer that does not read holds a burst or two here, not the index.
+#[test]
+fn a_drain_is_told_once_the_peer_took_what_was_sent() {
+    use mirror_protocol::{Entry, Kind, Timestamp, VersionVector};
+    let e = engines();
+    let server = Server::start(e.factory.clone());
+    let (mut a, conn) = welcomed(&e, &server, "a");
+    let entry = |i: usize| Entry {
+        path: mirror_protocol::RelPath::new(format!("dir/file-{i:08}")).unwrap(),
+        kind: Kind::File { size: 5, hash: [7; 32], mode: 0o644 },
+        mtime: Timestamp { secs: 1_700_000_000, nanos: 5 },
+        version: VersionVector::new().incremented(3),
+        origin: "desk".into(),
+    };
+    // About 16 MiB: more than the socket buffers of both ends hold, so most of it waits here.
+    let batches = 640;
+    for b in 0..batches {
+        let entries = (0..256).map(|i| entry(b * 256 + i)).collect();
+        server.handle.send(ToNet::Send { conn, msg: Message::Update { entries, seq: 1 } });
+    }
+    server.handle.send(ToNet::WhenDrained { conn });
+    // Not while it all waits (the peer reads nothing yet).
+    match e.connected.recv_timeout(Duration::from_millis(500)) {
+        Err(_) => {}
+        Ok(m) => panic!("told before the peer read anything: {m:?}"),
+    }
+    // The peer reads: the engine hears of it before the last of it is read.
+    let mut got = 0;
+    let mut told_at = None;
+    let end = Instant::now() + DEADLINE * 3;
+    while got < batches {
+        assert!(Instant::now() < end, "only {got} of {batches} batches arrived");
+        if let Some(Message::Update { .. }) = a.recv_session(DEADLINE) {
+            got += 1;
+        }
+        if told_at.is_none()
+            && let Ok(m) = e.connected.try_recv()
+        {
+            assert!(matches!(m, ToEngine::Drained { conn: c } if c == conn), "unexpected {m:?}");
+            told_at = Some(got);
+        }
+    }
+    let told_at = told_at.unwrap_or_else(|| match e.connected.recv_timeout(DEADLINE) {
+        Ok(ToEngine::Drained { conn: c }) if c == conn => batches,
+        other => panic!("never told the connection drained: {other:?}"),
+    });
+    assert!(told_at > 0, "told before any of it was read");
+    assert!(e.connected.recv_timeout(Duration::from_millis(200)).is_err(), "told more than once");
+}

@@ -28,7 +28,7 @@ mod sessions;
 mod transfers;
 mod types;
 
-pub use types::{Command, Config, Halt, HaltReason, Hint, Input, PeerError, Replay, Time};
+pub use types::{Command, Config, Halt, HaltReason, Hint, IndexPacing, Input, PeerError, Replay, Time};
 
 use crate::clock::Clock;
 use crate::conflict::{conflict_path_of, numbered};
@@ -332,6 +332,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                     self.drop_session(conn, err);
                 }
             }
+            Input::Drained { conn } => self.send_index_more(conn),
             Input::Timer => {}
         }
     }

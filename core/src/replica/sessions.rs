@@ -1,6 +1,7 @@
 //! Peer sessions: what each peer asked for, was told, and has; the index and updates sent.
 
 use super::*;
+use std::ops::Bound;
 
 pub(super) struct Session<D: Disk> {
     pub(super) peer_host: String,
@@ -25,6 +26,21 @@ pub(super) struct Session<D: Disk> {
     /// path needs a directory): refused alone, tried again when our tree changes shape. They
     /// hold the peer's high-water mark back, so a later session offers them again.
     pub(super) refused: BTreeMap<RelPath, Entry>,
+    /// Our index on its way to the peer, sent a burst at a time as its connection drains.
+    pub(super) index_out: Option<IndexOut>,
+}
+
+/// How far our index went out to a peer.
+pub(super) struct IndexOut {
+    /// Entries changed after this counter of ours go (all of them when `full`).
+    since: u64,
+    full: bool,
+    /// Our counter when the peer asked: every batch says it (what came after goes as updates
+    /// too, so the peer's mark never covers a change it was not sent).
+    seq: u64,
+    /// The last path sent; the next batch starts after it.
+    after: Option<RelPath>,
+    sent: usize,
 }
 
 impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
@@ -60,6 +76,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             queued: VecDeque::new(),
             skipped: BTreeMap::new(),
             refused: BTreeMap::new(),
+            index_out: None,
         };
         self.sessions.insert(conn, s);
         self.out.push(Command::Send { conn, msg: Message::IndexFrom { since } });
@@ -107,32 +124,65 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     }
 
     /// Answers a peer's `IndexFrom`: the entries that changed after `since` (all of them when
-    /// `since` is 0, or beyond our counter: then our state is not the one the peer knew).
+    /// `since` is 0, or beyond our counter: then our state is not the one the peer knew), a
+    /// burst of batches at a time ([`send_index_more`](Self::send_index_more)).
     pub(super) fn send_index(&mut self, conn: ConnId, since: u64) {
         self.journal_before_sending();
         if self.halted.is_some() {
             return;
         }
         let seq = self.seq_now();
-        if let Some(s) = self.sessions.get_mut(&conn) {
-            s.told = seq;
-        }
+        let Some(s) = self.sessions.get_mut(&conn) else { return };
+        s.told = seq;
         let full = since == 0 || since > seq;
-        // Batch by batch: the index is copied once, into its messages (a whole copy first, then
-        // the batches, held two at once: 330 bytes a file at the peak of an initial sync).
-        let mut entries = self.index.values().filter(|l| full || l.seq > since).map(|l| l.entry.clone()).peekable();
-        let mut sent = 0;
-        loop {
+        s.index_out = Some(IndexOut { since, full, seq, after: None, sent: 0 });
+        self.send_index_more(conn);
+    }
+
+    /// Sends the next burst of the index a peer asked for, from where the last one ended, and
+    /// asks to hear when the connection drained ([`Input::Drained`]) if more is to come. Entries
+    /// are read as they are now: one that changed since the peer asked goes out as an update
+    /// as well, which the peer takes as the same news twice.
+    pub(super) fn send_index_more(&mut self, conn: ConnId) {
+        if self.halted.is_some() {
+            return;
+        }
+        // Entries in the index but not yet in the journal are not sent before they are.
+        self.journal_before_sending();
+        if self.halted.is_some() {
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(&conn) else { return };
+        let Some(o) = s.index_out.as_mut() else { return };
+        let after = o.after.take();
+        let from = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+        let (full, since) = (o.full, o.since);
+        let pacing = self.cfg.index_pacing;
+        let per_batch = pacing.batch.clamp(1, MAX_BATCH_ENTRIES);
+        let mut entries = self
+            .index
+            .range::<RelPath, _>((from, Bound::Unbounded))
+            .filter(|(_, l)| full || l.seq > since)
+            .map(|(_, l)| &l.entry)
+            .peekable();
+        for _ in 0..pacing.burst.max(1) {
             // The first batch goes even when empty: its `last` ends the index.
-            let batch: Vec<Entry> = entries.by_ref().take(MAX_BATCH_ENTRIES).collect();
+            let batch: Vec<Entry> = entries.by_ref().take(per_batch).cloned().collect();
             let last = entries.peek().is_none();
-            sent += batch.len();
-            self.out.push(Command::Send { conn, msg: Message::IndexBatch { entries: batch, last, seq } });
+            o.sent += batch.len();
+            if let Some(e) = batch.last() {
+                o.after = Some(e.path.clone());
+            } else {
+                o.after.clone_from(&after);
+            }
+            self.out.push(Command::Send { conn, msg: Message::IndexBatch { entries: batch, last, seq: o.seq } });
             if last {
-                break;
+                log::debug!("index for {conn}: {} of {} entries (since {since})", o.sent, self.index.len());
+                s.index_out = None;
+                return;
             }
         }
-        log::debug!("index for {conn}: {sent} of {} entries (since {since})", self.index.len());
+        self.out.push(Command::WhenDrained { conn });
     }
 
     /// Records, for every peer whose messages were all taken in (nothing fetched, retried or

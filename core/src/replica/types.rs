@@ -4,7 +4,7 @@
 
 use super::ConnId;
 use crate::fold::Folding;
-use mirror_protocol::{Message, ReplicaId, Timestamp, Violation};
+use mirror_protocol::{MAX_BATCH_ENTRIES, Message, ReplicaId, Timestamp, Violation};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,6 +28,26 @@ pub struct Config {
     pub accept_empty: bool,
     /// A hash of the command line's `-i`/`-e` patterns (part of the rules fingerprint).
     pub patterns_key: [u8; 32],
+    /// How the index goes out to a peer.
+    pub index_pacing: IndexPacing,
+}
+
+/// How the index goes out: `batch` entries a message (at most [`MAX_BATCH_ENTRIES`]), `burst`
+/// messages before waiting for the connection to drain ([`Command::WhenDrained`]). The default
+/// sends about 4,096 entries, a few hundred KiB, at a time, however large the index: serialised
+/// whole at once it held 100 MiB and more per peer for a million files, and as much again for
+/// each client of a hub. The simulator takes small ones, so that its small trees go out in
+/// several bursts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexPacing {
+    pub batch: usize,
+    pub burst: usize,
+}
+
+impl Default for IndexPacing {
+    fn default() -> Self {
+        IndexPacing { batch: MAX_BATCH_ENTRIES, burst: 16 }
+    }
 }
 
 /// The time, as the driver sees it: a monotonic instant for every delay, and the wall clock
@@ -74,6 +94,10 @@ pub enum Input {
         conn: ConnId,
         reason: String,
     },
+    /// What was sent on `conn` up to a [`Command::WhenDrained`] has mostly left: send more.
+    Drained {
+        conn: ConnId,
+    },
     /// Nothing but time passed (a deadline of [`Replica::next_deadline`]).
     Timer,
 }
@@ -96,6 +120,11 @@ pub enum Command<U> {
     Close {
         conn: ConnId,
         reason: String,
+    },
+    /// Say [`Input::Drained`] once what was sent on `conn` so far has mostly left (the
+    /// connection can take more without holding much): the index goes out a burst at a time.
+    WhenDrained {
+        conn: ConnId,
     },
     /// The ignore rules of this directory (relative to the root) changed: watch it again.
     Rewatch(PathBuf),
