@@ -2,8 +2,8 @@
 //! response per line, over a UNIX socket only its user can open (mode 0600 in a 0700 directory).
 
 use crate::config::NewPair;
+use crate::error::Error;
 use crate::status::Report;
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -55,27 +55,31 @@ pub fn socket_path(explicit_state_dir: Option<&Path>, default_state_dir: &Path) 
 }
 
 /// Sends `req` to the agent listening at `path` and returns its answer.
-pub fn call(path: &Path, req: &Request) -> anyhow::Result<Response> {
+pub fn call(path: &Path, req: &Request) -> Result<Response, Error> {
     let mut s = UnixStream::connect(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Error::Refused(format!(
             "no mirror-agent is running with control socket {} (start one with `mirror-agent run`)",
             path.display()
-        ),
+        )),
         // The truth, not "no agent": another user's agent, or a state dir we may not enter.
-        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+        std::io::ErrorKind::PermissionDenied => Error::Refused(format!(
             "permission denied opening the control socket {}: the agent there belongs to another user \
              (run the command as that user), or this user may not enter that directory",
             path.display()
-        ),
-        _ => anyhow::anyhow!("cannot reach the agent at control socket {}: {e}", path.display()),
+        )),
+        _ => Error::Io { doing: format!("reaching the agent at control socket {}", path.display()), source: e },
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut line = serde_json::to_string(req)?;
+    let talk = Error::io(format!("talking to the agent at control socket {}", path.display()));
+    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(Error::io("setting a read timeout"))?;
+    // A request is plain data: it always serialises.
+    let mut line = serde_json::to_string(req).unwrap_or_default();
     line.push('\n');
-    s.write_all(line.as_bytes())?;
+    if let Err(e) = s.write_all(line.as_bytes()) {
+        return Err(talk(e));
+    }
     let mut answer = String::new();
-    BufReader::new(s).read_line(&mut answer).context("reading the agent's answer")?;
-    serde_json::from_str(&answer).with_context(|| format!("bad answer from the agent: {answer:?}"))
+    BufReader::new(s).read_line(&mut answer).map_err(Error::io("reading the agent's answer"))?;
+    serde_json::from_str(&answer).map_err(|e| Error::BadAnswer { answer, reason: e.to_string() })
 }
 
 /// "3s ago", "2h ago", "never".

@@ -14,12 +14,12 @@
 
 use crate::config::{self, Config, ConfigError, PairConfig, ServerConfig};
 use crate::control::{Request, Response};
+use crate::error::Error;
 use crate::notify;
 use crate::status::{State, Status};
 use crate::store;
 use crate::tls::Tls;
 use crate::worker::{self, Shared, Stopper};
-use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -139,7 +139,7 @@ fn supervise(unit: Unit, env: Env, status: Status, ctl: Arc<Ctl>) {
                 .unwrap_or_else(|p| {
                     let what =
                         p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
-                    Err(anyhow::anyhow!("crashed: {}", what.unwrap_or_default()))
+                    Err(Error::Panicked(what.unwrap_or_default()))
                 });
         let (quit, paused) = ctl.with(|c| (c.quit, c.paused));
         if quit {
@@ -203,7 +203,7 @@ fn unit_name(u: &Unit) -> String {
     }
 }
 
-fn run_unit(unit: &Unit, env: &Env, resume: bool, stop: &Stopper, status: &Status) -> anyhow::Result<()> {
+fn run_unit(unit: &Unit, env: &Env, resume: bool, stop: &Stopper, status: &Status) -> Result<(), Error> {
     let insecure = match unit {
         Unit::Pair(p) => p.insecure,
         Unit::Server(s) => s.insecure,
@@ -217,10 +217,13 @@ fn run_unit(unit: &Unit, env: &Env, resume: bool, stop: &Stopper, status: &Statu
             Unit::Server(s) => ("--listen", s.spec.listen.clone(), s.insecure_any_address),
         };
         crate::cli::check_insecure(what, &addr, any)
-            .map_err(|e| anyhow::anyhow!("{e} (in the configuration: `insecure_any_address = true`)"))?;
+            .map_err(|e| Error::Refused(format!("{e} (in the configuration: `insecure_any_address = true`)")))?;
     }
-    let tls =
-        if insecure { None } else { Some(env.tls.clone().map_err(|e| anyhow::anyhow!("TLS is not available: {e}"))?) };
+    let tls = if insecure {
+        None
+    } else {
+        Some(env.tls.clone().map_err(|e| Error::Refused(format!("TLS is not available: {e}")))?)
+    };
     match unit {
         Unit::Pair(p) => worker::run_client(&env.shared, tls, &p.spec, resume, stop, status),
         Unit::Server(s) => worker::run_server(&env.shared, tls, &s.spec, resume, stop, status),
@@ -349,13 +352,13 @@ impl Daemon {
     }
 
     /// Replaces the configuration file with `text` (checked first) and applies it.
-    fn write_config(&self, text: &str) -> anyhow::Result<()> {
+    fn write_config(&self, text: &str) -> Result<(), Error> {
         let cfg = Config::parse(text, &self.config_path)?;
         if let Some(dir) = self.config_path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         }
         store::write_atomic(&self.config_path, text.as_bytes())
-            .with_context(|| format!("writing {}", self.config_path.display()))?;
+            .map_err(Error::io(format!("writing {}", self.config_path.display())))?;
         self.apply(&cfg);
         Ok(())
     }
@@ -365,7 +368,7 @@ impl Daemon {
         if self.stop.is_stopped() {
             return Response::fail("the agent is stopping");
         }
-        let r: anyhow::Result<Response> = (|| match req {
+        let r: Result<Response, Error> = (|| match req {
             Request::Status => Ok(Response { ok: true, reports: self.reports(), ..Response::default() }),
             Request::Export => {
                 let (_, text) = self.read_config()?;
@@ -376,10 +379,10 @@ impl Daemon {
                 Ok(Response::done())
             }
             Request::Add { pair } => {
-                config::check_name(&pair.name).map_err(anyhow::Error::msg)?;
+                config::check_name(&pair.name).map_err(Error::Refused)?;
                 let (cfg, text) = self.read_config()?;
                 if cfg.pairs.iter().any(|p| p.name == pair.name) {
-                    anyhow::bail!("a pair named {:?} exists already", pair.name);
+                    return Err(Error::Refused(format!("a pair named {:?} exists already", pair.name)));
                 }
                 self.write_config(&config::with_pair(&text, &self.config_path, &pair)?)?;
                 Ok(Response::done())
@@ -387,12 +390,12 @@ impl Daemon {
             Request::Remove { name } => {
                 let (_, text) = self.read_config()?;
                 let new = config::without_pair(&text, &self.config_path, &name)?
-                    .with_context(|| format!("no pair named {name:?}"))?;
+                    .ok_or_else(|| Error::Refused(format!("no pair named {name:?}")))?;
                 self.write_config(&new)?;
                 Ok(Response::done())
             }
             Request::Pause { name } | Request::Resume { name } if !self.has_pair(&name) => {
-                anyhow::bail!("no pair named {name:?}")
+                Err(Error::Refused(format!("no pair named {name:?}")))
             }
             Request::Pause { name } => {
                 let (_, text) = self.read_config()?;
@@ -413,7 +416,7 @@ impl Daemon {
                 Ok(Response::done())
             }
         })();
-        r.unwrap_or_else(|e| Response::fail(format!("{e:#}")))
+        r.unwrap_or_else(|e| Response::fail(e.to_string()))
     }
 
     fn has_pair(&self, name: &str) -> bool {
@@ -440,18 +443,18 @@ impl Daemon {
 }
 
 /// Binds the control socket, refusing if another agent answers on it.
-fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {
+fn bind_control(path: &Path) -> Result<UnixListener, Error> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
     if UnixStream::connect(path).is_ok() {
-        anyhow::bail!("another mirror-agent is running with control socket {}", path.display());
+        return Err(Error::Refused(format!("another mirror-agent is running with control socket {}", path.display())));
     }
     let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+    let l = UnixListener::bind(path).map_err(Error::io(format!("binding the control socket {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("securing {}", path.display()))?;
+        .map_err(Error::io(format!("securing {}", path.display())))?;
     Ok(l)
 }
 
@@ -489,7 +492,7 @@ pub fn run(
     shared: Shared,
     tls: Result<Tls, String>,
     resume: bool,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let (cfg, _) = Config::load(&config_path)?;
     let listener = bind_control(&control)?;
     let (changed, changes) = bounded(1);
@@ -503,7 +506,10 @@ pub fn run(
     });
     {
         let stop = d.stop.clone();
-        ctrlc::set_handler(move || stop.stop()).context("installing the signal handler")?;
+        ctrlc::set_handler(move || stop.stop()).map_err(|e| Error::Io {
+            doing: "installing the signal handler".into(),
+            source: std::io::Error::other(e),
+        })?;
     }
     log::info!(
         "running {} pairs{} from {}; control socket {}",
@@ -515,7 +521,10 @@ pub fn run(
     d.apply(&cfg);
     let served = {
         let d = d.clone();
-        std::thread::Builder::new().name("control".into()).spawn(move || serve_control(d, listener))?
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || serve_control(d, listener))
+            .map_err(Error::io("starting the control thread"))?
     };
     report_until_stopped(&d, &changes);
     notify::notify("STOPPING=1");

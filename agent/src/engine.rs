@@ -114,14 +114,8 @@ impl std::fmt::Display for StartError {
     }
 }
 
-impl std::error::Error for StartError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StartError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+/// Its text says everything, the cause included (so a chain printed with `{:#}` says it once).
+impl std::error::Error for StartError {}
 
 impl From<crate::rules::PatternError> for StartError {
     fn from(e: crate::rules::PatternError) -> Self {

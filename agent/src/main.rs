@@ -10,6 +10,7 @@ mod control;
 mod daemon;
 mod disk;
 mod engine;
+mod error;
 mod executor;
 mod fold;
 mod identity;
@@ -129,7 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Client { pair: cli::PairArgs { host, port, local, remote, include, exclude } } => {
             let spec = worker::ClientSpec { local, host, port, remote, include, exclude };
             let status = status::Status::new("client", &spec.local.display().to_string(), &spec.host);
-            worker::run_client(&shared, tls, &spec, c.resume, &stop, &status)
+            Ok(worker::run_client(&shared, tls, &spec, c.resume, &stop, &status)?)
         }
         Command::Server { listen, root } => {
             let root = match root {
@@ -138,7 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let spec = worker::ServerSpec { listen, root };
             let status = status::Status::new("server", &spec.root.display().to_string(), &spec.listen);
-            worker::run_server(&shared, tls, &spec, c.resume, &stop, &status)
+            Ok(worker::run_server(&shared, tls, &spec, c.resume, &stop, &status)?)
         }
         _ => Ok(()),
     }
@@ -210,7 +211,7 @@ fn run_daemon(c: &Common, config: Option<&std::path::Path>, check: bool, shared:
         })
         .map_err(|e| format!("{e:#}"));
     let control = control::socket_path(c.state_dir.as_deref(), &state_dir);
-    daemon::run(config, control, shared, tls, c.resume)
+    Ok(daemon::run(config, control, shared, tls, c.resume)?)
 }
 
 /// The TLS of a foreground `client` or `server`: none with `--insecure` (on loopback only,

@@ -54,14 +54,8 @@ impl std::fmt::Display for NetError {
     }
 }
 
-impl std::error::Error for NetError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            NetError::Poll(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// Its text says everything, the cause included (so a chain printed with `{:#}` says it once).
+impl std::error::Error for NetError {}
 
 pub const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);

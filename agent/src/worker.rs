@@ -3,11 +3,11 @@
 //! per configured pair under supervision.
 
 use crate::engine::{self, EngineConfig, EngineHandle};
+use crate::error::Error;
 use crate::link::{NetHandle, ToEngine};
 use crate::net;
 use crate::status::{State, Status};
 use crate::tls::Tls;
-use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use mio::{Poll, Waker};
 use mirror_backends::Backend;
@@ -100,9 +100,9 @@ struct Loop {
     handle: NetHandle,
 }
 
-fn new_loop(stop: &Stopper) -> anyhow::Result<Loop> {
-    let poll = Poll::new().context("creating the event loop")?;
-    let waker = Arc::new(Waker::new(poll.registry(), net::WAKER).context("creating the waker")?);
+fn new_loop(stop: &Stopper) -> Result<Loop, Error> {
+    let poll = Poll::new().map_err(Error::io("creating the event loop"))?;
+    let waker = Arc::new(Waker::new(poll.registry(), net::WAKER).map_err(Error::io("creating the waker"))?);
     let (net_tx, net_rx) = bounded(1024);
     let parked = Arc::new(AtomicBool::new(false));
     let handle = NetHandle { tx: net_tx, waker: waker.clone(), parked: parked.clone() };
@@ -141,10 +141,10 @@ pub fn run_client(
     resume: bool,
     stop: &Stopper,
     status: &Status,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let l = new_loop(stop)?;
-    std::fs::create_dir_all(&spec.local).with_context(|| format!("creating {}", spec.local.display()))?;
-    let local = spec.local.canonicalize().with_context(|| format!("resolving {}", spec.local.display()))?;
+    std::fs::create_dir_all(&spec.local).map_err(Error::io(format!("creating {}", spec.local.display())))?;
+    let local = spec.local.canonicalize().map_err(Error::io(format!("resolving {}", spec.local.display())))?;
     let mut cfg = engine_cfg(shared, local, spec.include.clone(), spec.exclude.clone(), resume);
     cfg.status = Some(status.clone());
     let engine = engine::spawn(cfg, l.handle.clone())?;
@@ -165,11 +165,16 @@ pub fn run_client(
     };
     let role = net::Role::Client { addr, hello, engine: engine_tx.clone() };
     let result =
-        net::Net::new(l.poll, l.net_rx, l.handle, l.parked, stop.flag.clone(), role, tls, Some(status.clone()))?.run();
+        net::Net::new(l.poll, l.net_rx, l.handle, l.parked, stop.flag.clone(), role, tls, Some(status.clone()))
+            .map_err(Error::io("starting the network loop"))?
+            .run();
     let _ = engine_tx.send(ToEngine::Shutdown);
     let engine_result = done.join().unwrap_or(Err(EngineEnd::Panicked));
     result?;
-    Ok(engine_result?)
+    engine_result.map_err(|e| match e {
+        EngineEnd::Halted(h) => Error::Halted(h),
+        EngineEnd::Panicked => Error::Panicked("the engine thread panicked".into()),
+    })
 }
 
 /// Serves directories under `spec.root` to any number of clients until stopped.
@@ -180,12 +185,13 @@ pub fn run_server(
     resume: bool,
     stop: &Stopper,
     status: &Status,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let l = new_loop(stop)?;
-    let root = spec.root.canonicalize().with_context(|| format!("server root {}", spec.root.display()))?;
+    let root = spec.root.canonicalize().map_err(Error::io(format!("server root {}", spec.root.display())))?;
     let addr = net_addr(&spec.listen)?;
-    let listener = mio::net::TcpListener::bind(addr).with_context(|| format!("listening on {}", spec.listen))?;
-    log::info!("listening on {} (serving {})", listener.local_addr()?, root.display());
+    let listener = mio::net::TcpListener::bind(addr).map_err(Error::io(format!("listening on {}", spec.listen)))?;
+    let bound = listener.local_addr().map_err(Error::io("reading the listening address"))?;
+    log::info!("listening on {bound} (serving {})", root.display());
     status.set_scanned();
     status.set_state(State::Listening);
     // One engine per served directory, shared by every client of that directory, with the
@@ -202,7 +208,9 @@ pub fn run_server(
     };
     let role = net::Role::Server { listener, root, engines: factory };
     let result =
-        net::Net::new(l.poll, l.net_rx, l.handle, l.parked, stop.flag.clone(), role, tls, Some(status.clone()))?.run();
+        net::Net::new(l.poll, l.net_rx, l.handle, l.parked, stop.flag.clone(), role, tls, Some(status.clone()))
+            .map_err(Error::io("starting the network loop"))?
+            .run();
     // The network loop has joined its openers: nothing starts an engine any more.
     let slots: Vec<Slot> = engines.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, s)| s).collect();
     let all: Vec<EngineHandle> =
@@ -279,12 +287,12 @@ fn open_engine(
     }
 }
 
-pub fn net_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+pub fn net_addr(s: &str) -> Result<std::net::SocketAddr, Error> {
     use std::net::ToSocketAddrs;
     s.to_socket_addrs()
-        .with_context(|| format!("bad listen address {s:?}"))?
+        .map_err(Error::io(format!("bad listen address {s:?}")))?
         .next()
-        .with_context(|| format!("no address for {s:?}"))
+        .ok_or_else(|| Error::Refused(format!("no address for {s:?}")))
 }
 
 /// How an engine ended other than by being told to.
