@@ -62,6 +62,10 @@ pub enum ToNet {
     },
     /// An upload reader read the next chunk of a file being sent.
     Chunk(crate::reader::Chunk),
+    /// A client's dialer connected to its server, or could not.
+    Dialed {
+        result: std::io::Result<std::net::TcpStream>,
+    },
     /// A server's opener thread answers the `Hello` of connection `conn`.
     Opened {
         conn: ConnId,

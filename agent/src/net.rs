@@ -86,6 +86,8 @@ fn read_ahead(dec: &Decoder) -> usize {
 /// against an index or updates it never takes. (Not reading a connection whose output waits
 /// would be simpler, but two sides sending large indexes at once would stall each other.)
 const OUT_LIMIT: usize = 1024 * 1024 * 1024;
+/// How long a client's TCP handshake with its server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// An engine sending its index a burst at a time hears the connection drained
 /// ([`ToEngine::Drained`]) once no more than this waits here to be sent.
 const DRAIN_MARK: usize = 256 * 1024;
@@ -349,6 +351,8 @@ pub struct Net {
     /// Disconnect notices an engine could not take yet.
     notices: VecDeque<(Sender<ToEngine>, ToEngine)>,
     reconnect_at: Option<Instant>,
+    /// A dialer is connecting to the server (a client's loop only).
+    dialing: bool,
     backoff: Duration,
     /// Set when a client's server refused it for good; the loop ends with this error.
     fatal: Option<NetError>,
@@ -408,6 +412,7 @@ impl Net {
             handle,
             readers,
             openers: Vec::new(),
+            dialing: false,
         })
     }
 
@@ -546,11 +551,39 @@ impl Net {
     }
 
     /// Client only: (re)connects to the server and sends the preamble and hello.
+    /// Dials the server on a thread of its own: resolving its name and the TCP handshake can
+    /// take seconds (a resolver that does not answer, a server whose packets are dropped), and
+    /// this thread goes on meanwhile (a stop is seen at once). The answer comes back as
+    /// [`ToNet::Dialed`]. The dialer is not joined: once the loop is gone it ends with its
+    /// connect timeout.
     fn connect(&mut self) {
+        let Role::Client { addr, .. } = &self.role else { return };
+        if self.dialing {
+            return;
+        }
+        let (addr, net) = (addr.clone(), self.handle.clone());
+        let dialer = std::thread::Builder::new().name("dial".into()).spawn(move || {
+            let result = resolve(&addr).and_then(|sa| std::net::TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT));
+            net.send(ToNet::Dialed { result });
+        });
+        match dialer {
+            Ok(_) => self.dialing = true,
+            Err(e) => {
+                log::error!("cannot start a thread to connect: {e}");
+                self.schedule_reconnect();
+            }
+        }
+    }
+
+    /// The dialer's answer.
+    fn dialed(&mut self, result: io::Result<std::net::TcpStream>) {
+        self.dialing = false;
         let Role::Client { addr, hello, .. } = &self.role else { return };
         let (addr, hello) = (addr.clone(), hello.clone());
-        let attempt = resolve(&addr).and_then(|sa| std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(5)));
-        match attempt {
+        if self.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match result {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
                 if s.set_nonblocking(true).is_err() {
@@ -596,6 +629,7 @@ impl Net {
                         c.send(&msg);
                     }
                 }
+                ToNet::Dialed { result } => self.dialed(result),
                 ToNet::WhenDrained { conn } => {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.drain_wanted = true;

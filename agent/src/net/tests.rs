@@ -329,3 +329,58 @@ fn a_drain_is_told_once_the_peer_took_what_was_sent() {
     assert!(told_at > 0, "told before any of it was read");
     assert!(e.connected.recv_timeout(Duration::from_millis(200)).is_err(), "told more than once");
 }
+
+/// Whether the kernel has a connection of ours to `port` still in its TCP handshake (SYN sent,
+/// nothing back).
+fn syn_sent_to(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = format!(":{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[2].ends_with(&port) && f[3] == "02"
+    })
+}
+
+/// A server that does not answer (its SYNs dropped: here a listener whose queue is full; on a
+/// real network a host gone, a firewall, a resolver that does not reply) holds up neither the
+/// client's loop nor its stop: connecting happens on a thread of its own.
+#[test]
+fn a_client_stops_at_once_while_its_server_does_not_answer() {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    // Fill its queue with connections nobody accepts, until one does not get through.
+    let mut held = Vec::new();
+    while let Ok(s) = StdStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        held.push(s);
+        assert!(held.len() < 64, "the listener's queue never filled");
+    }
+    let poll = Poll::new().unwrap();
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+    let (tx, rx) = bounded(1024);
+    let parked = Arc::new(AtomicBool::new(false));
+    let handle = NetHandle { tx, waker, parked: parked.clone() };
+    let (engine, _engine_rx) = bounded(64);
+    let hello = Hello { replica: 7, host: "test".into(), remote: b"p".to_vec(), includes: vec![], excludes: vec![] };
+    let role = Role::Client { addr: addr.to_string(), hello, engine };
+    let stop = Arc::new(AtomicBool::new(false));
+    let net = Net::new(poll, rx, handle.clone(), parked, stop.clone(), role, None, None).unwrap();
+    let (done_tx, done) = bounded(1);
+    let thread = std::thread::spawn(move || {
+        let r = net.run();
+        let _ = done_tx.send(());
+        r
+    });
+    let end = Instant::now() + DEADLINE;
+    while !syn_sent_to(addr.port()) {
+        assert!(Instant::now() < end, "the client never tried to connect");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::SeqCst);
+    handle.waker.wake().unwrap();
+    // Well before the connect attempt itself would give up (CONNECT_TIMEOUT).
+    assert!(done.recv_timeout(CONNECT_TIMEOUT / 2).is_ok(), "the stop waited for the connect attempt");
+    assert!(thread.join().unwrap().is_ok());
+}
