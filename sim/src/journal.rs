@@ -65,6 +65,11 @@ impl MemJournal {
         }
     }
 
+    /// `mirror-agent resume`: the halt is lifted (as the agent's `--resume` clears it).
+    pub fn resume(&mut self) {
+        self.halted = None;
+    }
+
     /// A `kill -9`: the records waiting for an `append` are lost, and the last write is torn
     /// after a record `rng` picks (perhaps before its first).
     pub fn crash(&mut self, rng: &mut Rng) {

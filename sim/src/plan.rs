@@ -85,6 +85,10 @@ pub enum Fault {
     Overflow { machine: usize },
     /// A machine's disk is full for a while: writes of file content fail.
     DiskFull { machine: usize, ms: u64 },
+    /// The disk under a machine's state directory is full for a while: its journal cannot be
+    /// written, so its pair halts (and its agent cannot start). Once there is room its user
+    /// resumes it (`mirror-agent resume`).
+    StateFull { machine: usize, ms: u64 },
     /// The next file content sent on a client's link arrives with a byte changed (a broken
     /// peer): the receiver must drop the session and still get the file from the next one.
     Corrupt { client: usize },
@@ -185,7 +189,7 @@ fn op(rng: &mut Rng) -> Op {
 fn fault(rng: &mut Rng, clients: usize) -> Fault {
     let client = 1 + rng.below(clients);
     let machine = rng.below(clients + 1);
-    match rng.below(20) {
+    match rng.below(21) {
         0..=3 => Fault::Crash { machine },
         4..=6 => Fault::Cut { client },
         7..=9 => Fault::Silent { client },
@@ -194,6 +198,7 @@ fn fault(rng: &mut Rng, clients: usize) -> Fault {
         15..=16 => Fault::DiskFull { machine, ms: 100 + rng.below(20_000) as u64 },
         17 => Fault::Unmount { client },
         18 => Fault::Corrupt { client },
+        19 => Fault::StateFull { machine, ms: 100 + rng.below(5_000) as u64 },
         _ => Fault::Crash { machine: client },
     }
 }

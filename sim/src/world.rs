@@ -78,6 +78,8 @@ pub(crate) struct Machine {
     /// The deletions its index held when its root was unmounted: the user's, made before, and
     /// sent with any index after it (news of nothing the unmount did).
     deleted_before_unmount: HashSet<(RelPath, VersionVector)>,
+    /// Its next start is with `--resume` (its user resumed it after a halt).
+    resume_next: bool,
 }
 
 impl Machine {
@@ -85,6 +87,14 @@ impl Machine {
         match (&self.replica, &self.parts) {
             (Some(r), _) => Some(r.disk()),
             (None, Some((d, _))) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn journal_mut(&mut self) -> Option<&mut MemJournal> {
+        match (&mut self.replica, &mut self.parts) {
+            (Some(r), _) => Some(r.journal_mut()),
+            (None, Some((_, j))) => Some(j),
             _ => None,
         }
     }
@@ -159,6 +169,10 @@ enum Event {
     DiskSpace {
         machine: usize,
     },
+    /// There is room for the state of `machine` again.
+    StateSpace {
+        machine: usize,
+    },
 }
 
 /// One history being run.
@@ -216,6 +230,7 @@ impl World {
                 unmounted: false,
                 deletions_after_unmount: 0,
                 deleted_before_unmount: HashSet::new(),
+                resume_next: false,
             });
         }
         let links = (0..plan.clients)
@@ -397,6 +412,27 @@ impl World {
                 self.links[client - 1].reconnecting = false;
                 self.connect(client);
             }
+            Event::StateSpace { machine } => {
+                let Some(j) = self.machines[machine].journal_mut() else { return };
+                j.fail_writes = false;
+                // A pair that halted because its state could not be written is resumed by its
+                // user once there is room (the unmounted one stays halted: its check is that).
+                let mm = &mut self.machines[machine];
+                if mm.halted.is_some() && !mm.unmounted && mm.replica.is_none() {
+                    {
+                        let line = format!("{} resumed by its user", mm.name);
+                        self.note(line);
+                    }
+                    let mm = &mut self.machines[machine];
+                    if let Some((_, j)) = mm.parts.as_mut() {
+                        j.resume();
+                    }
+                    mm.halted = None;
+                    mm.resume_next = true;
+                    self.restart(machine);
+                    touched.insert(machine);
+                }
+            }
             Event::DiskSpace { machine } => {
                 if let Some(d) = self.machines[machine].disk_mut() {
                     d.set_storage_full(false);
@@ -431,6 +467,15 @@ impl World {
             return;
         }
         let (conn, peer) = if to == HUB { (l.hub_conn, link + 1) } else { (l.client_conn, HUB) };
+        if self.machines[to].replica.is_none() {
+            // Its pair halted (or its agent died) while the connection was being made: the
+            // agent refuses it with the reason, and the client tries again later (seed 13683:
+            // a connection made to a halted hub stayed open, unknown to the hub once resumed).
+            let line = format!("{} refuses {conn}: not running", self.machines[to].name);
+            self.note(line);
+            self.close(link, None, "refused by the peer");
+            return;
+        }
         let (peer_host, peer_replica) = (self.machines[peer].name.clone(), self.machines[peer].id);
         let line = format!("{} connected to {peer_host} on {conn}", self.machines[to].name);
         self.note(line);
@@ -500,6 +545,12 @@ impl World {
                 if let Some(d) = self.machines.get_mut(machine).and_then(Machine::disk_mut) {
                     d.set_storage_full(true);
                     self.at(self.t + ms * 1000, Event::DiskSpace { machine });
+                }
+            }
+            Fault::StateFull { machine, ms } => {
+                if let Some(j) = self.machines.get_mut(machine).and_then(Machine::journal_mut) {
+                    j.fail_writes = true;
+                    self.at(self.t + ms * 1000, Event::StateSpace { machine });
                 }
             }
             Fault::Unmount { client } => self.unmount(client),
@@ -665,6 +716,13 @@ impl World {
             disk.drop_stashed(&Stashed { id });
         }
         disk.take_log();
+        if journal.fail_writes {
+            // The agent cannot start while its state cannot be written (its clock reservation
+            // fails); its supervisor tries again a moment later.
+            self.machines[m].parts = Some((disk, journal));
+            self.at(self.t + 1_000_000, Event::Restart { machine: m });
+            return;
+        }
         if let Some(h) = journal.halted() {
             self.machines[m].halted = Some(h.to_string());
             self.machines[m].parts = Some((disk, journal));
@@ -684,7 +742,8 @@ impl World {
             return;
         }
         self.machines[m].root_id = Some(root_id);
-        let cfg = config(&self.machines[m].name);
+        let mut cfg = config(&self.machines[m].name);
+        cfg.accept_empty = std::mem::take(&mut self.machines[m].resume_next);
         let now = self.time(m);
         disk.set_time(now.wall);
         let r = match Replica::new(cfg, base, disk, journal, SyncAll, root_id, now) {

@@ -446,6 +446,11 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         &self.journal
     }
 
+    /// The journal, to change under the replica (a simulator's faults).
+    pub fn journal_mut(&mut self) -> &mut J {
+        &mut self.journal
+    }
+
     /// The disk and the journal back, the replica's memory gone: what a crash leaves (the
     /// simulator's `kill -9`). Unfinished transfers' temp files go with it.
     pub fn into_parts(self) -> (D, J) {
