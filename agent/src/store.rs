@@ -149,7 +149,7 @@ mod legacy {
                 kind,
                 mtime: self.mtime,
                 version: self.version,
-                origin: self.origin,
+                origin: self.origin.into(),
             }
         }
     }

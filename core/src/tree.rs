@@ -272,7 +272,7 @@ mod tests {
             kind: Kind::File { size, hash: [content; 32], mode: 0o644 },
             mtime: Timestamp::default(),
             version: VersionVector::new(),
-            origin: String::new(),
+            origin: Default::default(),
         };
         let stat = ino.map(|ino| Stat::new(S_IFREG | 0o644, size, Timestamp::default(), ino));
         LocalEntry { entry, stat, seq: 0 }
@@ -362,7 +362,7 @@ mod tests {
                 kind: Kind::Directory,
                 mtime: Timestamp::default(),
                 version: VersionVector::new(),
-                origin: String::new(),
+                origin: Default::default(),
             };
             index.insert(p, LocalEntry { entry, stat: None, seq: 0 });
         }

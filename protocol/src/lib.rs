@@ -15,6 +15,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod message;
+pub mod origin;
 pub mod path;
 pub mod preamble;
 pub mod session;
@@ -22,6 +23,7 @@ pub mod version;
 
 pub use frame::{DecodeError, Decoder, encode, encode_into};
 pub use message::{Entry, Hash, Hello, Kind, Message, Timestamp, Welcome};
+pub use origin::Origin;
 pub use path::{PathError, RelPath};
 pub use preamble::{PREAMBLE_LEN, Preamble, PreambleError};
 pub use session::{Connection, Event, MAX_REQUESTS_IN_FLIGHT, Session, Side, Violation};

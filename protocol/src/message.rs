@@ -48,7 +48,7 @@ pub struct Entry {
     pub mtime: Timestamp,
     pub version: VersionVector,
     /// Host name of the replica that made this version (names conflict copies).
-    pub origin: String,
+    pub origin: crate::origin::Origin,
 }
 
 impl Entry {

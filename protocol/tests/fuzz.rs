@@ -23,7 +23,7 @@ fn entry(r: &mut Rng) -> Entry {
         kind,
         mtime: Timestamp { secs: r.next_u64() as i64, nanos: (r.next_u64() % 1_000_000_000) as u32 },
         version,
-        origin: "host".repeat(r.below(3)),
+        origin: "host".repeat(r.below(3)).into(),
     }
 }
 

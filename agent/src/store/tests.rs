@@ -230,7 +230,7 @@ fn a_format_2_state_is_read_and_a_newer_format_refused() {
         kind: legacy::Kind::File { size: 1, hash: [1; 32], executable: exec },
         mtime: old.entry.mtime,
         version: old.entry.version.clone(),
-        origin: old.entry.origin.clone(),
+        origin: old.entry.origin.to_string(),
     };
     let mut snap = b"MIRBASE2".to_vec();
     encode_record_raw(&mut snap, &header);
@@ -271,7 +271,7 @@ fn a_format_1_state_is_still_read() {
             kind: legacy::Kind::File { size: 4, hash: [4; 32], executable: false },
             mtime: l.entry.mtime,
             version: l.entry.version.clone(),
-            origin: l.entry.origin.clone(),
+            origin: l.entry.origin.to_string(),
         };
         postcard::to_stdvec(&legacy::RecordV1 { entry: legacy, stat: l.stat }).unwrap()
     };

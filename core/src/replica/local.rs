@@ -1,6 +1,7 @@
 //! Local changes: what the watcher names, read from the disk and compared with the index.
 
 use super::*;
+use mirror_protocol::Origin;
 
 impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     pub(super) fn on_watch(&mut self, ev: Hint) {
@@ -241,8 +242,13 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         }
         // Being written: the next event for it waits for a quiet moment.
         self.debounce.found_changed(rel, self.now);
-        let entry =
-            Entry { path: rel.clone(), kind: seen.kind, mtime: seen.mtime, version, origin: self.cfg.host.clone() };
+        let entry = Entry {
+            path: rel.clone(),
+            kind: seen.kind,
+            mtime: seen.mtime,
+            version,
+            origin: Origin::new(&self.cfg.host),
+        };
         // The planted echo keeps the peer as the origin, so that every report of the path echoes.
         #[cfg(feature = "planted-bugs")]
         let entry = match self.index.get(rel) {
@@ -270,8 +276,13 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             return;
         }
         let version = self.next_version(&old);
-        let entry =
-            Entry { path: rel.clone(), kind: Kind::Deleted, mtime: self.wall, version, origin: self.cfg.host.clone() };
+        let entry = Entry {
+            path: rel.clone(),
+            kind: Kind::Deleted,
+            mtime: self.wall,
+            version,
+            origin: Origin::new(&self.cfg.host),
+        };
         log_change("deleted", &entry, None);
         self.set(entry, None, None);
     }
@@ -300,7 +311,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                     kind: Kind::Deleted,
                     mtime: self.wall,
                     version,
-                    origin: self.cfg.host.clone(),
+                    origin: Origin::new(&self.cfg.host),
                 };
                 self.set(entry, None, None);
             }
