@@ -238,3 +238,59 @@ fn a_change_of_ours_is_journaled_before_it_is_sent() {
     }
     panic!("the change was never sent");
 }
+
+fn problems(out: &[Command<Vec<u8>>]) -> Vec<&str> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Problem(msg) => Some(msg.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The CI failure of session 10: the peer could not send the first version of a file still
+/// being written (reported), then its full version could not fit here. That full disk must be
+/// reported too, not hidden as "already told" behind the first trouble of the same path; and
+/// the same trouble on its retry is not reported again.
+#[test]
+fn a_new_trouble_with_a_path_is_reported_even_after_another_one_was() {
+    let (mut r, mut c) = replica(MemDisk::new());
+    let first = file_entry("big.bin", b"");
+    let id = requested(&mut r, &mut c, first.clone());
+    let out = send(&mut r, &mut c, Message::DataAbort { id, reason: "file grew while being sent".into() });
+    let told = problems(&out);
+    assert!(told.len() == 1 && told[0].contains("could not send big.bin"), "{out:?}");
+    r.disk_mut().set_storage_full(true);
+    let big = 2 * 1024 * 1024;
+    let second = Entry {
+        kind: Kind::File { size: big, hash: [7; 32], mode: 0o644 },
+        version: first.version.clone().with(PEER, 2),
+        ..first
+    };
+    let out = send(&mut r, &mut c, Message::Update { entries: vec![second.clone()], seq: 2 });
+    let told = problems(&out);
+    assert!(told.len() == 1 && told[0].contains("disk full"), "the full disk was not reported: {out:?}");
+    // Retried later, still full: not news.
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        let now = c.now();
+        r.turn(now, &mut out);
+        r.settle(now, &mut out);
+    }
+    assert!(problems(&out).is_empty(), "the same trouble was reported again: {out:?}");
+    // Room again: the retry asks for it.
+    r.disk_mut().set_storage_full(false);
+    for _ in 0..3000 {
+        let now = c.now();
+        let mut out = Vec::new();
+        r.turn(now, &mut out);
+        r.settle(now, &mut out);
+        if out
+            .iter()
+            .any(|c| matches!(c, Command::Send { msg: Message::Request { path, .. }, .. } if *path == second.path))
+        {
+            return;
+        }
+    }
+    panic!("never asked for the file again");
+}

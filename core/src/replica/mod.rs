@@ -44,6 +44,7 @@ use crate::tree::{
 use mirror_protocol::{
     Entry, Hash, Kind, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, VersionVector, Violation,
 };
+use remote::Trouble;
 use sessions::Session;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -143,8 +144,9 @@ pub struct Replica<D: Disk, J: Journal, R: Ignore> {
     checkpoint: Option<String>,
     /// When a checkpoint may next be written on its own.
     checkpoint_due: Instant,
-    /// Paths that could not be synced, each reported once (log and `status`) until it syncs.
-    told: BTreeSet<RelPath>,
+    /// Paths that could not be synced, each trouble reported once (log and `status`) until it
+    /// syncs: the same trouble again is not news, another one is.
+    told: BTreeMap<RelPath, Trouble>,
     /// Local paths that cannot be synced at all (too long), each reported once.
     told_local: BTreeSet<PathBuf>,
     /// Failed attempts to apply a path in a row (full disk, name too long): the retry backs off.
@@ -221,7 +223,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             collided: BTreeSet::new(),
             checkpoint: None,
             checkpoint_due: now.mono,
-            told: BTreeSet::new(),
+            told: BTreeMap::new(),
             told_local: BTreeSet::new(),
             attempts: BTreeMap::new(),
             shape_changed: false,

@@ -3,6 +3,22 @@
 
 use super::*;
 
+/// What keeps a peer's entry from being applied, as far as telling the user goes. Reported when
+/// it is new for its path: the same trouble on every retry is not news, but a full disk met after
+/// the peer could not send the file is (it was once hidden behind the first report), and it
+/// starts its own backoff.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Trouble {
+    /// The peer could not read it for us (changed while being read, unreadable there).
+    PeerCannotSend,
+    /// It changed at the source while it was sent.
+    ChangedAtSource,
+    /// Writing it here failed, with this kind of error (a full disk, a name too long).
+    CannotApply(io::ErrorKind),
+    /// Its path cannot be synced here as our tree is now.
+    Refused,
+}
+
 impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     /// A peer's entry for one path.
     pub(super) fn on_remote(&mut self, conn: ConnId, e: Entry) -> Result<(), PeerError> {
@@ -348,18 +364,27 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             }
             err => {
                 let why = format!("cannot apply {} ({}): {err}", e.path, describe(&e.kind));
-                self.retry_later(conn, e, why);
+                let kind = match &err {
+                    ExecError::Io(io) => io.kind(),
+                    ExecError::NotEmpty => io::ErrorKind::DirectoryNotEmpty,
+                    _ => io::ErrorKind::Other,
+                };
+                self.retry_later(conn, e, Trouble::CannotApply(kind), why);
             }
         }
     }
 
     /// Reported once; retried with a growing delay (a full disk may take a while, a file the
     /// peer cannot read may stay so), and at once when the peer sends a newer version.
-    pub(super) fn retry_later(&mut self, conn: ConnId, e: Entry, why: String) {
+    pub(super) fn retry_later(&mut self, conn: ConnId, e: Entry, trouble: Trouble, why: String) {
+        let news = self.told.insert(e.path.clone(), trouble) != Some(trouble);
+        if news {
+            self.attempts.remove(&e.path);
+        }
         let n = self.attempts.entry(e.path.clone()).or_insert(0);
         *n += 1;
         let wait = (RETRY_AFTER * 2u32.pow((*n - 1).min(6))).min(MAX_RETRY_AFTER);
-        if self.told.insert(e.path.clone()) {
+        if news {
             log::error!("{why}; retrying in {}s, then less often", wait.as_secs());
             self.tell(why);
         } else {
@@ -372,7 +397,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     /// offered again when a directory or symlink changes here, or by the peer's next session.
     /// The session goes on: one path never costs the others their sync.
     pub(super) fn refuse(&mut self, conn: ConnId, e: Entry, why: String) {
-        if self.told.insert(e.path.clone()) {
+        if self.told.insert(e.path.clone(), Trouble::Refused) != Some(Trouble::Refused) {
             let msg = format!("not syncing {} here: {why}; tried again when that changes", e.path);
             log::warn!("{msg}");
             self.tell(msg);

@@ -298,7 +298,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                     if current && !f.progress.discarding() {
                         let why =
                             format!("the peer could not send {} ({})", f.entry.path, crate::logsafe::shown(&reason));
-                        self.retry_later(conn, f.entry, why);
+                        self.retry_later(conn, f.entry, Trouble::PeerCannotSend, why);
                     }
                 }
             }

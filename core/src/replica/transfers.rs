@@ -261,7 +261,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             // Changed at the source while it was sent: its update supersedes this; if none
             // comes (rewritten keeping size and mtime), asking again gets the source to look.
             let why = format!("{} changed at the source while it was sent", f.entry.path);
-            self.retry_later(conn, f.entry, why);
+            self.retry_later(conn, f.entry, Trouble::ChangedAtSource, why);
             return Ok(());
         }
         let target = match &f.purpose {
