@@ -5,7 +5,7 @@
 use crate::executor::{self, TempFile};
 use crate::paths::{self, abs};
 use crate::scan;
-use mirror_core::disk::{Disk, ExecError, JailError, Listed, Seen};
+use mirror_core::disk::{Disk, ExecError, JailError, Listed, Observed, Seen, Unhashed};
 use mirror_core::tree::Stat;
 use mirror_protocol::{Hash, RelPath, Timestamp};
 use std::fs::File;
@@ -42,6 +42,27 @@ impl Disk for RealDisk {
         };
         let ino = crate::index::stat_of(&m).ino;
         scan::observe_meta(&path, &m, known(ino))
+    }
+
+    fn observe_light(
+        &self,
+        rel: &RelPath,
+        known: &dyn Fn(u64) -> Option<(Stat, Hash)>,
+        from: u64,
+    ) -> io::Result<Option<Observed>> {
+        let path = abs(&self.root, rel);
+        let m = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let stat = crate::index::stat_of(&m);
+        let known = known(stat.ino);
+        if m.file_type().is_file() && stat.size >= from && !scan::still_as_known(&stat, known.as_ref()) {
+            let u = Unhashed { stat, mtime: crate::index::mtime_of(&m), mode: scan::permissions(&m) };
+            return Ok(Some(Observed::Unhashed(u)));
+        }
+        Ok(scan::observe_meta(&path, &m, known)?.map(Observed::Seen))
     }
 
     fn list(&self, dir: Option<&RelPath>) -> io::Result<Vec<Listed>> {

@@ -9,6 +9,7 @@
 use crate::disk::RealDisk;
 use crate::executor;
 use crate::fold;
+use crate::hasher::Hashers;
 use crate::link::{NetHandle, ToEngine, ToNet};
 use crate::rules::{Rules, WatchRules};
 use crate::status::{Status, unix_now};
@@ -32,6 +33,9 @@ use std::time::{Duration, Instant, SystemTime};
 const REPLAY_LIMIT: Duration = Duration::from_secs(60);
 /// How long the engine sleeps with nothing due: the root check and lone checkpoints ride on it.
 const IDLE_TURN: Duration = Duration::from_secs(1);
+/// A changed file this large is hashed by the pair's hashers, not on its engine's thread: about
+/// a millisecond of blake3 here, which a small file saved meanwhile may wait.
+const HASH_APART_FROM: u64 = 1024 * 1024;
 
 type Engine = Replica<RealDisk, Store, Rules>;
 
@@ -207,10 +211,12 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> Result<EngineHandle, StartErr
         accept_empty: cfg.resume,
         patterns_key,
         index_pacing: replica::IndexPacing::default(),
+        hash_apart_from: HASH_APART_FROM,
     };
     let replica = Replica::new(rcfg, base, disk, store, rules, root_id, now())
         .map_err(|e| StartError::io("reserving clock values for", &cfg.root, e))?;
-    let driver = Driver { root: cfg.root.clone(), net, status: cfg.status, attached: attached.clone() };
+    let hashers = Hashers::new(cfg.root.clone());
+    let driver = Driver { root: cfg.root.clone(), net, status: cfg.status, attached: attached.clone(), hashers };
     let name = format!("engine {}", cfg.root.display());
     let thread = std::thread::Builder::new()
         .name(name.chars().take(15).collect())
@@ -290,6 +296,7 @@ struct Driver {
     net: NetHandle,
     status: Option<Status>,
     attached: Arc<AtomicUsize>,
+    hashers: Hashers,
 }
 
 /// A watcher's event as a replica's hint (`Replayed` is the driver's business).
@@ -307,7 +314,7 @@ fn hint(ev: WatchEvent) -> Option<Hint> {
 
 impl Driver {
     fn run(
-        self,
+        mut self,
         mut replica: Engine,
         rx: Receiver<ToEngine>,
         mut watcher: Box<dyn Watcher>,
@@ -332,6 +339,7 @@ impl Driver {
             s.set_scanned();
         }
         let mut watch_rx = watch_rx;
+        let hashed = self.hashers.done().clone();
         let mut out = Vec::new();
         loop {
             let timeout = replica.next_deadline().map_or(IDLE_TURN, |d| d.saturating_duration_since(Instant::now()));
@@ -340,6 +348,10 @@ impl Driver {
                 recv(rx) -> m => match m {
                     Ok(m) => stop |= self.feed_net(&mut replica, m),
                     Err(_) => stop = true,
+                },
+                recv(hashed) -> h => if let Ok(h) = h {
+                    let h = self.hashers.take(h);
+                    replica.feed(now(), Input::Hashed { path: h.path, stat: h.stat, hash: h.hash });
                 },
                 recv(watch_rx) -> ev => match ev {
                     Ok(ev) => self.feed_watch(&mut replica, ev),
@@ -436,13 +448,14 @@ impl Driver {
     }
 
     /// Does what the replica said.
-    fn carry_out(&self, watcher: &mut Box<dyn Watcher>, out: &mut Vec<Command<File>>) {
+    fn carry_out(&mut self, watcher: &mut Box<dyn Watcher>, out: &mut Vec<Command<File>>) {
         for c in out.drain(..) {
             match c {
                 Command::Send { conn, msg } => self.net.send(ToNet::Send { conn, msg }),
                 Command::Upload { conn, id, file, size } => self.net.send(ToNet::Upload { conn, id, file, size }),
                 Command::Close { conn, reason } => self.net.send(ToNet::Close { conn, reason }),
                 Command::WhenDrained { conn } => self.net.send(ToNet::WhenDrained { conn }),
+                Command::Hash { path, stat } => self.hashers.hash(path, stat),
                 Command::Rewatch(dir) => watcher.refresh(&dir),
                 Command::Problem(msg) => {
                     if let Some(s) = &self.status {

@@ -13,6 +13,7 @@ mod engine;
 mod error;
 mod executor;
 mod fold;
+mod hasher;
 mod identity;
 mod index;
 mod link;

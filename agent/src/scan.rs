@@ -40,6 +40,12 @@ pub fn permissions(m: &Metadata) -> u32 {
     m.mode() & 0o777
 }
 
+/// Whether a file with `stat` is the one `known` recorded (same size, mtime and inode): its
+/// hash is not computed again.
+pub fn still_as_known(stat: &Stat, known: Option<&(Stat, Hash)>) -> bool {
+    known.is_some_and(|(s, _)| s.size == stat.size && s.mtime == stat.mtime && s.ino == stat.ino)
+}
+
 /// Observes what `m` (the `lstat` of `abs`) describes. `Ok(None)` for a type we do not sync
 /// (socket, FIFO, device). `known` is a stat and the hash it was seen with: a file whose size,
 /// mtime and inode still match is not hashed again.
@@ -48,8 +54,7 @@ pub fn observe_meta(abs: &Path, m: &Metadata, known: Option<(Stat, Hash)>) -> io
     let ft = m.file_type();
     let kind = if ft.is_file() {
         let mode = permissions(m);
-        let reuse =
-            known.filter(|(s, _)| s.size == stat.size && s.mtime == stat.mtime && s.ino == stat.ino).map(|(_, h)| h);
+        let reuse = if still_as_known(&stat, known.as_ref()) { known.map(|(_, h)| h) } else { None };
         let hash = match reuse {
             Some(h) => h,
             None => {

@@ -341,3 +341,44 @@ pub fn hub(clients: usize, files: usize, samples: usize) -> Hub {
     let client = agents.iter().map(Agent::rss).sum::<u64>() / agents.len().max(1) as u64;
     Hub { server: server.agent.rss(), client, all: summarize(all), first: summarize(first), setup }
 }
+
+/// Save-to-visible of a 1 KiB file saved on the client just after a file of `mib` MiB appeared
+/// on the server, `samples` times: the server hashes the large one meanwhile, and the small one
+/// waits for that hash if the server's pair hashes on its engine's thread.
+pub fn beside_a_large_file(mib: usize, samples: usize) -> Summary {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/side"));
+    fs::create_dir_all(&c).unwrap();
+    let server = Server::start(&area.server_root(), &["-q"]);
+    let client = server.client("client", &c, "side", &["-q"]);
+    client.wait_log("connected to");
+    let mut big: Vec<u8> = (0..mib * 1024 * 1024).map(|i| (i * 13 % 253) as u8).collect();
+    let mut took = Vec::new();
+    for i in 0..samples {
+        big[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let staged = area.path("staging.bin");
+        fs::write(&staged, &big).unwrap();
+        let name = format!("big{i}.bin");
+        // Appears at once: the server reads it whole right away.
+        fs::rename(&staged, s.join(&name)).unwrap();
+        let content = format!("beside sample {i} {}", "y".repeat(1000));
+        let small = format!("small-{i}.txt");
+        let t0 = Instant::now();
+        fs::write(c.join(&small), &content).unwrap();
+        let t1 = arrival(&s.join(&small), content.as_bytes(), Duration::from_secs(60)).expect("file never arrived");
+        took.push(t1 - t0);
+        // The large one reaches the client, then goes, before the next sample.
+        let t = Instant::now();
+        while !fs::metadata(c.join(&name)).is_ok_and(|m| m.len() == big.len() as u64) {
+            assert!(t.elapsed() < Duration::from_secs(300), "the large file never reached the client");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        fs::remove_file(s.join(&name)).unwrap();
+        while c.join(&name).exists() {
+            assert!(t.elapsed() < Duration::from_secs(300), "the large file was never removed on the client");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    drop((client, server));
+    summarize(took)
+}

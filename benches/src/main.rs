@@ -77,6 +77,16 @@ fn main() {
         memory(std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(100_000).max(1000));
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("beside") {
+        let (mib, samples) = (arg(2).unwrap_or(256), arg(3).unwrap_or(20));
+        let d = mirror_benches::beside_a_large_file(mib, samples);
+        println!(
+            "| save-to-visible, 1 KiB file saved as a {mib} MiB file appears on the other side | p50 | p99 | max | samples |"
+        );
+        println!("| --- | --- | --- | --- | --- |");
+        println!("| client -> server | {} | {} | {} | {} |", ms(d.p50), ms(d.p99), ms(d.max), d.n);
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("startup") {
         startup(std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(10_000));
         return;

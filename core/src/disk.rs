@@ -25,6 +25,31 @@ pub struct Seen {
     pub mtime: Timestamp,
 }
 
+/// A regular file seen by its `lstat` alone, its bytes not read: the driver hashes it apart
+/// ([`Command::Hash`](crate::replica::Command::Hash)), so that a large file being hashed does not
+/// hold up everything else the replica does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unhashed {
+    pub stat: Stat,
+    pub mtime: Timestamp,
+    /// Its permission bits.
+    pub mode: u32,
+}
+
+impl Unhashed {
+    /// What was seen, with the hash of its bytes.
+    pub fn seen(&self, hash: Hash) -> Seen {
+        Seen { kind: Kind::File { size: self.stat.size, hash, mode: self.mode }, stat: self.stat, mtime: self.mtime }
+    }
+}
+
+/// What is at a path: seen whole, or a file whose hash is still to be computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    Seen(Seen),
+    Unhashed(Unhashed),
+}
+
 /// Why a path cannot be written without leaving the root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JailError {
@@ -110,6 +135,17 @@ pub trait Disk {
     /// What is at `rel` (reading a file's bytes only if `known`, the stat and hash recorded for
     /// an inode, does not match), `None` when nothing is there.
     fn observe(&self, rel: &RelPath, known: &dyn Fn(u64) -> Option<(Stat, Hash)>) -> io::Result<Option<Seen>>;
+    /// As [`observe`](Self::observe), but a regular file of `from` bytes or more whose hash
+    /// `known` does not give is not read: it comes back [`Observed::Unhashed`].
+    fn observe_light(
+        &self,
+        rel: &RelPath,
+        known: &dyn Fn(u64) -> Option<(Stat, Hash)>,
+        from: u64,
+    ) -> io::Result<Option<Observed>> {
+        let _ = from;
+        Ok(self.observe(rel, known)?.map(Observed::Seen))
+    }
     /// The entries of directory `dir` (the root when `None`), sorted by name; `NotFound` when it
     /// is gone.
     fn list(&self, dir: Option<&RelPath>) -> io::Result<Vec<Listed>>;

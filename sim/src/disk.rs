@@ -23,7 +23,7 @@
 //! twenty trait methods over it, each a few lines; split, every part would reach into the same
 //! private node table. The tests are apart, in `disk/tests.rs`.
 
-use mirror_core::disk::{Disk, ExecError, JailError, Listed, Seen};
+use mirror_core::disk::{Disk, ExecError, JailError, Listed, Observed, Seen, Unhashed};
 use mirror_core::tree::{S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, Stat};
 use mirror_protocol::{Hash, Kind, RelPath, Timestamp};
 use std::collections::BTreeMap;
@@ -752,6 +752,27 @@ impl Disk for MemDisk {
             }
         };
         Ok(Some(Seen { kind, stat, mtime: node.mtime }))
+    }
+
+    fn observe_light(
+        &self,
+        rel: &RelPath,
+        known: &dyn Fn(u64) -> Option<(Stat, Hash)>,
+        from: u64,
+    ) -> io::Result<Option<Observed>> {
+        if let At::Found { ino, .. } = self.locate(rel)
+            && !self.is_denied(rel)
+            && let Some(node) = self.nodes.get(&ino)
+            && let Body::File(_) = node.body
+        {
+            let stat = node.stat(ino);
+            let known =
+                known(ino).is_some_and(|(s, _)| s.size == stat.size && s.mtime == stat.mtime && s.ino == stat.ino);
+            if !known && stat.size >= from {
+                return Ok(Some(Observed::Unhashed(Unhashed { stat, mtime: node.mtime, mode: node.perm & 0o777 })));
+            }
+        }
+        Ok(self.observe(rel, known)?.map(Observed::Seen))
     }
 
     fn list(&self, dir: Option<&RelPath>) -> io::Result<Vec<Listed>> {

@@ -22,13 +22,15 @@
 use crate::disk::{MemDisk, Mutation, Op as DiskOp, Stashed};
 use crate::journal::MemJournal;
 use crate::plan::{Action, Fault, Plan};
-use mirror_core::disk::Disk;
+use mirror_core::disk::{Disk, Seen};
 use mirror_core::fold::Folding;
 use mirror_core::ignore::SyncAll;
 use mirror_core::replica::{Command, Config, ConnId, Hint, Input, Replica, Time};
+use mirror_core::tree::Stat;
 use mirror_protocol::fuzz::Rng;
-use mirror_protocol::{Message, RelPath, Timestamp, VersionVector};
+use mirror_protocol::{Kind, Message, RelPath, Timestamp, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -80,6 +82,8 @@ pub(crate) struct Machine {
     deleted_before_unmount: HashSet<(RelPath, VersionVector)>,
     /// Its next start is with `--resume` (its user resumed it after a halt).
     resume_next: bool,
+    /// Starts of its agent so far: what an earlier one asked for is not answered to this one.
+    life: u64,
 }
 
 impl Machine {
@@ -173,6 +177,13 @@ enum Event {
     StateSpace {
         machine: usize,
     },
+    /// The driver of `machine` (in its `life`-th start) hashed `path`, asked with `stat`.
+    Hashed {
+        machine: usize,
+        life: u64,
+        path: RelPath,
+        stat: Stat,
+    },
 }
 
 /// One history being run.
@@ -231,6 +242,7 @@ impl World {
                 deletions_after_unmount: 0,
                 deleted_before_unmount: HashSet::new(),
                 resume_next: false,
+                life: 0,
             });
         }
         let links = (0..plan.clients)
@@ -432,6 +444,25 @@ impl World {
                     self.restart(machine);
                     touched.insert(machine);
                 }
+            }
+            Event::Hashed { machine, life, path, stat } => {
+                if self.machines[machine].life != life {
+                    return;
+                }
+                let Some(d) = self.machines[machine].disk() else { return };
+                // As the agent's hashers do: read it, then compare its stat with the one asked.
+                let hash = match d.observe(&path, &|_| None) {
+                    Ok(Some(Seen { kind: Kind::File { hash, .. }, stat: now, .. })) if now == stat => Ok(hash),
+                    Ok(None) => Err(io::Error::new(io::ErrorKind::NotFound, "gone")),
+                    Ok(Some(_)) => Err(io::Error::new(io::ErrorKind::Interrupted, "changed while being hashed")),
+                    Err(e) => Err(e),
+                };
+                {
+                    let line = format!("{} hashed {path}: {}", self.machines[machine].name, short(&hash));
+                    self.note(line);
+                }
+                self.feed(machine, Input::Hashed { path, stat, hash });
+                touched.insert(machine);
             }
             Event::DiskSpace { machine } => {
                 if let Some(d) = self.machines[machine].disk_mut() {
@@ -764,6 +795,7 @@ impl World {
             self.note(line);
         }
         self.machines[m].replica = Some(r);
+        self.machines[m].life += 1;
         self.machines[m].hint_at = self.t;
         if m == HUB {
             for c in 1..self.machines.len() {
@@ -906,6 +938,11 @@ impl World {
                         self.at(at, Event::Drained { to: m, conn, epoch });
                     }
                 }
+                Command::Hash { path, stat } => {
+                    // Hashed apart, taking a while: the user may change the file meanwhile.
+                    let (life, after) = (self.machines[m].life, 1 + self.rng.below(30_000) as u64);
+                    self.at(self.t + after, Event::Hashed { machine: m, life, path, stat });
+                }
                 Command::Rewatch(_) => {}
                 Command::Problem(p) | Command::Collision(p) => {
                     let line = format!("{} reports: {p}", self.machines[m].name);
@@ -966,6 +1003,16 @@ pub fn config(name: &str) -> Config {
         patterns_key: [0; 32],
         // Small, so that the small trees of a history go out in several bursts.
         index_pacing: mirror_core::replica::IndexPacing { batch: 3, burst: 2 },
+        // Most of a history's files: hashed apart, their hashes in while other things happen.
+        hash_apart_from: 1000,
+    }
+}
+
+/// A hash's outcome in a few words (for the trace and the digest).
+fn short(h: &io::Result<mirror_protocol::Hash>) -> String {
+    match h {
+        Ok(h) => h[..4].iter().map(|b| format!("{b:02x}")).collect(),
+        Err(e) => format!("{:?}", e.kind()),
     }
 }
 

@@ -294,3 +294,86 @@ fn a_new_trouble_with_a_path_is_reported_even_after_another_one_was() {
     }
     panic!("never asked for the file again");
 }
+
+/// Runs turns until the replica sends an update of `path`; the commands seen meanwhile.
+fn until_sent(r: &mut R, c: &mut Clock, path: &str) -> Option<Vec<Command<Vec<u8>>>> {
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        let now = c.now();
+        let mut out = Vec::new();
+        r.turn(now, &mut out);
+        r.settle(now, &mut out);
+        let sent = out.iter().any(|c| {
+            matches!(c, Command::Send { msg: Message::Update { entries, .. }, .. } if entries.iter().any(|e| e.path == p(path)))
+        });
+        seen.extend(out);
+        if sent {
+            return Some(seen);
+        }
+    }
+    None
+}
+
+fn hash_asked(out: &[Command<Vec<u8>>], path: &str) -> Option<mirror_core::tree::Stat> {
+    out.iter().find_map(|c| match c {
+        Command::Hash { path: at, stat } if *at == p(path) => Some(*stat),
+        _ => None,
+    })
+}
+
+/// A large file is hashed apart: while its hash is under way a small file saved after it goes
+/// out; its own update goes out once the hash is in, with that hash.
+#[test]
+fn a_large_file_is_hashed_apart_and_a_small_one_saved_meanwhile_does_not_wait() {
+    let (mut r, mut c) = replica(MemDisk::new());
+    let big = vec![3u8; 50_000];
+    r.disk_mut().write(&p("big.bin"), &big).expect("a write");
+    r.feed(c.now(), Input::Hint(mirror_core::replica::Hint::Settled(PathBuf::from("big.bin"))));
+    r.disk_mut().write(&p("small.txt"), b"hi").expect("a write");
+    r.feed(c.now(), Input::Hint(mirror_core::replica::Hint::Settled(PathBuf::from("small.txt"))));
+    let out = until_sent(&mut r, &mut c, "small.txt").expect("the small file was never sent");
+    let stat = hash_asked(&out, "big.bin").expect("the large file was not hashed apart");
+    assert!(until_sent(&mut r, &mut c, "big.bin").is_none(), "the large file went out before its hash was in");
+    let hash = *blake3::hash(&big).as_bytes();
+    r.feed(c.now(), Input::Hashed { path: p("big.bin"), stat, hash: Ok(hash) });
+    let out = until_sent(&mut r, &mut c, "big.bin").expect("the hashed file was never sent");
+    let sent = out.iter().find_map(|c| match c {
+        Command::Send { msg: Message::Update { entries, .. }, .. } => entries.iter().find(|e| e.path == p("big.bin")),
+        _ => None,
+    });
+    assert!(matches!(sent.map(|e| &e.kind), Some(Kind::File { hash: h, size: 50_000, .. }) if *h == hash), "{sent:?}");
+}
+
+/// A hash computed for a look the file has outgrown is not taken in: the file is looked at
+/// again and hashed as it is now (a version cut by a write never goes out).
+#[test]
+fn a_hash_of_a_file_changed_since_it_was_asked_for_is_not_taken() {
+    let (mut r, mut c) = replica(MemDisk::new());
+    r.disk_mut().write(&p("big.bin"), &[1u8; 5_000]).expect("a write");
+    r.feed(c.now(), Input::Hint(mirror_core::replica::Hint::Settled(PathBuf::from("big.bin"))));
+    let mut out = Vec::new();
+    let now = c.now();
+    r.turn(now, &mut out);
+    let old = hash_asked(&out, "big.bin").expect("hashed apart");
+    // The user writes on meanwhile; the hasher answers for what it was asked.
+    r.disk_mut().write(&p("big.bin"), &[2u8; 9_000]).expect("a write");
+    let stale = *blake3::hash(&[1u8; 5_000]).as_bytes();
+    r.feed(c.now(), Input::Hashed { path: p("big.bin"), stat: old, hash: Ok(stale) });
+    let mut asked = None;
+    for _ in 0..200 {
+        let now = c.now();
+        let mut out = Vec::new();
+        r.turn(now, &mut out);
+        r.settle(now, &mut out);
+        assert!(
+            !out.iter().any(|c| matches!(c, Command::Send { msg: Message::Update { entries, .. }, .. } if entries.iter().any(|e| e.path == p("big.bin")))),
+            "a stale hash went out: {out:?}"
+        );
+        if let Some(s) = hash_asked(&out, "big.bin") {
+            asked = Some(s);
+            break;
+        }
+    }
+    let now = asked.expect("the changed file was never looked at again");
+    assert_eq!(now.size, 9_000);
+}

@@ -183,8 +183,16 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         let known = |ino: u64| {
             index.get(rel).and_then(known_hash).filter(|(s, _)| s.ino == ino).or_else(|| index.known_inode(ino))
         };
-        let seen = match self.disk.observe(rel, &known) {
-            Ok(s) => s,
+        let from = if self.hash_apart { self.cfg.hash_apart_from } else { u64::MAX };
+        let seen = match self.disk.observe_light(rel, &known, from) {
+            Ok(Some(Observed::Unhashed(u))) => {
+                if !self.is_ignored(rel_path(rel), false) {
+                    self.hash_apart(rel, u);
+                }
+                return false;
+            }
+            Ok(Some(Observed::Seen(s))) => Some(s),
+            Ok(None) => None,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 self.mark_dirty(rel_path(rel), false);
                 return false;
@@ -204,6 +212,52 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         }
         self.local_seen(rel, seen);
         is_dir
+    }
+
+    /// A large file changed: hashed by the driver, then taken in by [`on_hashed`](Self::on_hashed).
+    /// Meanwhile the index keeps what it knew: a peer's change for the path finds the disk
+    /// other than that when it verifies, and waits.
+    fn hash_apart(&mut self, rel: &RelPath, u: Unhashed) {
+        if self.hashing.get(rel).is_some_and(|h| h.stat == u.stat) {
+            return; // already being hashed as it is
+        }
+        if self.traced(rel) {
+            log::info!("[trace] {rel}: hashed apart ({} bytes)", u.stat.size);
+        }
+        self.out.push(Command::Hash { path: rel.clone(), stat: u.stat });
+        self.hashing.insert(rel.clone(), u);
+    }
+
+    /// The hash of a large file, from the driver: taken in as a scan's look would be, if the file
+    /// is still as it was hashed; otherwise it is looked at again.
+    pub(super) fn on_hashed(&mut self, path: RelPath, stat: Stat, hash: io::Result<Hash>) {
+        // An answer for an older look (a newer one is under way), or for one forgotten.
+        if self.halted.is_some() || self.hashing.get(&path).is_none_or(|u| u.stat != stat) {
+            return;
+        }
+        let Some(u) = self.hashing.remove(&path) else { return };
+        let hash = match hash {
+            Ok(h) => h,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.mark_dirty(rel_path(&path), false);
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.mark_dirty(rel_path(&path), false);
+                return;
+            }
+            Err(e) => {
+                log::warn!("cannot read {path}: {e}; skipping it until it changes");
+                return;
+            }
+        };
+        match self.disk.lstat(&path) {
+            Ok(Some(now)) if now == stat && !self.is_ignored(rel_path(&path), false) => {
+                self.local_seen(&path, u.seen(hash));
+            }
+            Ok(Some(now)) if now == stat => {}
+            _ => self.mark_dirty(rel_path(&path), false),
+        }
     }
 
     pub(super) fn is_ignored(&mut self, rel: &Path, is_dir: bool) -> bool {

@@ -33,7 +33,7 @@ pub use types::{Command, Config, Halt, HaltReason, Hint, IndexPacing, Input, Pee
 use crate::clock::Clock;
 use crate::conflict::{conflict_path_of, numbered};
 use crate::debounce::Debounce;
-use crate::disk::{Disk, ExecError, Seen};
+use crate::disk::{Disk, ExecError, Observed, Seen, Unhashed};
 use crate::ignore::Ignore;
 use crate::journal::{Base, Fingerprint, Journal};
 use crate::paths::{is_temp, rel_path, to_rel};
@@ -127,6 +127,12 @@ pub struct Replica<D: Disk, J: Journal, R: Ignore> {
     /// The transfer under way or queued for each path: which session, which request, and the
     /// other sessions that offered the same version meanwhile (owed again if this one fails).
     fetching: BTreeMap<RelPath, Pending>,
+    /// Large files being hashed by the driver ([`Command::Hash`]), as they were seen.
+    hashing: BTreeMap<RelPath, Unhashed>,
+    /// Whether large files are hashed apart: once started (the start-up scan hashes in place, so
+    /// that what it finds is known, and matched with the intents of a crash, before anything is
+    /// sent).
+    hash_apart: bool,
     halted: Option<Halt>,
     /// During the initial scan every path is "new": log them at debug level only.
     initial: bool,
@@ -214,6 +220,8 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             stash: BTreeMap::new(),
             waited_move: BTreeSet::new(),
             fetching: BTreeMap::new(),
+            hashing: BTreeMap::new(),
+            hash_apart: false,
             halted: None,
             initial: !base.existed,
             accept_empty: cfg.accept_empty,
@@ -305,6 +313,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     /// The start-up scan is over: from now on changes are news, sent to every session.
     pub fn started(&mut self) {
         self.initial = false;
+        self.hash_apart = true;
         self.intents.clear();
         // Nobody is connected yet; each session gets the index. The scan's whole tree passed
         // through here: give its room back.
@@ -335,6 +344,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                 }
             }
             Input::Drained { conn } => self.send_index_more(conn),
+            Input::Hashed { path, stat, hash } => self.on_hashed(path, stat, hash),
             Input::Timer => {}
         }
     }
@@ -407,7 +417,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
 
     /// Work not done yet: paths to read, transfers, retries, waiting deletions.
     pub fn pending(&self) -> usize {
-        self.debounce.len() + self.fetching.len() + self.retries.len() + self.deferred.len()
+        self.debounce.len() + self.hashing.len() + self.fetching.len() + self.retries.len() + self.deferred.len()
     }
 
     /// Nothing pending, and some peer's index taken in whole.

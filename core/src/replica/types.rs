@@ -4,8 +4,10 @@
 
 use super::ConnId;
 use crate::fold::Folding;
-use mirror_protocol::{MAX_BATCH_ENTRIES, Message, ReplicaId, Timestamp, Violation};
+use crate::tree::Stat;
+use mirror_protocol::{Hash, MAX_BATCH_ENTRIES, Message, RelPath, ReplicaId, Timestamp, Violation};
 use std::fmt;
+use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,9 @@ pub struct Config {
     pub patterns_key: [u8; 32],
     /// How the index goes out to a peer.
     pub index_pacing: IndexPacing,
+    /// A changed file of this many bytes or more is hashed by the driver, apart
+    /// ([`Command::Hash`]); smaller ones are hashed where they are seen (`u64::MAX`: all).
+    pub hash_apart_from: u64,
 }
 
 /// How the index goes out: `batch` entries a message (at most [`MAX_BATCH_ENTRIES`]), `burst`
@@ -98,6 +103,13 @@ pub enum Input {
     Drained {
         conn: ConnId,
     },
+    /// The answer to [`Command::Hash`]: the hash of the file at `path` read while its stat was
+    /// `stat` before and after, or why not (`Interrupted`: it changed while being read).
+    Hashed {
+        path: RelPath,
+        stat: Stat,
+        hash: io::Result<Hash>,
+    },
     /// Nothing but time passed (a deadline of [`Replica::next_deadline`]).
     Timer,
 }
@@ -125,6 +137,12 @@ pub enum Command<U> {
     /// connection can take more without holding much): the index goes out a burst at a time.
     WhenDrained {
         conn: ConnId,
+    },
+    /// Hash the file at `path`, expected to have `stat`, and say [`Input::Hashed`]: off the
+    /// replica's thread, for a large file.
+    Hash {
+        path: RelPath,
+        stat: Stat,
     },
     /// The ignore rules of this directory (relative to the root) changed: watch it again.
     Rewatch(PathBuf),
