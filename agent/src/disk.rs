@@ -24,6 +24,15 @@ impl RealDisk {
     }
 }
 
+/// The `lstat` of `path`; `None` when nothing is there.
+fn lstat_of(path: &std::path::Path) -> io::Result<Option<std::fs::Metadata>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl Disk for RealDisk {
     type Temp = TempFile;
     type Stashed = PathBuf;
@@ -35,11 +44,7 @@ impl Disk for RealDisk {
 
     fn observe(&self, rel: &RelPath, known: &dyn Fn(u64) -> Option<(Stat, Hash)>) -> io::Result<Option<Seen>> {
         let path = abs(&self.root, rel);
-        let m = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(None),
-            Err(e) => return Err(e),
-        };
+        let Some(m) = lstat_of(&path)? else { return Ok(None) };
         let ino = crate::index::stat_of(&m).ino;
         scan::observe_meta(&path, &m, known(ino))
     }
@@ -51,11 +56,7 @@ impl Disk for RealDisk {
         from: u64,
     ) -> io::Result<Option<Observed>> {
         let path = abs(&self.root, rel);
-        let m = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(None),
-            Err(e) => return Err(e),
-        };
+        let Some(m) = lstat_of(&path)? else { return Ok(None) };
         let stat = crate::index::stat_of(&m);
         let known = known(stat.ino);
         if m.file_type().is_file() && stat.size >= from && !scan::still_as_known(&stat, known.as_ref()) {

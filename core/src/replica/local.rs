@@ -238,11 +238,8 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         let Some(u) = self.hashing.remove(&path) else { return };
         let hash = match hash {
             Ok(h) => h,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                self.mark_dirty(rel_path(&path), false);
-                return;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // Changed while read, or gone: what is there now is looked at.
+            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::NotFound) => {
                 self.mark_dirty(rel_path(&path), false);
                 return;
             }
