@@ -116,9 +116,10 @@ impl Deref for Tree {
 impl Tree {
     /// A tree of `paths` (as the journal had them); `fold` gives the folded name of a path when
     /// the file system folds names.
-    pub fn new(paths: Index, fold: Option<&FoldKey<'_>>) -> Self {
+    pub fn new(mut paths: Index, fold: Option<&FoldKey<'_>>) -> Self {
         let mut t = Tree { paths: Index::new(), ..Tree::default() };
-        for (p, l) in &paths {
+        for (p, l) in paths.iter_mut() {
+            l.entry.path = p.clone(); // one allocation per path (a journal may hold several)
             if let Some(s) = l.stat.filter(|_| matches!(l.entry.kind, Kind::File { .. })) {
                 t.by_ino.insert(s.ino, p.clone());
             }
@@ -150,7 +151,11 @@ impl Tree {
     /// Records `l` at its path (`fold_key`: its folded name, when names fold here), keeping
     /// every lookup in step. A file that left the disk is remembered by inode until
     /// [`Tree::forget_gone`] says it is old.
-    pub fn insert(&mut self, l: LocalEntry, fold_key: Option<Vec<u8>>, now: Instant) -> Replaced {
+    pub fn insert(&mut self, mut l: LocalEntry, fold_key: Option<Vec<u8>>, now: Instant) -> Replaced {
+        // A path already known keeps its one allocation: the key's (the map keeps its old key).
+        if let Some((known, _)) = self.paths.get_key_value(&l.entry.path) {
+            l.entry.path = known.clone();
+        }
         let path = l.entry.path.clone();
         let mut freed_fold = None;
         if let Some(key) = fold_key {
@@ -282,6 +287,25 @@ mod tests {
         let mut l = file(path, 0, 0, None);
         l.entry.kind = Kind::Deleted;
         l
+    }
+
+    #[test]
+    fn a_path_is_held_once_however_often_its_entry_is_replaced() {
+        let t0 = Instant::now();
+        let shares = |t: &Tree, p: &str| {
+            let (k, l) = t.get_key_value(&RelPath::new(p).unwrap()).unwrap();
+            std::ptr::eq(k.as_bytes(), l.entry.path.as_bytes())
+        };
+        // Loaded from a journal whose records each decoded a path of their own.
+        let mut loaded = Index::new();
+        loaded.insert(RelPath::new("a").unwrap(), file("a", 1, 5, Some(10)));
+        let mut t = Tree::new(loaded, None);
+        assert!(shares(&t, "a"), "the loaded entry holds a second copy of its path");
+        // A fresh change, its path built anew (a scan, a peer's message).
+        t.insert(file("a", 2, 6, Some(10)), None, t0);
+        assert!(shares(&t, "a"), "the new entry holds a second copy of its path");
+        let ino = t.by_ino.get(&10).unwrap();
+        assert!(std::ptr::eq(ino.as_bytes(), t.get(&RelPath::new("a").unwrap()).unwrap().entry.path.as_bytes()));
     }
 
     #[test]

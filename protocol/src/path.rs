@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest path accepted, in bytes (Linux `PATH_MAX`).
 pub const MAX_PATH_LEN: usize = 4096;
@@ -15,9 +16,13 @@ pub const MAX_COMPONENT_LEN: usize = 255;
 
 /// A validated path relative to a sync root: non-empty components joined by `/`, none of them `.`
 /// or `..`, no NUL, not absolute.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "serde_bytes::ByteBuf", into = "serde_bytes::ByteBuf")]
-pub struct RelPath(Vec<u8>);
+///
+/// Its bytes are shared, never copied by a clone: the index's key, its entry, the lookups by
+/// inode and by content, the transfers and retries of one path all hold one allocation (issue
+/// 12, item 9: one representation per path).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "serde_bytes::ByteBuf")]
+pub struct RelPath(Arc<[u8]>);
 
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +67,7 @@ impl RelPath {
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, PathError> {
         let bytes = bytes.into();
         validate(&bytes)?;
-        Ok(Self(bytes))
+        Ok(Self(Arc::from(bytes)))
     }
 
     /// The raw bytes, `/`-separated.
@@ -85,7 +90,7 @@ impl RelPath {
 
     /// The parent path, or `None` for a top-level entry.
     pub fn parent(&self) -> Option<RelPath> {
-        self.0.iter().rposition(|b| *b == b'/').map(|i| RelPath(self.0[..i].to_vec()))
+        self.0.iter().rposition(|b| *b == b'/').map(|i| RelPath(Arc::from(&self.0[..i])))
     }
 
     /// `self/name`, validated.
@@ -154,9 +159,10 @@ pub(crate) fn take_refusal() -> Option<PathError> {
     LAST_REFUSAL.with(std::cell::Cell::take)
 }
 
-impl From<RelPath> for serde_bytes::ByteBuf {
-    fn from(p: RelPath) -> Self {
-        serde_bytes::ByteBuf::from(p.0)
+/// As a byte string (what `serde_bytes` writes), straight from the shared bytes.
+impl Serialize for RelPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
     }
 }
 
@@ -216,6 +222,16 @@ mod tests {
         assert!(postcard::from_bytes::<RelPath>(&bytes).is_err());
         let good = postcard::to_stdvec(&RelPath::new("a/b").unwrap()).unwrap();
         assert_eq!(postcard::from_bytes::<RelPath>(&good).unwrap(), RelPath::new("a/b").unwrap());
+    }
+
+    #[test]
+    fn encodes_as_the_byte_string_it_always_was_and_clones_share_its_bytes() {
+        // Journals and peers of earlier versions wrote a path as `serde_bytes` does.
+        let p = RelPath::new("dir/file.txt").unwrap();
+        let old = postcard::to_stdvec(&serde_bytes::ByteBuf::from(b"dir/file.txt".to_vec())).unwrap();
+        assert_eq!(postcard::to_stdvec(&p).unwrap(), old);
+        let q = p.clone();
+        assert!(std::ptr::eq(p.as_bytes(), q.as_bytes()), "a clone copied the path's bytes");
     }
 
     #[test]
