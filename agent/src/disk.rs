@@ -5,6 +5,7 @@
 use crate::executor::{self, TempFile};
 use crate::paths::{self, abs};
 use crate::scan;
+use crate::writer::{Receiving, Writer};
 use mirror_core::disk::{Disk, ExecError, JailError, Listed, Observed, Seen, Unhashed};
 use mirror_core::tree::Stat;
 use mirror_protocol::{Hash, RelPath, Timestamp};
@@ -16,11 +17,13 @@ use std::path::PathBuf;
 #[derive(Debug)]
 pub struct RealDisk {
     root: PathBuf,
+    /// Writes the large files being received, behind the engine.
+    writer: Writer,
 }
 
 impl RealDisk {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self { root, writer: Writer::default() }
     }
 }
 
@@ -34,7 +37,7 @@ fn lstat_of(path: &std::path::Path) -> io::Result<Option<std::fs::Metadata>> {
 }
 
 impl Disk for RealDisk {
-    type Temp = TempFile;
+    type Temp = Receiving;
     type Stashed = PathBuf;
     type Upload = File;
 
@@ -134,27 +137,27 @@ impl Disk for RealDisk {
         expected: Option<Stat>,
         to: &RelPath,
         hash: &Hash,
-    ) -> Result<Option<TempFile>, ExecError> {
-        executor::copy_to_temp(&self.root, from, expected, to, hash)
+    ) -> Result<Option<Receiving>, ExecError> {
+        Ok(executor::copy_to_temp(&self.root, from, expected, to, hash)?.map(Receiving::new))
     }
 
-    fn create_temp(&mut self, rel: &RelPath) -> Result<TempFile, ExecError> {
-        TempFile::create(&self.root, rel)
+    fn create_temp(&mut self, rel: &RelPath) -> Result<Receiving, ExecError> {
+        Ok(Receiving::new(TempFile::create(&self.root, rel)?))
     }
 
-    fn write_temp(&mut self, t: &mut TempFile, bytes: &[u8]) -> io::Result<()> {
-        t.write_all(bytes)
+    fn write_temp(&mut self, t: &mut Receiving, bytes: &[u8]) -> io::Result<()> {
+        t.write(&mut self.writer, bytes)
     }
 
     fn install(
         &mut self,
-        t: TempFile,
+        t: Receiving,
         rel: &RelPath,
         expected: Option<Stat>,
         mtime: Timestamp,
         mode: u32,
     ) -> Result<Stat, ExecError> {
-        t.install(&self.root, rel, expected, mtime, mode)
+        t.finish(&mut self.writer)?.install(&self.root, rel, expected, mtime, mode)
     }
 
     fn open_upload(&mut self, rel: &RelPath) -> Result<File, ExecError> {

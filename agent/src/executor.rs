@@ -22,6 +22,7 @@ use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use mirror_core::disk::ExecError;
@@ -161,7 +162,8 @@ fn same_file_system(a: &Path, b: &Path) -> bool {
 #[derive(Debug)]
 pub struct TempFile {
     path: PathBuf,
-    file: Option<File>,
+    /// Shared with the writer ([`crate::writer`]) while a large file's bytes are written behind.
+    file: Option<Arc<File>>,
     /// For a temp file beside its destination: its record in the agent's directory.
     ledger: Option<PathBuf>,
 }
@@ -180,7 +182,7 @@ impl TempFile {
             loop {
                 let path = ours.join(format!("{RECV_PREFIX}{}", random_hex()?));
                 match create_new(&path) {
-                    Ok(file) => return Ok(Self { path, file: Some(file), ledger: None }),
+                    Ok(file) => return Ok(Self { path, file: Some(Arc::new(file)), ledger: None }),
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                     Err(e) => return Err(e.into()),
                 }
@@ -199,7 +201,7 @@ impl TempFile {
             create_new(&ledger)?.write_all(rel_tmp.as_bytes())?;
             let path = dir.join(&name);
             match create_new(&path) {
-                Ok(file) => return Ok(Self { path, file: Some(file), ledger: Some(ledger) }),
+                Ok(file) => return Ok(Self { path, file: Some(Arc::new(file)), ledger: Some(ledger) }),
                 Err(e) => {
                     let _ = fs::remove_file(&ledger);
                     if e.kind() != io::ErrorKind::AlreadyExists {
@@ -219,10 +221,21 @@ impl TempFile {
     }
 
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match &mut self.file {
-            Some(f) => f.write_all(bytes),
+        match &self.file {
+            Some(f) => (&mut &**f).write_all(bytes),
             None => Err(io::Error::other("temp file already closed")),
         }
+    }
+
+    /// The open file, for a writer to write to (the temp file's name stays ours to remove).
+    pub fn shared_file(&self) -> io::Result<Arc<File>> {
+        self.file.clone().ok_or_else(|| io::Error::other("temp file already closed"))
+    }
+
+    /// A temp file over `file` at `path`, for tests of what writes to one.
+    #[cfg(test)]
+    pub fn over(path: PathBuf, file: File) -> Self {
+        Self { path, file: Some(Arc::new(file)), ledger: None }
     }
 
     /// Sets mode and mtime, then renames over `rel` after checking that `rel` still holds

@@ -28,6 +28,7 @@ mod status;
 mod store;
 mod tls;
 mod worker;
+mod writer;
 
 use anyhow::Context;
 use clap::Parser;
