@@ -43,7 +43,7 @@ pub fn permissions(m: &Metadata) -> u32 {
 /// Whether a file with `stat` is the one `known` recorded (same size, mtime and inode): its
 /// hash is not computed again.
 pub fn still_as_known(stat: &Stat, known: Option<&(Stat, Hash)>) -> bool {
-    known.is_some_and(|(s, _)| s.size == stat.size && s.mtime == stat.mtime && s.ino == stat.ino)
+    known.is_some_and(|(s, _)| stat.same_bytes_as(s))
 }
 
 /// Observes what `m` (the `lstat` of `abs`) describes. `Ok(None)` for a type we do not sync

@@ -18,10 +18,14 @@ pub enum Bug {
     /// Our deletions go out without a look at the root first: an unmounted root's files are
     /// sent as deleted before the watcher says the root went.
     RootUnchecked,
+    /// A journal write that fails (a full state directory) is let pass: no halt, and what it
+    /// held is dropped, so a crash then forgets changes peers already hold.
+    StateErrorIgnored,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [Bug::Echo, Bug::DeletionWins, Bug::HaveTooEarly, Bug::RootUnchecked];
+    pub const ALL: [Bug; 5] =
+        [Bug::Echo, Bug::DeletionWins, Bug::HaveTooEarly, Bug::RootUnchecked, Bug::StateErrorIgnored];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -29,6 +33,7 @@ impl Bug {
             Bug::DeletionWins => "deletion-wins",
             Bug::HaveTooEarly => "have-too-early",
             Bug::RootUnchecked => "root-unchecked",
+            Bug::StateErrorIgnored => "state-error-ignored",
         }
     }
 

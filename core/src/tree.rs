@@ -36,6 +36,13 @@ impl Stat {
         }
         Self { mode, size, mtime, ino }
     }
+
+    /// Whether a file seen with this stat still holds the bytes it held when seen with `known`
+    /// (same inode, size and mtime): then its hash need not be computed again. A mode change
+    /// alone leaves the bytes as they were.
+    pub fn same_bytes_as(&self, known: &Stat) -> bool {
+        self.size == known.size && self.mtime == known.mtime && self.ino == known.ino
+    }
 }
 
 /// One path as this replica knows it.
@@ -287,6 +294,20 @@ mod tests {
         let mut l = file(path, 0, 0, None);
         l.entry.kind = Kind::Deleted;
         l
+    }
+
+    #[test]
+    fn a_file_holds_the_same_bytes_while_its_inode_size_and_mtime_stay() {
+        let t = |s: i64| Timestamp { secs: s, nanos: 0 };
+        let known = Stat::new(S_IFREG | 0o644, 10, t(5), 7);
+        assert!(Stat::new(S_IFREG | 0o600, 10, t(5), 7).same_bytes_as(&known), "a chmod changes no byte");
+        for other in [
+            Stat::new(S_IFREG | 0o644, 11, t(5), 7),
+            Stat::new(S_IFREG | 0o644, 10, t(6), 7),
+            Stat::new(S_IFREG | 0o644, 10, t(5), 8),
+        ] {
+            assert!(!other.same_bytes_as(&known), "{other:?}");
+        }
     }
 
     #[test]

@@ -744,9 +744,7 @@ impl Disk for MemDisk {
             Body::Dir(_) => Kind::Directory,
             Body::Symlink(t) => Kind::Symlink { target: t.clone() },
             Body::File(bytes) => {
-                let reuse = known(ino)
-                    .filter(|(s, _)| s.size == stat.size && s.mtime == stat.mtime && s.ino == stat.ino)
-                    .map(|(_, h)| h);
+                let reuse = known(ino).filter(|(s, _)| stat.same_bytes_as(s)).map(|(_, h)| h);
                 let hash = reuse.unwrap_or_else(|| *blake3::hash(bytes).as_bytes());
                 Kind::File { size: stat.size, hash, mode: node.perm & 0o777 }
             }
@@ -766,9 +764,7 @@ impl Disk for MemDisk {
             && let Body::File(_) = node.body
         {
             let stat = node.stat(ino);
-            let known =
-                known(ino).is_some_and(|(s, _)| s.size == stat.size && s.mtime == stat.mtime && s.ino == stat.ino);
-            if !known && stat.size >= from {
+            if !known(ino).is_some_and(|(s, _)| stat.same_bytes_as(&s)) && stat.size >= from {
                 return Ok(Some(Observed::Unhashed(Unhashed { stat, mtime: node.mtime, mode: node.perm & 0o777 })));
             }
         }

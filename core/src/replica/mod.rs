@@ -528,6 +528,10 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         if r.is_ok() && self.journal.wants_snapshot() {
             r = self.journal.snapshot(&self.index);
         }
+        #[cfg(feature = "planted-bugs")]
+        if self.planted(crate::planted::Bug::StateErrorIgnored) {
+            r = Ok(());
+        }
         if let Err(e) = r {
             let location = self.journal.location();
             self.halt(HaltReason::StateUnwritable { location, error: e.to_string() });
@@ -544,7 +548,10 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         }
         let paths = std::mem::take(&mut self.unsaved);
         self.journaled = true;
-        if let Err(e) = self.journal.append_unsynced(&mut paths.iter().filter_map(|p| self.index.get(p))) {
+        let r = self.journal.append_unsynced(&mut paths.iter().filter_map(|p| self.index.get(p)));
+        #[cfg(feature = "planted-bugs")]
+        let r = if self.planted(crate::planted::Bug::StateErrorIgnored) { Ok(()) } else { r };
+        if let Err(e) = r {
             let location = self.journal.location();
             self.halt(HaltReason::StateUnwritable { location, error: e.to_string() });
         }
