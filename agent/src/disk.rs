@@ -145,7 +145,7 @@ impl Disk for RealDisk {
         Ok(Receiving::new(TempFile::create(&self.root, rel)?))
     }
 
-    fn write_temp(&mut self, t: &mut Receiving, bytes: &[u8]) -> io::Result<()> {
+    fn write_temp(&mut self, t: &mut Receiving, bytes: Vec<u8>) -> io::Result<()> {
         t.write(&mut self.writer, bytes)
     }
 

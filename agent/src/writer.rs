@@ -7,7 +7,7 @@
 //! A file's first [`INLINE_UPTO`] bytes are held in memory: a small file, the common case, is
 //! written in one go when it is complete, on the engine's thread, as fast as it gets (a thread
 //! hand-over would cost more than the write). Past that the bytes go to the writer in batches of
-//! [`BATCH`]. Its queue holds at most [`QUEUE`] batches for the whole root; when it is full the
+//! [`BATCH`] (a chunk of [`DIRECT_FROM`] or more as it came). Its queue holds at most [`QUEUE`] batches for the whole root; when it is full the
 //! engine waits for the disk, its input waits in turn, and then the peer's socket: back-pressure
 //! end to end, and nothing here grows with what the peer sends.
 //!
@@ -24,10 +24,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// Bytes of a file held in memory before its writes go to the writer.
 pub const INLINE_UPTO: usize = 64 * 1024;
-/// Bytes the writer takes at once.
+/// Bytes the writer takes at once, gathered from smaller chunks.
 const BATCH: usize = 128 * 1024;
-/// Batches waiting for the writer of a root (at most 4 MiB).
-const QUEUE: usize = 32;
+/// A chunk this large goes to the writer as it came (a peer's chunks are 64 KiB).
+const DIRECT_FROM: usize = 32 * 1024;
+/// Batches waiting for the writer of a root: 1 MiB of a peer's 64 KiB chunks, at most 16 MiB
+/// of the largest chunk a peer may send (1 MiB).
+const QUEUE: usize = 16;
 
 /// The writer of one root: a thread, started with the first file large enough to need it. It
 /// ends once this is dropped and what it was given is written.
@@ -126,6 +129,12 @@ impl Writer {
     }
 }
 
+/// Gives `bytes` for `to` to the writer.
+fn send(w: &mut Writer, to: Arc<Target>, bytes: Vec<u8>) -> io::Result<()> {
+    to.state().queued += 1;
+    w.send(Batch { to: Arc::clone(&to), bytes }).inspect_err(|_| to.state().queued -= 1)
+}
+
 /// A file being received: its bytes held back (so far), or going to the writer.
 pub struct Receiving {
     tmp: TempFile,
@@ -148,12 +157,22 @@ impl Receiving {
         Receiving { tmp, held: Vec::new(), behind: None }
     }
 
-    /// Takes `bytes` in: held, or given to the writer (waiting for room in its queue).
-    pub fn write(&mut self, w: &mut Writer, bytes: &[u8]) -> io::Result<()> {
+    /// Takes `bytes` in: held, or given to the writer (waiting for room in its queue). A chunk
+    /// of [`DIRECT_FROM`] bytes or more, with nothing held before it, goes as it is: the bytes
+    /// of a large file are not copied on their way.
+    pub fn write(&mut self, w: &mut Writer, bytes: Vec<u8>) -> io::Result<()> {
         if let Some(b) = &self.behind {
             Target::check(&b.0.state())?;
+            if self.held.is_empty() && bytes.len() >= DIRECT_FROM {
+                let to = Arc::clone(&b.0);
+                return send(w, to, bytes);
+            }
         }
-        self.held.extend_from_slice(bytes);
+        if self.held.is_empty() && bytes.len() >= INLINE_UPTO {
+            self.held = bytes;
+        } else {
+            self.held.extend_from_slice(&bytes);
+        }
         let limit = if self.behind.is_some() { BATCH } else { INLINE_UPTO };
         if self.held.len() >= limit { self.hand_over(w) } else { Ok(()) }
     }
@@ -168,12 +187,7 @@ impl Receiving {
                 t
             }
         };
-        let bytes = std::mem::replace(&mut self.held, Vec::with_capacity(BATCH));
-        to.state().queued += 1;
-        w.send(Batch { to: Arc::clone(&to), bytes }).inspect_err(|_| {
-            let mut s = to.state();
-            s.queued -= 1;
-        })
+        send(w, to, std::mem::take(&mut self.held))
     }
 
     /// The temp file with every byte written, ready to install; or why a write failed.
@@ -233,7 +247,7 @@ mod tests {
             let rel = mirror_protocol::RelPath::new(name.as_str()).unwrap();
             let mut r = Receiving::new(TempFile::create(d.path(), &rel).unwrap());
             for c in want.chunks(chunk) {
-                r.write(&mut w, c).unwrap();
+                r.write(&mut w, c.to_vec()).unwrap();
             }
             assert_eq!(r.behind.is_some(), len >= INLINE_UPTO, "{len} bytes");
             let got = install(r.finish(&mut w).unwrap(), d.path(), &name);
@@ -255,16 +269,17 @@ mod tests {
                 let mut w = Writer::default();
                 let mut r = Receiving::new(tmp);
                 for c in want.chunks(65_536) {
-                    r.write(&mut w, c).unwrap();
+                    r.write(&mut w, c.to_vec()).unwrap();
                     sent.fetch_add(c.len(), Ordering::SeqCst);
                 }
                 let _ = done_tx.send(r.finish(&mut w).map(|_| ()));
             })
         };
-        // The pipe holds 64 KiB; the receiver gets well past that while nothing is read: it is
-        // not the one writing (a write on its own thread would block at 64 KiB, for ever).
+        // The pipe holds 64 KiB; the receiver gets well past that (and the 64 KiB it holds
+        // itself) while nothing is read: it is not the one writing (a write on its own thread
+        // would block there, for ever).
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while sent.load(Ordering::SeqCst) < 2 << 20 {
+        while sent.load(Ordering::SeqCst) < 512 << 10 {
             assert!(std::time::Instant::now() < deadline, "the receiver waits for the disk");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -294,11 +309,11 @@ mod tests {
         let ro = File::open(&path).unwrap();
         let mut w = Writer::default();
         let mut r = Receiving::new(TempFile::over(path.clone(), ro));
-        r.write(&mut w, &content(INLINE_UPTO)).unwrap(); // handed over: fails behind
+        r.write(&mut w, content(INLINE_UPTO)).unwrap(); // handed over: fails behind
         let more = content(BATCH);
         let mut reported = false;
         for _ in 0..10_000 {
-            if r.write(&mut w, &more[..1]).is_err() {
+            if r.write(&mut w, more[..1].to_vec()).is_err() {
                 reported = true;
                 break;
             }
@@ -311,7 +326,7 @@ mod tests {
         let path2 = d.path().join("ro2");
         std::fs::write(&path2, b"").unwrap();
         let mut r = Receiving::new(TempFile::over(path2, File::open(d.path().join("ro2")).unwrap()));
-        r.write(&mut w, b"small").unwrap();
+        r.write(&mut w, b"small".to_vec()).unwrap();
         assert!(r.finish(&mut w).is_err());
     }
 }

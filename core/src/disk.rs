@@ -194,10 +194,11 @@ pub trait Disk {
     ) -> Result<Option<Self::Temp>, ExecError>;
     /// A new, empty temp file for `rel` (its missing parents made).
     fn create_temp(&mut self, rel: &RelPath) -> Result<Self::Temp, ExecError>;
-    /// Appends `bytes` to the temp file. The bytes may be written later, behind the replica
+    /// Appends `bytes` to the temp file (handed over: a writer may keep them, no copy). The
+    /// bytes may be written later, behind the replica
     /// (the agent's writer): a write that fails then fails this call for a later chunk, or
     /// [`install`](Self::install).
-    fn write_temp(&mut self, t: &mut Self::Temp, bytes: &[u8]) -> io::Result<()>;
+    fn write_temp(&mut self, t: &mut Self::Temp, bytes: Vec<u8>) -> io::Result<()>;
     /// Once every byte given to [`write_temp`](Self::write_temp) is written, sets the temp
     /// file's mode and mtime, then puts it at `rel` if `rel` still holds `expected`. The stat of
     /// the installed file.

@@ -945,8 +945,9 @@ impl Disk for MemDisk {
         self.verify(from, expected)?;
         let bytes = self.read_file(from)?;
         let mut t = self.create_temp(to)?;
-        self.write_temp(&mut t, &bytes)?;
-        Ok((blake3::hash(&bytes).as_bytes() == hash).then_some(t))
+        let same = blake3::hash(&bytes).as_bytes() == hash;
+        self.write_temp(&mut t, bytes)?;
+        Ok(same.then_some(t))
     }
 
     fn create_temp(&mut self, rel: &RelPath) -> Result<Temp, ExecError> {
@@ -959,11 +960,11 @@ impl Disk for MemDisk {
         Ok(Temp { id, ino, bytes: Vec::new(), _live: Live::new(&self.live_temps) })
     }
 
-    fn write_temp(&mut self, t: &mut Temp, bytes: &[u8]) -> io::Result<()> {
+    fn write_temp(&mut self, t: &mut Temp, bytes: Vec<u8>) -> io::Result<()> {
         if self.storage_full && !bytes.is_empty() {
             return Err(io::Error::new(io::ErrorKind::StorageFull, format!("no space left on device: temp {}", t.id)));
         }
-        t.bytes.extend_from_slice(bytes);
+        t.bytes.extend_from_slice(&bytes);
         Ok(())
     }
 

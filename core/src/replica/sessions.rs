@@ -284,7 +284,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                 }
             }
             Message::Request { id, path, size, hash } => self.serve(conn, id, path, size, hash),
-            Message::Data { id, bytes } => self.on_data(conn, id, &bytes)?,
+            Message::Data { id, bytes } => self.on_data(conn, id, bytes)?,
             Message::DataEnd { id, size, hash } => self.on_data_end(conn, id, size, hash)?,
             Message::DataAbort { id, reason } => {
                 if let Some(s) = self.sessions.get_mut(&conn)

@@ -182,7 +182,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         }
     }
 
-    pub(super) fn on_data(&mut self, conn: ConnId, id: u64, bytes: &[u8]) -> Result<(), PeerError> {
+    pub(super) fn on_data(&mut self, conn: ConnId, id: u64, bytes: Vec<u8>) -> Result<(), PeerError> {
         let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
         let Some(f) = s.in_flight.get_mut(&id) else {
             return Err(PeerError::Violation(Violation::DataForUnknownRequest { id }));
@@ -204,7 +204,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             Progress::Requested => match self.disk.create_temp(&target) {
                 Ok(mut tmp) => {
                     let mut hasher = Box::new(blake3::Hasher::new());
-                    hasher.update(bytes);
+                    hasher.update(&bytes);
                     let w = self.disk.write_temp(&mut tmp, bytes);
                     f.progress = Progress::Receiving { tmp, hasher, received };
                     w.err().map(|e| (ExecError::Io(e), true))
@@ -213,7 +213,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             },
             Progress::Receiving { tmp, hasher, received: r } => {
                 *r = received;
-                hasher.update(bytes);
+                hasher.update(&bytes);
                 self.disk.write_temp(tmp, bytes).err().map(|e| (ExecError::Io(e), true))
             }
         };

@@ -28,7 +28,7 @@ type Mutate = fn(&mut MemDisk, Option<Stat>) -> Result<(), ExecError>;
 
 fn install_at(d: &mut MemDisk, path: &str, expected: Option<Stat>) -> Result<(), ExecError> {
     let mut tmp = d.create_temp(&rp(path))?;
-    d.write_temp(&mut tmp, b"theirs")?;
+    d.write_temp(&mut tmp, b"theirs".to_vec())?;
     d.install(tmp, &rp(path), expected, t(5), 0o600).map(drop)
 }
 
@@ -329,8 +329,8 @@ fn a_full_disk_fails_temp_writes_and_installs_with_storage_full() {
     d.set_storage_full(true);
     assert_eq!(d.free_space(), Some(0));
     let mut tmp = d.create_temp(&rp("f")).unwrap();
-    assert_eq!(d.write_temp(&mut tmp, b"x").unwrap_err().kind(), io::ErrorKind::StorageFull);
-    d.write_temp(&mut tmp, b"").unwrap();
+    assert_eq!(d.write_temp(&mut tmp, b"x".to_vec()).unwrap_err().kind(), io::ErrorKind::StorageFull);
+    d.write_temp(&mut tmp, b"".to_vec()).unwrap();
     match d.install(tmp, &rp("f"), f, t(1), 0o644) {
         Err(ExecError::Io(e)) if e.kind() == io::ErrorKind::StorageFull => {}
         other => panic!("{other:?}"),
