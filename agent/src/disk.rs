@@ -149,6 +149,10 @@ impl Disk for RealDisk {
         t.write(&mut self.writer, bytes)
     }
 
+    fn settle_temp(&mut self, t: &mut Receiving) -> io::Result<()> {
+        t.settle(&mut self.writer)
+    }
+
     fn install(
         &mut self,
         t: Receiving,

@@ -28,8 +28,11 @@ pub const INLINE_UPTO: usize = 64 * 1024;
 const BATCH: usize = 128 * 1024;
 /// A chunk this large goes to the writer as it came (a peer's chunks are 64 KiB).
 const DIRECT_FROM: usize = 32 * 1024;
-/// Batches waiting for the writer of a root: 1 MiB of a peer's 64 KiB chunks, at most 16 MiB
-/// of the largest chunk a peer may send (1 MiB).
+/// Batches waiting for the writer of a root. A batch is one chunk of [`DIRECT_FROM`] bytes or
+/// more, or smaller chunks gathered up to [`BATCH`] (then at most `BATCH` plus one chunk): 1 MiB
+/// of a peer's 64 KiB chunks, 2 MiB of small ones, at most about 18 MiB of the largest chunk a
+/// peer may send (1 MiB), plus the batch being written. Besides, each file being received
+/// holds less than a batch of its own.
 const QUEUE: usize = 16;
 
 /// The writer of one root: a thread, started with the first file large enough to need it. It
@@ -42,12 +45,15 @@ pub struct Writer {
 /// Bytes for a file, in the order they arrived.
 struct Batch {
     to: Arc<Target>,
+    /// The writer's handle of the file, let go before the batch counts as written: once a
+    /// file's writes have settled, the writer holds it open no more (an executable installed
+    /// and run at once would fail with "text file busy" while some process held it for writing).
+    file: Arc<File>,
     bytes: Vec<u8>,
 }
 
 /// A file written behind, and how its writes stand.
 struct Target {
-    file: Arc<File>,
     state: Mutex<State>,
     settled: Condvar,
 }
@@ -68,12 +74,14 @@ impl Target {
     }
 
     /// On the writer's thread.
-    fn write(&self, bytes: &[u8]) {
+    fn write(&self, file: Arc<File>, bytes: Vec<u8>) {
         let skip = {
             let s = self.state();
             s.failed.is_some() || s.dropped
         };
-        let r = if skip { Ok(()) } else { (&mut &*self.file).write_all(bytes) };
+        let r = if skip { Ok(()) } else { (&mut &*file).write_all(&bytes) };
+        drop(file);
+        drop(bytes);
         let mut s = self.state();
         if let Err(e) = r {
             s.failed.get_or_insert(e);
@@ -118,8 +126,8 @@ impl Writer {
             None => {
                 let (tx, rx) = bounded::<Batch>(QUEUE);
                 std::thread::Builder::new().name("mirror-writer".into()).spawn(move || {
-                    for b in rx {
-                        b.to.write(&b.bytes);
+                    for Batch { to, file, bytes } in rx {
+                        to.write(file, bytes);
                     }
                 })?;
                 self.jobs.insert(tx)
@@ -129,10 +137,10 @@ impl Writer {
     }
 }
 
-/// Gives `bytes` for `to` to the writer.
-fn send(w: &mut Writer, to: Arc<Target>, bytes: Vec<u8>) -> io::Result<()> {
+/// Gives `bytes` for `to` (its `file`) to the writer.
+fn send(w: &mut Writer, to: Arc<Target>, file: Arc<File>, bytes: Vec<u8>) -> io::Result<()> {
     to.state().queued += 1;
-    w.send(Batch { to: Arc::clone(&to), bytes }).inspect_err(|_| to.state().queued -= 1)
+    w.send(Batch { to: Arc::clone(&to), file, bytes }).inspect_err(|_| to.state().queued -= 1)
 }
 
 /// A file being received: its bytes held back (so far), or going to the writer.
@@ -165,7 +173,7 @@ impl Receiving {
             Target::check(&b.0.state())?;
             if self.held.is_empty() && bytes.len() >= DIRECT_FROM {
                 let to = Arc::clone(&b.0);
-                return send(w, to, bytes);
+                return send(w, to, self.tmp.shared_file()?, bytes);
             }
         }
         if self.held.is_empty() && bytes.len() >= INLINE_UPTO {
@@ -181,26 +189,34 @@ impl Receiving {
         let to = match &self.behind {
             Some(b) => Arc::clone(&b.0),
             None => {
-                let file = self.tmp.shared_file()?;
-                let t = Arc::new(Target { file, state: Mutex::default(), settled: Condvar::new() });
+                let t = Arc::new(Target { state: Mutex::default(), settled: Condvar::new() });
                 self.behind = Some(Behind(Arc::clone(&t)));
                 t
             }
         };
-        send(w, to, std::mem::take(&mut self.held))
+        let bytes = std::mem::take(&mut self.held);
+        send(w, to, self.tmp.shared_file()?, bytes)
     }
 
-    /// The temp file with every byte written, ready to install; or why a write failed.
-    pub fn finish(mut self, w: &mut Writer) -> io::Result<TempFile> {
+    /// Waits until every byte taken in is written; or says why a write failed. Called when
+    /// the last byte has arrived, before anything is moved for the file (a full disk found here
+    /// fails the transfer, not an install half done).
+    pub fn settle(&mut self, w: &mut Writer) -> io::Result<()> {
         let Some(b) = &self.behind else {
             self.tmp.write_all(&self.held)?;
-            return Ok(self.tmp);
+            self.held = Vec::new();
+            return Ok(());
         };
         let target = Arc::clone(&b.0);
         if !self.held.is_empty() {
             self.hand_over(w)?;
         }
-        target.wait()?;
+        target.wait()
+    }
+
+    /// The temp file with every byte written, ready to install; or why a write failed.
+    pub fn finish(mut self, w: &mut Writer) -> io::Result<TempFile> {
+        self.settle(w)?;
         Ok(self.tmp)
     }
 }
@@ -253,6 +269,36 @@ mod tests {
             let got = install(r.finish(&mut w).unwrap(), d.path(), &name);
             assert!(got == want, "{len} bytes in chunks of {chunk}: the installed file differs");
         }
+        // Chunks of every size in turn: some held and gathered, some handed over as they came.
+        let want = content(5 << 20);
+        let rel = mirror_protocol::RelPath::new("mixed").unwrap();
+        let mut r = Receiving::new(TempFile::create(d.path(), &rel).unwrap());
+        let (mut at, mut i) = (0, 0);
+        while at < want.len() {
+            let n = [1000, 40_000, 3, 70_000, 20_000, 1 << 20][i % 6].min(want.len() - at);
+            r.write(&mut w, want[at..at + n].to_vec()).unwrap();
+            (at, i) = (at + n, i + 1);
+        }
+        assert!(
+            install(r.finish(&mut w).unwrap(), d.path(), "mixed") == want,
+            "chunks of mixed sizes went out of order"
+        );
+    }
+
+    #[test]
+    fn once_settled_the_writer_holds_the_file_open_no_more() {
+        // An executable installed and run at once fails with "text file busy" while anything
+        // holds it open for writing.
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Writer::default();
+        let rel = mirror_protocol::RelPath::new("tool").unwrap();
+        let mut r = Receiving::new(TempFile::create(d.path(), &rel).unwrap());
+        for c in content(1 << 20).chunks(65_536) {
+            r.write(&mut w, c.to_vec()).unwrap();
+        }
+        r.settle(&mut w).unwrap();
+        let handles = Arc::strong_count(&r.tmp.shared_file().unwrap());
+        assert_eq!(handles, 2, "besides the temp file's own handle and this one, something holds the file");
     }
 
     #[test]
@@ -321,6 +367,15 @@ mod tests {
         }
         assert!(reported, "a later write did not report the failed one");
         assert!(r.finish(&mut w).is_err(), "the file was handed out to be installed");
+
+        // A full disk stays a full disk when it is reported late (the core tells the user so).
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        // No path: the temp file's guard must not remove /dev/full.
+        let mut r = Receiving::new(TempFile::over(std::path::PathBuf::new(), full));
+        r.write(&mut w, content(INLINE_UPTO)).unwrap();
+        let late = r.settle(&mut w).unwrap_err();
+        assert_eq!(late.kind(), io::ErrorKind::StorageFull, "{late}");
+        assert_eq!(r.write(&mut w, vec![1]).unwrap_err().kind(), io::ErrorKind::StorageFull);
 
         // Held back only (a small file): the failure comes when it is finished.
         let path2 = d.path().join("ro2");

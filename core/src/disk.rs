@@ -199,6 +199,13 @@ pub trait Disk {
     /// (the agent's writer): a write that fails then fails this call for a later chunk, or
     /// [`install`](Self::install).
     fn write_temp(&mut self, t: &mut Self::Temp, bytes: Vec<u8>) -> io::Result<()>;
+    /// Waits until every byte given to [`write_temp`](Self::write_temp) is written: called once
+    /// the last has arrived, before anything is moved for the file, so that a write failing
+    /// late (a full disk) fails the transfer, never an install half done.
+    fn settle_temp(&mut self, t: &mut Self::Temp) -> io::Result<()> {
+        let _ = t;
+        Ok(())
+    }
     /// Once every byte given to [`write_temp`](Self::write_temp) is written, sets the temp
     /// file's mode and mtime, then puts it at `rel` if `rel` still holds `expected`. The stat of
     /// the installed file.

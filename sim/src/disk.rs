@@ -968,6 +968,15 @@ impl Disk for MemDisk {
         Ok(())
     }
 
+    /// A write behind failing late, as the agent's writer may: the disk filled up after the
+    /// last chunk was taken in.
+    fn settle_temp(&mut self, t: &mut Temp) -> io::Result<()> {
+        if self.storage_full && !t.bytes.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, format!("no space left on device: temp {}", t.id)));
+        }
+        Ok(())
+    }
+
     fn install(
         &mut self,
         t: Temp,

@@ -268,7 +268,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             Purpose::Apply { .. } => f.entry.path.clone(),
             Purpose::KeepRemoteCopy { at } => at.clone(),
         };
-        let tmp = match tmp {
+        let mut tmp = match tmp {
             Some(t) => t,
             None => match self.disk.create_temp(&target) {
                 Ok(t) => t,
@@ -282,6 +282,11 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                 }
             },
         };
+        if let Err(e) = self.disk.settle_temp(&mut tmp) {
+            drop(tmp);
+            self.exec_failed(conn, f.entry, ExecError::Io(e));
+            return Ok(());
+        }
         self.install_fetched(conn, f, tmp, hash)
     }
 
