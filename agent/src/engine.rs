@@ -212,6 +212,8 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> Result<EngineHandle, StartErr
         patterns_key,
         index_pacing: replica::IndexPacing::default(),
         hash_apart_from: HASH_APART_FROM,
+        // inotify reports closes; kqueue and FSEvents do not (BENCHMARKS.md, "A close is final").
+        close_is_final: cfg!(target_os = "linux"),
     };
     let replica = Replica::new(rcfg, base, disk, store, rules, root_id, now())
         .map_err(|e| StartError::io("reserving clock values for", &cfg.root, e))?;

@@ -345,6 +345,28 @@ pub fn hub(clients: usize, files: usize, samples: usize) -> Hub {
 /// Save-to-visible of a 1 KiB file saved on the client just after a file of `mib` MiB appeared
 /// on the server, `samples` times: the server hashes the large one meanwhile, and the small one
 /// waits for that hash if the server's pair hashes on its engine's thread.
+/// One file edited again and again: a line appended, written and closed, `samples` times, each
+/// once the previous edit has arrived on the server; save-to-visible of each.
+pub fn edited_again(samples: usize) -> Summary {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/side"));
+    fs::create_dir_all(&c).unwrap();
+    let server = Server::start(&area.server_root(), &["-q"]);
+    let client = server.client("client", &c, "side", &["-q"]);
+    client.wait_log("connected to");
+    let mut content = Vec::new();
+    let mut took = Vec::new();
+    for i in 0..samples {
+        content.extend_from_slice(format!("line {i} of a file edited again and again\n").as_bytes());
+        let t0 = Instant::now();
+        fs::write(c.join("notes.txt"), &content).unwrap();
+        let t1 = arrival(&s.join("notes.txt"), &content, Duration::from_secs(60)).expect("edit never arrived");
+        took.push(t1 - t0);
+    }
+    drop((client, server));
+    summarize(took)
+}
+
 pub fn beside_a_large_file(mib: usize, samples: usize) -> Summary {
     let area = Area::new();
     let (c, s) = (area.path("client"), area.path("server/side"));

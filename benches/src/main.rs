@@ -87,6 +87,15 @@ fn main() {
         println!("| client -> server | {} | {} | {} | {} |", ms(d.p50), ms(d.p99), ms(d.max), d.n);
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("again") {
+        let d = mirror_benches::edited_again(arg(2).unwrap_or(100));
+        println!(
+            "| save-to-visible, one file edited again as soon as its last edit arrived | p50 | p99 | max | samples |"
+        );
+        println!("| --- | --- | --- | --- | --- |");
+        println!("| client -> server | {} | {} | {} | {} |", ms(d.p50), ms(d.p99), ms(d.max), d.n);
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("startup") {
         startup(std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(10_000));
         return;

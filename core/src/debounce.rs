@@ -1,7 +1,9 @@
-//! When to read a path the watcher named: at once if the change looks finished, after a short
-//! settle otherwise, and after a quiet period if the path is "hot" (changed again right after we
-//! read it: being written). Never later than [`MAX_DELAY`] after its first hint, so a file
-//! written without pause still syncs. Time is an argument: every rule is a row in a test.
+//! When to read a path the watcher named: at once if the change looks finished (a writer closed
+//! the file, it was deleted or renamed: final, however recently the path changed before), after
+//! a short settle otherwise, and after a quiet period if the path is "hot" (changed again right
+//! after we read it, with no close: being written). Never later than [`MAX_DELAY`] after its
+//! first hint, so a file written without pause still syncs. Time is an argument: every rule is a
+//! row in a test.
 //!
 //! A hint is only "look here" (DESIGN.md: events are hints); a deep one means "look at all of
 //! it" (a directory moved in). A hint for the whole root, or an overflow, is a full rescan.
@@ -43,11 +45,15 @@ pub struct Debounce {
     /// Every hint waits this long instead (a test hook: a peer's message can then arrive while
     /// a rescan is pending).
     fixed_delay: Option<Duration>,
+    /// A settled hint is read at once even for a hot path: the watcher reports a writer's close
+    /// (inotify). Without close events (kqueue, whose "settled" is a new name in a directory or a
+    /// chmod, not a close) a hot path waits for quiet, settled or not.
+    close_is_final: bool,
 }
 
 impl Debounce {
-    pub fn new(fixed_delay: Option<Duration>) -> Self {
-        Self { fixed_delay, prune_at: PRUNE_FROM, ..Self::default() }
+    pub fn new(fixed_delay: Option<Duration>, close_is_final: bool) -> Self {
+        Self { fixed_delay, close_is_final, prune_at: PRUNE_FROM, ..Self::default() }
     }
 
     /// A hint for `path` at `now`: `deep` to read its whole subtree, `settled` when the change
@@ -59,10 +65,12 @@ impl Debounce {
         d.deep |= deep;
         d.due = if let Some(delay) = self.fixed_delay {
             now + delay
+        } else if settled && (self.close_is_final || !hot) {
+            // A close is final: the version is whole, and a file edited again as soon as its last
+            // edit arrived must not wait for quiet (issue 13: 21 ms an edit, a new file 0.7 ms).
+            now
         } else if hot {
             (now + QUIET).min(d.first + MAX_DELAY)
-        } else if settled {
-            now
         } else {
             (now + SETTLE).min(d.first + MAX_DELAY)
         };
@@ -171,16 +179,19 @@ mod tests {
     #[test]
     fn when_each_hint_is_due() {
         let t0 = Instant::now();
-        // (what happened before, hint at, settled, due at)
-        let rows: Vec<(&str, Option<u64>, u64, bool, u64)> = vec![
-            ("a settled change is read at once", None, 0, true, 0),
-            ("an unsettled one after the settle time", None, 0, false, 4),
-            ("a hot path waits for quiet, settled or not", Some(0), 10, true, 30),
-            ("...unsettled too", Some(0), 10, false, 30),
-            ("past the hot window a path is cool again", Some(0), 60, true, 60),
+        // (what happened before, hint at, settled, due at; the watcher reports closes)
+        type Row = (&'static str, Option<u64>, u64, bool, u64, bool);
+        let rows: Vec<Row> = vec![
+            ("a settled change is read at once", None, 0, true, 0, true),
+            ("an unsettled one after the settle time", None, 0, false, 4, true),
+            ("a hot path closed again is read at once: a close is final", Some(0), 10, true, 10, true),
+            ("a hot path still being written waits for quiet", Some(0), 10, false, 30, true),
+            ("past the hot window a path is cool again", Some(0), 60, true, 60, true),
+            ("without close events a hot path waits for quiet, settled or not", Some(0), 10, true, 30, false),
+            ("...and a cool one settled is read at once", None, 0, true, 0, false),
         ];
-        for (what, changed_at, at, settled, want) in rows {
-            let mut d = Debounce::new(None);
+        for (what, changed_at, at, settled, want, closes) in rows {
+            let mut d = Debounce::new(None, closes);
             if let Some(c) = changed_at {
                 d.found_changed(&p("f"), t0 + ms(c));
             }
@@ -197,7 +208,7 @@ mod tests {
     #[test]
     fn a_path_written_without_pause_is_read_within_the_max_delay() {
         let t0 = Instant::now();
-        let mut d = Debounce::new(None);
+        let mut d = Debounce::new(None, true);
         d.found_changed(&p("log"), t0);
         let mut now = t0;
         let mut read = None;
@@ -217,7 +228,7 @@ mod tests {
     #[test]
     fn many_changed_paths_are_pruned_now_and_then_not_at_each_one() {
         let t0 = Instant::now();
-        let mut d = Debounce::new(None);
+        let mut d = Debounce::new(None, true);
         // All within the hot window: nothing can be pruned, and the bound moves up.
         for i in 0..(PRUNE_FROM + 1) {
             d.found_changed(&p(&format!("f{i}")), t0);
@@ -235,7 +246,7 @@ mod tests {
     #[test]
     fn what_was_found_changed_is_forgotten_once_all_of_it_is_cool() {
         let t0 = Instant::now();
-        let mut d = Debounce::new(None);
+        let mut d = Debounce::new(None, true);
         assert_eq!(d.cools_at(), None, "nothing to forget, no wake");
         for i in 0..1000 {
             d.found_changed(&p(&format!("f{i}")), t0);
@@ -246,7 +257,7 @@ mod tests {
         // at each wake); the last is still hot.
         d.due(t0 + ms(30) + HOT_WINDOW - ms(1));
         assert_eq!(d.changed.len(), 1001);
-        d.hint(p("late"), false, true, t0 + ms(30) + HOT_WINDOW - ms(1));
+        d.hint(p("late"), false, false, t0 + ms(30) + HOT_WINDOW - ms(1));
         assert_eq!(d.next_due(), Some(t0 + ms(30) + HOT_WINDOW - ms(1) + QUIET), "late is hot");
         // At the wake: all forgotten, no further wake for them.
         d.due(t0 + ms(30) + HOT_WINDOW);
@@ -256,7 +267,7 @@ mod tests {
     #[test]
     fn a_deep_hint_stays_deep_and_paths_come_in_order() {
         let t0 = Instant::now();
-        let mut d = Debounce::new(None);
+        let mut d = Debounce::new(None, true);
         d.hint(p("b"), true, true, t0);
         d.hint(p("b"), false, true, t0);
         d.hint(p("a"), false, true, t0);
@@ -269,7 +280,7 @@ mod tests {
     #[test]
     fn a_full_rescan_covers_the_hints_and_a_fixed_delay_holds_every_one() {
         let t0 = Instant::now();
-        let mut d = Debounce::new(Some(ms(1500)));
+        let mut d = Debounce::new(Some(ms(1500)), true);
         d.hint(p("x"), false, true, t0);
         assert_eq!(d.next_due(), Some(t0 + ms(1500)));
         d.hurry(t0);

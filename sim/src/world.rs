@@ -1005,6 +1005,7 @@ pub fn config(name: &str) -> Config {
         index_pacing: mirror_core::replica::IndexPacing { batch: 3, burst: 2 },
         // Most of a history's files: hashed apart, their hashes in while other things happen.
         hash_apart_from: 1000,
+        close_is_final: true,
     }
 }
 

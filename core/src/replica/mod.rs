@@ -211,7 +211,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             rules,
             sessions: BTreeMap::new(),
             out: Vec::new(),
-            debounce: Debounce::new(cfg.scan_delay),
+            debounce: Debounce::new(cfg.scan_delay, cfg.close_is_final),
             retries: retries::Retries::default(),
             deferred: Vec::new(),
             outbox: Vec::new(),

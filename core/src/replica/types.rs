@@ -35,6 +35,9 @@ pub struct Config {
     /// A changed file of this many bytes or more is hashed by the driver, apart
     /// ([`Command::Hash`]); smaller ones are hashed where they are seen (`u64::MAX`: all).
     pub hash_apart_from: u64,
+    /// The watcher reports a writer's close as settled (inotify): such a hint is read at once,
+    /// however recently the path changed before ([`crate::debounce`]).
+    pub close_is_final: bool,
 }
 
 /// How the index goes out: `batch` entries a message (at most [`MAX_BATCH_ENTRIES`]), `burst`
