@@ -342,18 +342,22 @@ pub fn hub(clients: usize, files: usize, samples: usize) -> Hub {
     Hub { server: server.agent.rss(), client, all: summarize(all), first: summarize(first), setup }
 }
 
-/// Save-to-visible of a 1 KiB file saved on the client just after a file of `mib` MiB appeared
-/// on the server, `samples` times: the server hashes the large one meanwhile, and the small one
-/// waits for that hash if the server's pair hashes on its engine's thread.
-/// One file edited again and again: a line appended, written and closed, `samples` times, each
-/// once the previous edit has arrived on the server; save-to-visible of each.
-pub fn edited_again(samples: usize) -> Summary {
-    let area = Area::new();
+/// A server and a client connected, syncing `client` with the server's `side`: the two roots,
+/// the server, the client.
+fn one_pair(area: &Area) -> (std::path::PathBuf, std::path::PathBuf, Server, Agent) {
     let (c, s) = (area.path("client"), area.path("server/side"));
     fs::create_dir_all(&c).unwrap();
     let server = Server::start(&area.server_root(), &["-q"]);
     let client = server.client("client", &c, "side", &["-q"]);
     client.wait_log("connected to");
+    (c, s, server, client)
+}
+
+/// One file edited again and again: a line appended, written and closed, `samples` times, each
+/// once the previous edit has arrived on the server; save-to-visible of each.
+pub fn edited_again(samples: usize) -> Summary {
+    let area = Area::new();
+    let (c, s, server, client) = one_pair(&area);
     let mut content = Vec::new();
     let mut took = Vec::new();
     for i in 0..samples {
@@ -367,13 +371,12 @@ pub fn edited_again(samples: usize) -> Summary {
     summarize(took)
 }
 
+/// Save-to-visible of a 1 KiB file saved on the client just after a file of `mib` MiB appeared
+/// on the server, `samples` times: the server hashes the large one meanwhile, and the small one
+/// waits for that hash if the server's pair hashes on its engine's thread.
 pub fn beside_a_large_file(mib: usize, samples: usize) -> Summary {
     let area = Area::new();
-    let (c, s) = (area.path("client"), area.path("server/side"));
-    fs::create_dir_all(&c).unwrap();
-    let server = Server::start(&area.server_root(), &["-q"]);
-    let client = server.client("client", &c, "side", &["-q"]);
-    client.wait_log("connected to");
+    let (c, s, server, client) = one_pair(&area);
     let mut big: Vec<u8> = (0..mib * 1024 * 1024).map(|i| (i * 13 % 253) as u8).collect();
     let mut took = Vec::new();
     for i in 0..samples {
