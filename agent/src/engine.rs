@@ -306,6 +306,7 @@ fn hint(ev: WatchEvent) -> Option<Hint> {
     Some(match ev {
         WatchEvent::Dirty(p) => Hint::Dirty(p),
         WatchEvent::Settled(p) => Hint::Settled(p),
+        WatchEvent::Unlinked(p) => Hint::Unlinked(p),
         WatchEvent::RescanSubtree(p) => Hint::RescanSubtree(p),
         WatchEvent::Overflow => Hint::Overflow,
         WatchEvent::RootGone => Hint::RootGone,

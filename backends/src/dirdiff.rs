@@ -103,10 +103,12 @@ pub(crate) fn plan(dir: &Path, changes: &[Change]) -> Vec<Step> {
                 steps.push(Step::Watch { path: p.clone(), is_dir: *is_dir });
                 steps.push(report(p, *is_dir));
             }
-            Change::Removed { name, was_dir } => {
+            Change::Removed { name, .. } => {
                 let p = join(name);
                 steps.push(Step::Unwatch(p.clone()));
-                steps.push(report(p, *was_dir));
+                // Read once unlinks stop, as one of an `rm -rf` (a gone directory's entries
+                // are found gone with it).
+                steps.push(Step::Report(WatchEvent::Unlinked(p)));
             }
             Change::Replaced { name, was_dir, is_dir } => {
                 let p = join(name);
@@ -167,7 +169,7 @@ mod tests {
                 Step::Watch { path: "src/new-dir".into(), is_dir: true },
                 Step::Report(WatchEvent::RescanSubtree("src/new-dir".into())),
                 Step::Unwatch("src/gone.txt".into()),
-                Step::Report(WatchEvent::Settled("src/gone.txt".into())),
+                Step::Report(WatchEvent::Unlinked("src/gone.txt".into())),
                 Step::Unwatch("src/saved.txt".into()),
                 Step::Watch { path: "src/saved.txt".into(), is_dir: false },
                 Step::Report(WatchEvent::Settled("src/saved.txt".into())),
@@ -175,7 +177,7 @@ mod tests {
         );
         // At the root, names are paths of their own.
         let steps = plan(Path::new(""), &[Change::Removed { name: "d".into(), was_dir: true }]);
-        assert_eq!(steps, [Step::Unwatch("d".into()), Step::Report(WatchEvent::RescanSubtree("d".into()))]);
+        assert_eq!(steps, [Step::Unwatch("d".into()), Step::Report(WatchEvent::Unlinked("d".into()))]);
     }
 
     #[test]

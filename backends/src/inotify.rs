@@ -89,7 +89,9 @@ impl Batch {
 impl std::hash::Hash for WatchEvent {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         std::mem::discriminant(self).hash(state);
-        if let WatchEvent::Dirty(p) | WatchEvent::Settled(p) | WatchEvent::RescanSubtree(p) = self {
+        if let WatchEvent::Dirty(p) | WatchEvent::Settled(p) | WatchEvent::Unlinked(p) | WatchEvent::RescanSubtree(p) =
+            self
+        {
             p.hash(state);
         }
     }
@@ -275,9 +277,11 @@ impl State {
             self.new_dir(batch, path);
             return;
         }
-        // Creation and writes may be followed by more writes; a close after writing, a delete
-        // or a chmod is complete in itself.
-        if mask.intersects(EventMask::CLOSE_WRITE | EventMask::DELETE | EventMask::ATTRIB) {
+        // Creation and writes may be followed by more writes; a close after writing or a chmod
+        // is complete in itself; a delete is often one of many.
+        if mask.contains(EventMask::DELETE) {
+            batch.push(WatchEvent::Unlinked(path));
+        } else if mask.intersects(EventMask::CLOSE_WRITE | EventMask::ATTRIB) {
             batch.push(WatchEvent::Settled(path));
         } else {
             batch.push(WatchEvent::Dirty(path));

@@ -241,6 +241,7 @@ impl State {
             Act::RootGone => out.push(WatchEvent::RootGone),
             // Gone: the parent's NOTE_WRITE lists it as gone (or moved) and unwatches it.
             Act::Settled => out.push(WatchEvent::Settled(rel)),
+            Act::Unlinked => out.push(WatchEvent::Unlinked(rel)),
             Act::Relist => self.relist(&rel, out),
             Act::Dirty => out.push(WatchEvent::Dirty(rel)),
             Act::Nothing => {}

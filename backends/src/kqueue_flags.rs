@@ -23,8 +23,10 @@ pub(crate) const WATCHED: u32 =
 pub(crate) enum Act {
     /// The watched root was deleted, renamed away or revoked (unmounted).
     RootGone,
-    /// The path changed and the change looks complete (gone, renamed, chmod'ed).
+    /// The path changed and the change looks complete (renamed, chmod'ed).
     Settled,
+    /// The file was deleted (read once deletions stop: it may be one of an `rm -rf`).
+    Unlinked,
     /// A directory's entries changed: list it again and diff.
     Relist,
     /// A file's content changed and may still be changing.
@@ -37,7 +39,13 @@ pub(crate) enum Act {
 /// which is the root when `is_root`.
 pub(crate) fn decode(fflags: u32, is_dir: bool, is_root: bool) -> Act {
     if fflags & (NOTE_DELETE | NOTE_RENAME | NOTE_REVOKE) != 0 {
-        return if is_root { Act::RootGone } else { Act::Settled };
+        return if is_root {
+            Act::RootGone
+        } else if fflags & NOTE_DELETE != 0 {
+            Act::Unlinked
+        } else {
+            Act::Settled
+        };
     }
     if is_dir && fflags & (NOTE_WRITE | NOTE_LINK) != 0 {
         return Act::Relist;
@@ -76,8 +84,9 @@ mod tests {
     fn gone_wins_over_everything_coalesced_with_it() {
         for gone in [NOTE_DELETE, NOTE_RENAME, NOTE_REVOKE] {
             for other in [0, NOTE_WRITE, NOTE_EXTEND | NOTE_ATTRIB, NOTE_LINK] {
-                assert_eq!(decode(gone | other, false, false), Act::Settled, "{:#x}", gone | other);
-                assert_eq!(decode(gone | other, true, false), Act::Settled, "{:#x}", gone | other);
+                let want = if gone == NOTE_DELETE { Act::Unlinked } else { Act::Settled };
+                assert_eq!(decode(gone | other, false, false), want, "{:#x}", gone | other);
+                assert_eq!(decode(gone | other, true, false), want, "{:#x}", gone | other);
                 assert_eq!(decode(gone | other, true, true), Act::RootGone, "{:#x}", gone | other);
             }
         }

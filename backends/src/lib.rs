@@ -47,6 +47,9 @@ pub enum WatchEvent {
     /// or it was deleted, renamed or chmod'ed. The consumer may read it at once. Only backends
     /// that can tell (inotify) send it; it is an optimization, never required for correctness.
     Settled(PathBuf),
+    /// The name at this path was unlinked. The consumer reads it once unlinks stop for a moment
+    /// (`rm -rf` of the root unlinks every file before the root itself, which halts the pair).
+    Unlinked(PathBuf),
     /// Anything at or beneath this path may have changed: scan it whole.
     RescanSubtree(PathBuf),
     /// Events were lost: rescan the whole root.

@@ -34,7 +34,7 @@ fn fixture(backend: Backend, setup: impl FnOnce(&Path), cap: usize) -> Fixture {
 
 fn covers(ev: &WatchEvent, p: &Path) -> bool {
     match ev {
-        WatchEvent::Dirty(d) | WatchEvent::Settled(d) => d == p,
+        WatchEvent::Dirty(d) | WatchEvent::Settled(d) | WatchEvent::Unlinked(d) => d == p,
         WatchEvent::RescanSubtree(d) => p.starts_with(d),
         WatchEvent::Overflow => true,
         WatchEvent::RootGone | WatchEvent::Checkpoint(_) | WatchEvent::Replayed => false,

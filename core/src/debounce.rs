@@ -1,9 +1,12 @@
 //! When to read a path the watcher named: at once if the change looks finished (a writer closed
-//! the file, it was deleted or renamed: final, however recently the path changed before), after
-//! a short settle otherwise, and after a quiet period if the path is "hot" (changed again right
-//! after we read it, with no close: being written). Never later than [`MAX_DELAY`] after its
-//! first hint, so a file written without pause still syncs. Time is an argument: every rule is a
-//! row in a test.
+//! the file, or it was renamed: final, however recently the path changed before), after a short
+//! settle otherwise, and after a quiet period if the path is "hot" (changed again right after we
+//! read it, with no close: being written). An unlinked name waits until no unlink has been
+//! reported for [`UNLINK_QUIET`]: `rm -rf` of the whole root unlinks the files first and the root
+//! last, and a deletion read before the root is gone would be sent to the peers, which must not
+//! happen (a vanished root halts the pair and deletes nothing). Never later than [`MAX_DELAY`]
+//! after its first hint, so a file written without pause still syncs. Time is an argument: every
+//! rule is a row in a test.
 //!
 //! A hint is only "look here" (DESIGN.md: events are hints); a deep one means "look at all of
 //! it" (a directory moved in). A hint for the whole root, or an overflow, is a full rescan.
@@ -18,6 +21,9 @@ pub const SETTLE: Duration = Duration::from_millis(4);
 pub const HOT_WINDOW: Duration = Duration::from_millis(50);
 /// A hot path waits for this much quiet before it is read again...
 pub const QUIET: Duration = Duration::from_millis(20);
+/// A name unlinked is read once no other unlink was reported for this long (a burst of them is
+/// often one `rm -rf`, which may end with the root).
+pub const UNLINK_QUIET: Duration = Duration::from_millis(20);
 /// ...but never longer than this after its first hint.
 pub const MAX_DELAY: Duration = Duration::from_secs(1);
 
@@ -29,6 +35,18 @@ struct Dirty {
     first: Instant,
     due: Instant,
     deep: bool,
+    /// The last hint said the name was unlinked: due no earlier than `unlinks_quiet_at`.
+    unlinked: bool,
+}
+
+impl Dirty {
+    /// When it is due, with the unlinks reported until `quiet_at` (see [`UNLINK_QUIET`]).
+    fn due(&self, quiet_at: Option<Instant>) -> Instant {
+        match quiet_at {
+            Some(q) if self.unlinked => self.due.max(q).min(self.first + MAX_DELAY),
+            _ => self.due,
+        }
+    }
 }
 
 /// The paths waiting to be read, and when each may be.
@@ -42,6 +60,8 @@ pub struct Debounce {
     /// The latest entry of `changed`: once it is cool, they all are.
     last_change: Option<Instant>,
     full_rescan: bool,
+    /// The last unlink reported plus [`UNLINK_QUIET`]: no unlinked name is read before.
+    unlinks_quiet_at: Option<Instant>,
     /// Every hint waits this long instead (a test hook: a peer's message can then arrive while
     /// a rescan is pending).
     fixed_delay: Option<Duration>,
@@ -61,8 +81,9 @@ impl Debounce {
     pub fn hint(&mut self, path: RelPath, deep: bool, settled: bool, now: Instant) {
         self.forget_cool(now);
         let hot = self.changed.get(&path).is_some_and(|t| now.saturating_duration_since(*t) < HOT_WINDOW);
-        let d = self.dirty.entry(path).or_insert(Dirty { first: now, due: now, deep });
+        let d = self.dirty.entry(path).or_insert(Dirty { first: now, due: now, deep, unlinked: false });
         d.deep |= deep;
+        d.unlinked = false;
         d.due = if let Some(delay) = self.fixed_delay {
             now + delay
         } else if settled && (self.close_is_final || !hot) {
@@ -74,6 +95,24 @@ impl Debounce {
         } else {
             (now + SETTLE).min(d.first + MAX_DELAY)
         };
+    }
+
+    /// A hint that the name `path` was unlinked at `now` (see [`UNLINK_QUIET`]). A later hint of
+    /// another kind for the path (it was made again) replaces it.
+    pub fn unlinked(&mut self, path: RelPath, now: Instant) {
+        self.forget_cool(now);
+        let d = self.dirty.entry(path).or_insert(Dirty { first: now, due: now, deep: false, unlinked: true });
+        d.unlinked = true;
+        match self.fixed_delay {
+            Some(delay) => {
+                d.due = now + delay;
+                d.unlinked = false;
+            }
+            None => {
+                d.due = now;
+                self.unlinks_quiet_at = Some(now + UNLINK_QUIET);
+            }
+        }
     }
 
     /// Everything is to be read again (an overflow, a hint for the whole root).
@@ -98,8 +137,9 @@ impl Debounce {
     /// The paths due at `now` (each with whether to read it deep), in path order, taken out.
     pub fn due(&mut self, now: Instant) -> Vec<(RelPath, bool)> {
         self.forget_cool(now);
+        let q = self.unlinks_quiet_at;
         let mut due: Vec<(RelPath, bool)> =
-            self.dirty.iter().filter(|(_, d)| d.due <= now).map(|(p, d)| (p.clone(), d.deep)).collect();
+            self.dirty.iter().filter(|(_, d)| d.due(q) <= now).map(|(p, d)| (p.clone(), d.deep)).collect();
         due.sort();
         for (p, _) in &due {
             self.dirty.remove(p);
@@ -115,6 +155,7 @@ impl Debounce {
     /// Makes every waiting hint due at `now` (nothing of ours is being written: read it all).
     pub fn hurry(&mut self, now: Instant) {
         self.dirty.values_mut().for_each(|d| d.due = now);
+        self.unlinks_quiet_at = None;
     }
 
     /// `path` was found changed at `now`: another hint soon after means it is being written.
@@ -147,7 +188,7 @@ impl Debounce {
 
     /// When the next hint is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.dirty.values().map(|d| d.due).min()
+        self.dirty.values().map(|d| d.due(self.unlinks_quiet_at)).min()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -203,6 +244,35 @@ mod tests {
             assert_eq!(d.due(t0 + ms(want)), vec![(p("f"), false)], "{what}");
             assert!(d.is_empty());
         }
+    }
+
+    #[test]
+    fn an_unlinked_name_waits_until_unlinks_stop() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(None, true);
+        // `rm -rf`: an unlink every 5 ms; none is read while they go on.
+        for i in 0..10 {
+            d.unlinked(p(&format!("f{i}")), t0 + ms(5 * i));
+            assert!(d.due(t0 + ms(5 * i)).is_empty(), "f{i} read while unlinks go on");
+        }
+        let last = t0 + ms(45);
+        assert_eq!(d.next_due(), Some(last + UNLINK_QUIET));
+        assert!(d.due(last + UNLINK_QUIET - ms(1)).is_empty());
+        // A close meanwhile is not held back by them.
+        d.hint(p("saved"), false, true, last);
+        assert_eq!(d.due(last), vec![(p("saved"), false)]);
+        assert_eq!(d.due(last + UNLINK_QUIET).len(), 10);
+        // A name made again after its unlink is read as what it is now.
+        d.unlinked(p("g"), last + ms(100));
+        d.hint(p("g"), false, true, last + ms(101));
+        assert_eq!(d.due(last + ms(101)), vec![(p("g"), false)]);
+        // Unlinks without end are read within the max delay of the first.
+        let start = last + ms(200);
+        d.unlinked(p("first"), start);
+        for i in 1..=100 {
+            d.unlinked(p(&format!("h{i}")), start + ms(15 * i));
+        }
+        assert!(d.due(start + MAX_DELAY).contains(&(p("first"), false)), "held past the max delay");
     }
 
     #[test]

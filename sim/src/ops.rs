@@ -132,7 +132,7 @@ impl World {
                 if let Some(d) = self.machines[m].disk_mut()
                     && d.remove_all(path).is_ok()
                 {
-                    self.hint(m, Hint::Settled(os_path(path)));
+                    self.hint(m, Hint::Unlinked(os_path(path)));
                 }
             }
             Op::Rename { from, to } => {

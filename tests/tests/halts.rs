@@ -8,7 +8,11 @@ use std::path::Path;
 use std::process::Command;
 
 fn synced(area: &Area) -> (Server, Agent) {
-    for i in 0..5 {
+    synced_with(area, 5)
+}
+
+fn synced_with(area: &Area, files: usize) -> (Server, Agent) {
+    for i in 0..files {
         write(&area.path(&format!("client/f{i}.txt")), format!("{i}"));
     }
     let server = Server::start(&area.server_root(), &[]);
@@ -21,14 +25,17 @@ fn server_files(area: &Area) -> usize {
     snapshot(&area.path("server/p")).len()
 }
 
+/// `rm -rf` of the root unlinks every file before the root: each unlink is read only once they
+/// stop, when the root is gone too (CI saw two of five deletions sent when a delete was read at
+/// once; with 300 files, two runs in three).
 #[test]
 fn a_vanished_root_halts_and_deletes_nothing_on_the_peer() {
     let area = Area::new();
-    let (_server, mut client) = synced(&area);
+    let (_server, mut client) = synced_with(&area, 300);
     fs::remove_dir_all(area.path("client")).unwrap();
     assert_eq!(client.wait_exit(), Some(1));
     assert!(client.log().contains("halting"), "{}", client.log());
-    assert_eq!(server_files(&area), 5, "deletions propagated from a vanished root");
+    assert_eq!(server_files(&area), 300, "deletions propagated from a vanished root");
 }
 
 #[test]

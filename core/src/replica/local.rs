@@ -9,6 +9,11 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         match ev {
             Hint::Dirty(p) => self.mark(&p, false, false),
             Hint::Settled(p) => self.mark(&p, false, true),
+            Hint::Unlinked(p) => {
+                if let Some(rel) = self.hinted(&p) {
+                    self.debounce.unlinked(rel, self.now);
+                }
+            }
             Hint::RescanSubtree(p) => self.mark(&p, true, true),
             Hint::Overflow => {
                 log::warn!("{}: watcher queue overflowed; rescanning everything", self.cfg.root.display());
@@ -31,14 +36,21 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             }
             return;
         }
+        if let Some(rel) = self.hinted(p) {
+            self.debounce.hint(rel, deep, settled, self.now);
+        }
+    }
+
+    /// The path a hint names, if it is one we sync (not the root, not a temp file of ours).
+    fn hinted(&mut self, p: &Path) -> Option<RelPath> {
+        if p.as_os_str().is_empty() {
+            return None;
+        }
         let Some(rel) = to_rel(p) else {
             self.unsyncable(p);
-            return;
+            return None;
         };
-        if is_temp(p) {
-            return;
-        }
-        self.debounce.hint(rel, deep, settled, self.now);
+        (!is_temp(p)).then_some(rel)
     }
 
     pub(super) fn process_dirty(&mut self) {

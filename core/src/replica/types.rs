@@ -73,6 +73,9 @@ pub enum Hint {
     Dirty(PathBuf),
     /// Something at this path changed and looks finished (a close, a rename).
     Settled(PathBuf),
+    /// The name at this path was unlinked (it is read once unlinks stop: `rm -rf` of the root
+    /// unlinks every file before the root).
+    Unlinked(PathBuf),
     /// Everything beneath this path is to be read again (a directory moved in).
     RescanSubtree(PathBuf),
     /// Events were lost: everything is to be read again.
