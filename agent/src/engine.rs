@@ -307,6 +307,7 @@ fn hint(ev: WatchEvent) -> Option<Hint> {
         WatchEvent::Dirty(p) => Hint::Dirty(p),
         WatchEvent::Settled(p) => Hint::Settled(p),
         WatchEvent::Unlinked(p) => Hint::Unlinked(p),
+        WatchEvent::Writing(p) => Hint::Writing(p),
         WatchEvent::RescanSubtree(p) => Hint::RescanSubtree(p),
         WatchEvent::Overflow => Hint::Overflow,
         WatchEvent::RootGone => Hint::RootGone,

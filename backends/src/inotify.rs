@@ -89,8 +89,11 @@ impl Batch {
 impl std::hash::Hash for WatchEvent {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         std::mem::discriminant(self).hash(state);
-        if let WatchEvent::Dirty(p) | WatchEvent::Settled(p) | WatchEvent::Unlinked(p) | WatchEvent::RescanSubtree(p) =
-            self
+        if let WatchEvent::Dirty(p)
+        | WatchEvent::Settled(p)
+        | WatchEvent::Writing(p)
+        | WatchEvent::Unlinked(p)
+        | WatchEvent::RescanSubtree(p) = self
         {
             p.hash(state);
         }
@@ -277,12 +280,15 @@ impl State {
             self.new_dir(batch, path);
             return;
         }
-        // Creation and writes may be followed by more writes; a close after writing or a chmod
-        // is complete in itself; a delete is often one of many.
+        // A write is followed by more writes until the writer closes the file; a close after
+        // writing or a chmod is complete in itself; a delete is often one of many. A creation
+        // may be a link or a symlink, which no close follows.
         if mask.contains(EventMask::DELETE) {
             batch.push(WatchEvent::Unlinked(path));
         } else if mask.intersects(EventMask::CLOSE_WRITE | EventMask::ATTRIB) {
             batch.push(WatchEvent::Settled(path));
+        } else if mask.contains(EventMask::MODIFY) && !is_dir {
+            batch.push(WatchEvent::Writing(path));
         } else {
             batch.push(WatchEvent::Dirty(path));
         }

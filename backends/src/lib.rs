@@ -44,9 +44,13 @@ pub enum WatchEvent {
     /// written). The consumer waits for a short quiet moment before reading it.
     Dirty(PathBuf),
     /// Something at this path changed and the change looks complete: a writer closed the file,
-    /// or it was deleted, renamed or chmod'ed. The consumer may read it at once. Only backends
-    /// that can tell (inotify) send it; it is an optimization, never required for correctness.
+    /// or it was renamed or chmod'ed. The consumer may read it at once. Only backends that can
+    /// tell (inotify) send it; it is an optimization, never required for correctness.
     Settled(PathBuf),
+    /// A writer wrote into the file at this path and may still hold it open: the consumer waits
+    /// for its close (a [`WatchEvent::Settled`]), and at most a second, so that it never reads a
+    /// version cut mid-write. Only a backend that reports closes (inotify) sends it.
+    Writing(PathBuf),
     /// The name at this path was unlinked. The consumer reads it once unlinks stop for a moment
     /// (`rm -rf` of the root unlinks every file before the root itself, which halts the pair).
     Unlinked(PathBuf),

@@ -34,7 +34,7 @@ fn fixture(backend: Backend, setup: impl FnOnce(&Path), cap: usize) -> Fixture {
 
 fn covers(ev: &WatchEvent, p: &Path) -> bool {
     match ev {
-        WatchEvent::Dirty(d) | WatchEvent::Settled(d) | WatchEvent::Unlinked(d) => d == p,
+        WatchEvent::Dirty(d) | WatchEvent::Settled(d) | WatchEvent::Writing(d) | WatchEvent::Unlinked(d) => d == p,
         WatchEvent::RescanSubtree(d) => p.starts_with(d),
         WatchEvent::Overflow => true,
         WatchEvent::RootGone | WatchEvent::Checkpoint(_) | WatchEvent::Replayed => false,
@@ -162,7 +162,7 @@ fn moves_into_and_out_of_the_tree() {
         let end = Instant::now() + Duration::from_millis(300);
         while let Ok(ev) = f.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
             assert!(
-                !matches!(&ev, WatchEvent::Dirty(p) | WatchEvent::Settled(p) if p.ends_with("z")),
+                !matches!(&ev, WatchEvent::Dirty(p) | WatchEvent::Settled(p) | WatchEvent::Writing(p) if p.ends_with("z")),
                 "{b:?}: write outside the root reported as {ev:?}"
             );
         }

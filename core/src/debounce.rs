@@ -1,7 +1,9 @@
 //! When to read a path the watcher named: at once if the change looks finished (a writer closed
 //! the file, or it was renamed: final, however recently the path changed before), after a short
 //! settle otherwise, and after a quiet period if the path is "hot" (changed again right after we
-//! read it, with no close: being written). An unlinked name waits until no unlink has been
+//! read it, with no close: being written). Where the watcher reports closes (inotify), a file
+//! written into is read at its close, or a second after the first write if the writer keeps it
+//! open (a log): never a version cut mid-write by our read. An unlinked name waits until no unlink has been
 //! reported for [`UNLINK_QUIET`]: `rm -rf` of the whole root unlinks the files first and the root
 //! last, and a deletion read before the root is gone would be sent to the peers, which must not
 //! happen (a vanished root halts the pair and deletes nothing). Never later than [`MAX_DELAY`]
@@ -95,6 +97,21 @@ impl Debounce {
         } else {
             (now + SETTLE).min(d.first + MAX_DELAY)
         };
+    }
+
+    /// A hint that a writer wrote into `path` at `now` and may hold it open. With close events
+    /// it is due at its close (a settled hint) or [`MAX_DELAY`] after its first hint: a file is
+    /// not read while it is being written, and one written without end (a log) is read once a
+    /// second. Without close events it is an unsettled hint like any other.
+    pub fn writing(&mut self, path: RelPath, now: Instant) {
+        if !self.close_is_final || self.fixed_delay.is_some() {
+            self.hint(path, false, false, now);
+            return;
+        }
+        self.forget_cool(now);
+        let d = self.dirty.entry(path).or_insert(Dirty { first: now, due: now, deep: false, unlinked: false });
+        d.unlinked = false;
+        d.due = d.first + MAX_DELAY;
     }
 
     /// A hint that the name `path` was unlinked at `now` (see [`UNLINK_QUIET`]). A later hint of
@@ -273,6 +290,37 @@ mod tests {
             d.unlinked(p(&format!("h{i}")), start + ms(15 * i));
         }
         assert!(d.due(start + MAX_DELAY).contains(&(p("first"), false)), "held past the max delay");
+    }
+
+    #[test]
+    fn a_file_being_written_is_read_at_its_close_or_once_a_second() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(None, true);
+        // A new file (created, then written for 300 ms in 1 MiB writes, then closed): not read
+        // while it is written, whatever the pauses between writes; read at once at its close.
+        d.hint(p("big"), false, false, t0);
+        for i in 1..=60 {
+            d.writing(p("big"), t0 + ms(5 * i));
+            assert!(d.due(t0 + ms(5 * i + 4)).is_empty(), "read mid-write after write {i}");
+        }
+        d.hint(p("big"), false, true, t0 + ms(301));
+        assert_eq!(d.due(t0 + ms(301)), vec![(p("big"), false)]);
+        // A log held open and written every 10 ms: read once its first write since the last
+        // read is a second old.
+        let start = t0 + ms(400);
+        let mut reads = vec![];
+        for i in 0..250 {
+            let now = start + ms(10 * i);
+            d.writing(p("log"), now);
+            if !d.due(now).is_empty() {
+                reads.push(i);
+            }
+        }
+        assert_eq!(reads, [100, 201], "read once a second");
+        // Without close events a write is an unsettled hint: read after the settle time.
+        let mut d = Debounce::new(None, false);
+        d.writing(p("f"), t0);
+        assert_eq!(d.next_due(), Some(t0 + SETTLE));
     }
 
     #[test]

@@ -253,6 +253,47 @@ fn a_file_written_continuously_settles_to_its_final_content() {
     wait_content(&s.join("growing.dat"), &all);
 }
 
+/// A file rewritten in place (a build writing its jar, 1 MiB at a time with pauses, 400 ms in
+/// all) is never read mid-write: the peer's copy is only ever the old version or the new one,
+/// whole. On the rule before (a write read after 4 ms of quiet, 20 ms once hot) the peer showed
+/// the new version cut at its first mebibytes.
+#[test]
+fn a_file_rewritten_in_place_is_only_ever_seen_whole_on_the_peer() {
+    const MIB: usize = 1 << 20;
+    const LEN: usize = 16 * MIB;
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/p"));
+    let old = vec![b'o'; LEN];
+    let new: Vec<u8> = (0..LEN).map(|i| b'a' + (i / MIB) as u8).collect();
+    write(&c.join("app.jar"), &old);
+    let server = Server::start(&area.server_root(), &[]);
+    let client = server.client("client", &c, "p", &[]);
+    wait_content(&s.join("app.jar"), &old);
+
+    let writer = {
+        let (path, new) = (c.join("app.jar"), new.clone());
+        std::thread::spawn(move || {
+            let mut f = fs::File::options().write(true).truncate(true).open(path).unwrap();
+            for chunk in new.chunks(MIB) {
+                std::io::Write::write_all(&mut f, chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    wait_until("the new version on the server", || {
+        let got = fs::read(s.join("app.jar")).unwrap();
+        let done = got == new;
+        if got != old && !done {
+            let cut = got.iter().zip(&new).take_while(|(a, b)| a == b).count();
+            seen.insert((got.len(), cut));
+        }
+        done.then_some(())
+    });
+    writer.join().unwrap();
+    assert!(seen.is_empty(), "partial versions on the server (length, whole bytes): {seen:?}\n{}", client.log());
+}
+
 /// What a crash leaves in the agent's directory (a temp file of a transfer, a stash file, a
 /// directory of probes) is removed at start-up, and never synced.
 #[test]

@@ -9,6 +9,11 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         match ev {
             Hint::Dirty(p) => self.mark(&p, false, false),
             Hint::Settled(p) => self.mark(&p, false, true),
+            Hint::Writing(p) => {
+                if let Some(rel) = self.hinted(&p) {
+                    self.debounce.writing(rel, self.now);
+                }
+            }
             Hint::Unlinked(p) => {
                 if let Some(rel) = self.hinted(&p) {
                     self.debounce.unlinked(rel, self.now);

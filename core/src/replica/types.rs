@@ -73,6 +73,9 @@ pub enum Hint {
     Dirty(PathBuf),
     /// Something at this path changed and looks finished (a close, a rename).
     Settled(PathBuf),
+    /// A writer wrote into this file and may hold it open: it is read at its close (`Settled`),
+    /// or a second after the first write (a log written for hours is read once a second).
+    Writing(PathBuf),
     /// The name at this path was unlinked (it is read once unlinks stop: `rm -rf` of the root
     /// unlinks every file before the root).
     Unlinked(PathBuf),
