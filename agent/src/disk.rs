@@ -169,6 +169,32 @@ impl Disk for RealDisk {
         Ok(scan::open_nofollow(&abs(&self.root, rel))?)
     }
 
+    fn read_small(&mut self, rel: &RelPath, size: u64) -> io::Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        if paths::check_parents(&self.root, rel).is_err() {
+            return Ok(None);
+        }
+        // Never blocks on what replaced the file meanwhile (a FIFO opened for reading waits for
+        // a writer); never follows a symlink.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(abs(&self.root, rel));
+        let f = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let m = f.metadata()?;
+        if !m.is_file() || m.len() != size {
+            return Ok(None);
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        f.take(size + 1).read_to_end(&mut bytes)?;
+        Ok((bytes.len() as u64 == size).then_some(bytes))
+    }
+
     fn free_space(&self) -> Option<u64> {
         let st = rustix::fs::statvfs(&self.root).ok()?;
         Some(st.f_bavail.saturating_mul(st.f_frsize))
@@ -189,5 +215,37 @@ impl Disk for RealDisk {
 
     fn leave(&mut self) {
         executor::leave_agent_dir(&self.root);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_small_file_is_read_for_a_push_only_as_it_was_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = RealDisk::new(dir.path().to_path_buf());
+        std::fs::write(dir.path().join("a.txt"), b"hello").unwrap();
+        assert_eq!(disk.read_small(&rel("a.txt"), 5).unwrap(), Some(b"hello".to_vec()));
+        // Another size than the entry says: changed since, nothing pushed.
+        assert_eq!(disk.read_small(&rel("a.txt"), 4).unwrap(), None);
+        assert_eq!(disk.read_small(&rel("gone.txt"), 5).unwrap(), None);
+        // Never through a symlink, at the path or on the way.
+        std::os::unix::fs::symlink("a.txt", dir.path().join("link")).unwrap();
+        assert_eq!(disk.read_small(&rel("link"), 5).unwrap(), None);
+        std::os::unix::fs::symlink(".", dir.path().join("up")).unwrap();
+        assert_eq!(disk.read_small(&rel("up/a.txt"), 5).unwrap(), None);
+        // A FIFO put there meanwhile is not waited on (opening it to read would block).
+        rustix::fs::mkfifoat(rustix::fs::CWD, dir.path().join("fifo"), rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR)
+            .unwrap();
+        assert_eq!(disk.read_small(&rel("fifo"), 0).unwrap(), None);
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        assert_eq!(disk.read_small(&rel("d"), 0).unwrap_or(None), None);
     }
 }

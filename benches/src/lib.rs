@@ -3,7 +3,7 @@
 //! speed (the smoke test only checks that each benchmark runs and converges).
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up its files has nothing to report
 
-use mirror_tests::{Agent, Area, Server, secure_client, secure_server, wait_same, write};
+use mirror_tests::{Agent, Area, FaultProxy, Server, secure_client, secure_server, wait_same, write};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -44,18 +44,23 @@ pub fn latency(samples: usize) -> (Summary, Summary) {
     let server = Server::start(&area.server_root(), &["-q"]);
     let _client = server.client("client", &c, "lat", &[]);
     fs::create_dir_all(s.join("warm")).unwrap();
+    new_files_both_ways(&c, &s, samples, Duration::from_millis(5))
+}
+
+/// Save-to-visible of `samples` new 1 KiB files each way between `c` and `s`, `pause` after each.
+fn new_files_both_ways(c: &Path, s: &Path, samples: usize, pause: Duration) -> (Summary, Summary) {
     let mut up = Vec::new();
     let mut down = Vec::new();
     for i in 0..samples {
-        for (from, to, out, dir) in [(&c, &s, &mut up, "up"), (&s, &c, &mut down, "down")] {
+        for (from, to, out, dir) in [(c, s, &mut up, "up"), (s, c, &mut down, "down")] {
             // A new name and content each time, so nothing already there can pass for arrival.
             let content = format!("{dir} sample {i} {}", "x".repeat(1000));
             let name = format!("{dir}-{i}.txt");
             let t0 = Instant::now();
             fs::write(from.join(&name), &content).unwrap();
-            let t1 = arrival(&to.join(&name), content.as_bytes(), Duration::from_secs(10)).expect("file never arrived");
+            let t1 = arrival(&to.join(&name), content.as_bytes(), Duration::from_secs(30)).expect("file never arrived");
             out.push(t1 - t0);
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(pause);
         }
     }
     (summarize(up), summarize(down))
@@ -406,4 +411,86 @@ pub fn beside_a_large_file(mib: usize, samples: usize) -> Summary {
     }
     drop((client, server));
     summarize(took)
+}
+
+/// A shaped link of issue 13: `rtt_ms` of round trip (half each way) and `mbit` Mbit/s each way,
+/// built from [`FaultProxy`] on loopback (the kernel here has no `netem`).
+fn shaped(to: u16, rtt_ms: u64, mbit: f64) -> FaultProxy {
+    let p = FaultProxy::start(to);
+    p.set_delay(rtt_ms / 2);
+    p.set_rate((mbit * 1e6 / 8.0) as u64);
+    p
+}
+
+/// The link as a plain tool would measure it: the median round trip of one byte through it to
+/// an echo server (ping), and the rate of 4 MiB sent one way (iperf).
+pub fn calibrate(rtt_ms: u64, mbit: f64) -> (Duration, f64) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 65536];
+        // Pings: echoed one byte at a time; then a bulk of 4 MiB, answered once all arrived.
+        for _ in 0..20 {
+            s.read_exact(&mut buf[..1]).unwrap();
+            s.write_all(&buf[..1]).unwrap();
+        }
+        let mut left = 4 << 20;
+        while left > 0 {
+            let n = s.read(&mut buf[..left.min(65536)]).unwrap();
+            assert!(n > 0, "the bulk was cut");
+            left -= n;
+        }
+        s.write_all(b"!").unwrap();
+    });
+    let link = shaped(port, rtt_ms, mbit);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", link.port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut rtts = Vec::new();
+    let mut one = [0u8; 1];
+    for _ in 0..20 {
+        let t = Instant::now();
+        s.write_all(b"p").unwrap();
+        s.read_exact(&mut one).unwrap();
+        rtts.push(t.elapsed());
+    }
+    let rtt = summarize(rtts).p50;
+    let t = Instant::now();
+    s.write_all(&vec![7u8; 4 << 20]).unwrap();
+    s.read_exact(&mut one).unwrap();
+    // The last byte's trip there and the answer's back are latency, not rate.
+    let took = t.elapsed().saturating_sub(rtt);
+    echo.join().unwrap();
+    (rtt, (4 << 20) as f64 * 8.0 / 1e6 / took.as_secs_f64())
+}
+
+/// What one kind of change cost over a shaped link.
+#[derive(Debug, Clone, Copy)]
+pub struct OverLink {
+    pub up: Summary,
+    pub down: Summary,
+    /// Bytes on the wire (both ways, TLS included) per change, the mean over the samples.
+    pub wire_per_change: u64,
+}
+
+/// Save-to-visible of a new 1 KiB file over a link of `rtt_ms` and `mbit`, both directions,
+/// TLS on (the default); bytes on the wire per file.
+pub fn new_file_over_link(rtt_ms: u64, mbit: f64, samples: usize) -> OverLink {
+    let area = Area::new();
+    let (c, s) = (area.path("client"), area.path("server/lat"));
+    fs::create_dir_all(&c).unwrap();
+    let server = secure_server(&area, &["client"]);
+    let link = shaped(server.port, rtt_ms, mbit);
+    let client = secure_client(&area, "client", link.port, &c, "lat");
+    client.wait_log("connected to");
+    fs::create_dir_all(s.join("warm")).unwrap();
+    wait_same(&c, &s);
+    let before = link.carried();
+    // After each file, what the other side sends back (its counter, any echo) settles first.
+    let (up, down) = new_files_both_ways(&c, &s, samples, Duration::from_millis(rtt_ms * 2 + 20));
+    let after = link.carried();
+    let wire = (after.0 - before.0) + (after.1 - before.1);
+    drop((client, server, link));
+    OverLink { up, down, wire_per_change: wire / (2 * samples as u64) }
 }

@@ -66,6 +66,22 @@ fn hub(clients: usize, files: usize, samples: usize) {
     println!("| every client started empty and took the whole tree | {:.1} s |", h.setup.as_secs_f64());
 }
 
+/// Issue 13's slow link: `rtt` ms of round trip, `mbit` Mbit/s each way.
+fn link(rtt: u64, mbit: f64, samples: usize) {
+    let (measured_rtt, rate) = mirror_benches::calibrate(rtt, mbit);
+    println!("| the link, shaped to {rtt} ms and {mbit} Mbit/s | measured |");
+    println!("| --- | --- |");
+    println!("| round trip of one byte (ping), median of 20 | {} |", ms(measured_rtt));
+    println!("| 4 MiB one way (iperf) | {rate:.1} Mbit/s |");
+    println!();
+    let f = mirror_benches::new_file_over_link(rtt, mbit, samples);
+    println!("| new 1 KiB file over the link (TLS) | p50 | p99 | max | samples | on the wire per file |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (dir, d) in [("client -> server", f.up), ("server -> client", f.down)] {
+        println!("| {dir} | {} | {} | {} | {} | {} B |", ms(d.p50), ms(d.p99), ms(d.max), d.n, f.wire_per_change);
+    }
+}
+
 fn main() {
     let arg = |n: usize| std::env::args().nth(n).and_then(|a| a.parse().ok());
     if std::env::args().nth(1).as_deref() == Some("hub") {
@@ -94,6 +110,11 @@ fn main() {
         );
         println!("| --- | --- | --- | --- | --- |");
         println!("| client -> server | {} | {} | {} | {} |", ms(d.p50), ms(d.p99), ms(d.max), d.n);
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("link") {
+        let parsed = |n: usize| std::env::args().nth(n).and_then(|a| a.parse::<f64>().ok());
+        link(parsed(2).map_or(40, |v| v as u64), parsed(3).unwrap_or(20.0), arg(4).unwrap_or(20));
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("startup") {

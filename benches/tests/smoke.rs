@@ -30,3 +30,14 @@ fn hub_benchmark_reaches_every_client() {
     assert_eq!(h.all.n, 2);
     assert!(h.all.p50 >= h.first.p50 && h.server > 0);
 }
+
+#[test]
+fn the_shaped_link_delays_and_every_file_crosses_it() {
+    // The proxy holds every byte at least its delay each way: a lower bound, not a timing figure.
+    let (rtt, rate) = mirror_benches::calibrate(20, 50.0);
+    assert!(rtt >= std::time::Duration::from_millis(20) && rate > 0.0, "{rtt:?} {rate}");
+    let f = mirror_benches::new_file_over_link(10, 100.0, 2);
+    assert_eq!((f.up.n, f.down.n), (2, 2));
+    assert!(f.up.p50 >= std::time::Duration::from_millis(5), "faster than the link's one-way delay: {f:?}");
+    assert!(f.wire_per_change > 1000, "a 1 KiB file crossed in {} bytes", f.wire_per_change);
+}

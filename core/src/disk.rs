@@ -219,6 +219,10 @@ pub trait Disk {
     ) -> Result<Stat, ExecError>;
     /// The file at `rel`, opened for a peer (never through a symlink).
     fn open_upload(&mut self, rel: &RelPath) -> Result<Self::Upload, ExecError>;
+    /// The bytes of the regular file at `rel` (never through a symlink) if it holds exactly
+    /// `size` bytes, `None` otherwise (changed, gone, not a file): a small file pushed to peers
+    /// with its entry. The caller checks the bytes against the entry's hash.
+    fn read_small(&mut self, rel: &RelPath, size: u64) -> io::Result<Option<Vec<u8>>>;
 
     /// Bytes free for new files, when known.
     fn free_space(&self) -> Option<u64>;

@@ -21,11 +21,20 @@ pub enum Bug {
     /// A journal write that fails (a full state directory) is let pass: no halt, and what it
     /// held is dropped, so a crash then forgets changes peers already hold.
     StateErrorIgnored,
+    /// The bytes a peer pushes are taken without a look at their hash: a corrupted push is
+    /// installed as the entry's content.
+    PushUnchecked,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] =
-        [Bug::Echo, Bug::DeletionWins, Bug::HaveTooEarly, Bug::RootUnchecked, Bug::StateErrorIgnored];
+    pub const ALL: [Bug; 6] = [
+        Bug::Echo,
+        Bug::DeletionWins,
+        Bug::HaveTooEarly,
+        Bug::RootUnchecked,
+        Bug::StateErrorIgnored,
+        Bug::PushUnchecked,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +43,7 @@ impl Bug {
             Bug::HaveTooEarly => "have-too-early",
             Bug::RootUnchecked => "root-unchecked",
             Bug::StateErrorIgnored => "state-error-ignored",
+            Bug::PushUnchecked => "push-unchecked",
         }
     }
 

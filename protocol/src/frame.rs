@@ -146,7 +146,7 @@ impl Decoder {
 }
 
 /// The names of the message types, by their tag on the wire (the variant index of [`Message`]).
-const MESSAGE_NAMES: [&str; 12] = [
+const MESSAGE_NAMES: [&str; 13] = [
     "Hello",
     "Welcome",
     "IndexBatch",
@@ -159,6 +159,7 @@ const MESSAGE_NAMES: [&str; 12] = [
     "Pong",
     "Goodbye",
     "IndexFrom",
+    "Push",
 ];
 
 /// What was wrong with a payload postcard refused, in words: which message, and what in it
@@ -293,10 +294,12 @@ mod tests {
     /// and PROTOCOL_VERSION must be bumped (and PROTOCOL.md updated).
     #[test]
     fn golden_frames_both_ways() {
+        let push_frame: Vec<u8> = [&[0, 0, 0, 36, 12][..], &[7; 32], &[2, b'h', b'i']].concat();
         let golden: Vec<(Message, &[u8])> = vec![
             (Message::Ping, &[0, 0, 0, 1, 8]),
             (Message::Pong, &[0, 0, 0, 1, 9]),
             (Message::Data { id: 300, bytes: b"hi".to_vec() }, &[0, 0, 0, 6, 5, 0xac, 0x02, 2, b'h', b'i']),
+            (Message::Push { hash: [7; 32], bytes: b"hi".to_vec() }, &push_frame),
             (
                 Message::Hello(Hello {
                     replica: 1,

@@ -30,13 +30,20 @@ pub use session::{Connection, Event, MAX_REQUESTS_IN_FLIGHT, Session, Side, Viol
 pub use version::{Ordering as VersionOrdering, ReplicaId, VersionVector};
 
 /// The protocol version this build speaks. Peers must match exactly.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest payload a frame may carry. Checked before anything is allocated.
 pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
 
 /// The largest file-content chunk a [`Message::Data`] may carry.
 pub const MAX_CHUNK_LEN: usize = 1024 * 1024;
+
+/// The largest file a [`Message::Push`] may carry.
+pub const MAX_PUSH_LEN: usize = 256 * 1024;
+
+/// The most bytes of [`Message::Push`]es a peer may send before the `Update` or `IndexBatch`
+/// they belong to: the receiver holds them until then.
+pub const MAX_PUSHED: usize = 4 * 1024 * 1024;
 
 /// The most include plus exclude patterns a `Hello` may carry, and their total length: a server
 /// builds matchers from them, and refuses a client asking for more (it says so in a `Goodbye`).

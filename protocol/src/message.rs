@@ -135,6 +135,15 @@ pub enum Message {
     IndexFrom {
         since: u64,
     },
+    /// The whole content of a small file (at most [`crate::MAX_PUSH_LEN`] bytes), sent just
+    /// before the `Update` or `IndexBatch` that holds an entry with this hash, so that the
+    /// receiver needs no `Request` for it. The receiver checks the hash, and forgets what the
+    /// next `Update` or `IndexBatch` did not use.
+    Push {
+        hash: Hash,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 impl Message {
@@ -153,6 +162,7 @@ impl Message {
             Message::Pong => "Pong",
             Message::Goodbye { .. } => "Goodbye",
             Message::IndexFrom { .. } => "IndexFrom",
+            Message::Push { .. } => "Push",
         }
     }
 }

@@ -99,6 +99,14 @@ pub enum Violation {
     /// The bytes of a transfer do not hash to its `DataEnd`'s `hash`. Not detected here (the
     /// session does not hash file contents); the receiver that hashes them names it so.
     HashMismatch { id: u64 },
+    /// A `Push` of more than [`crate::MAX_PUSH_LEN`] bytes.
+    PushTooLarge { len: usize },
+    /// More `Push` bytes than [`crate::MAX_PUSHED`] before the `Update` or `IndexBatch` they
+    /// belong to.
+    TooMuchPushed,
+    /// The bytes of a `Push` do not hash to its `hash` (checked by the receiver, as
+    /// [`Violation::HashMismatch`] is).
+    PushHashMismatch,
 }
 
 impl fmt::Display for Violation {
@@ -133,6 +141,13 @@ impl fmt::Display for Violation {
                 write!(f, "peer claimed {claimed} bytes for request {id} but sent {sent}")
             }
             Self::HashMismatch { id } => write!(f, "the bytes of request {id} do not match the hash the peer sent"),
+            Self::PushTooLarge { len } => {
+                write!(f, "the peer pushed a file of {len} bytes (at most {} are pushed)", crate::MAX_PUSH_LEN)
+            }
+            Self::TooMuchPushed => {
+                write!(f, "the peer pushed more than {} bytes ahead of the entries they belong to", crate::MAX_PUSHED)
+            }
+            Self::PushHashMismatch => f.write_str("the bytes the peer pushed do not match their hash"),
         }
     }
 }
@@ -252,6 +267,8 @@ pub struct Inbound {
     pub index: InboundIndex,
     /// Our requests the peer has not finished answering, by id.
     pub fetches: HashMap<u64, Fetch>,
+    /// `Push` bytes since the last `Update` or `IndexBatch` (held by the receiver until then).
+    pub pushed: usize,
 }
 
 /// The peer's index, in answer to our `IndexFrom`.
@@ -293,7 +310,7 @@ impl Session {
     fn new(side: Side) -> Self {
         Self {
             side,
-            inbound: Inbound { index: InboundIndex::ExpectIndexBatch, fetches: HashMap::new() },
+            inbound: Inbound { index: InboundIndex::ExpectIndexBatch, fetches: HashMap::new(), pushed: 0 },
             outbound: Outbound { index: OutboundIndex::ExpectIndexFrom, owed: HashSet::new() },
         }
     }
@@ -324,13 +341,23 @@ impl Session {
                 }
             }
             Message::IndexBatch { last, .. } => {
+                self.inbound.pushed = 0;
                 self.inbound.index = match (self.inbound.index, last) {
                     (InboundIndex::ExpectIndexBatch, false) => InboundIndex::ExpectIndexBatch,
                     (InboundIndex::ExpectIndexBatch, true) => InboundIndex::ExpectUpdate,
                     (InboundIndex::ExpectUpdate, _) => return Err(Violation::IndexTwice),
                 }
             }
-            Message::Update { .. } => {}
+            Message::Update { .. } => self.inbound.pushed = 0,
+            Message::Push { bytes, .. } => {
+                if bytes.len() > crate::MAX_PUSH_LEN {
+                    return Err(Violation::PushTooLarge { len: bytes.len() });
+                }
+                self.inbound.pushed += bytes.len();
+                if self.inbound.pushed > crate::MAX_PUSHED {
+                    return Err(Violation::TooMuchPushed);
+                }
+            }
             Message::Request { id, .. } => {
                 if self.outbound.owed.contains(id) {
                     return Err(Violation::DuplicateRequest { id: *id });

@@ -1007,6 +1007,14 @@ impl Disk for MemDisk {
         self.read_file(rel)
     }
 
+    fn read_small(&mut self, rel: &RelPath, size: u64) -> io::Result<Option<Vec<u8>>> {
+        match self.read_file(rel) {
+            Ok(b) => Ok((b.len() as u64 == size).then_some(b)),
+            Err(ExecError::Io(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            Err(_) => Ok(None),
+        }
+    }
+
     fn free_space(&self) -> Option<u64> {
         if self.storage_full { Some(0) } else { self.free_space }
     }

@@ -970,7 +970,7 @@ impl World {
             return;
         }
         let mut msg = msg;
-        if let Message::Data { bytes, .. } = &mut msg
+        if let Message::Data { bytes, .. } | Message::Push { bytes, .. } = &mut msg
             && let Some(b) = bytes.first_mut()
             && std::mem::take(&mut link.corrupt)
         {
@@ -978,6 +978,7 @@ impl World {
         }
         let size = match &msg {
             Message::Data { bytes, .. } => bytes.len() as u64 + 16,
+            Message::Push { bytes, .. } => bytes.len() as u64 + 40,
             Message::Update { entries, .. } | Message::IndexBatch { entries, .. } => 32 + 120 * entries.len() as u64,
             _ => 32,
         };
@@ -1025,6 +1026,7 @@ fn describe(m: &Message) -> String {
         }
         Message::IndexBatch { entries, last, seq } => format!("IndexBatch {} last {last} seq {seq}", entries.len()),
         Message::Data { id, bytes } => format!("Data {id} {} bytes", bytes.len()),
+        Message::Push { hash, bytes } => format!("Push {:02x}{:02x} {} bytes", hash[0], hash[1], bytes.len()),
         Message::Request { id, path, size, .. } => format!("Request {id} {path} {size}"),
         Message::DataEnd { id, size, .. } => format!("DataEnd {id} {size}"),
         other => other.name().to_string(),

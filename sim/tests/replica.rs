@@ -377,3 +377,79 @@ fn a_hash_of_a_file_changed_since_it_was_asked_for_is_not_taken() {
     let now = asked.expect("the changed file was never looked at again");
     assert_eq!(now.size, 9_000);
 }
+
+/// The messages of `out` sent on connection 1, by name.
+fn names(out: &[Command<Vec<u8>>]) -> Vec<&'static str> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Send { conn: 1, msg } => Some(msg.name()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_file_pushed_ahead_of_its_entry_is_installed_with_no_request() {
+    let (mut r, mut c) = replica(MemDisk::new());
+    let bytes = b"pushed, not requested".to_vec();
+    let e = file_entry("a.txt", &bytes);
+    let Kind::File { hash, .. } = e.kind else { unreachable!() };
+    assert!(names(&send(&mut r, &mut c, Message::Push { hash, bytes: bytes.clone() })).is_empty());
+    let out = send(&mut r, &mut c, Message::Update { entries: vec![e], seq: 1 });
+    assert!(!names(&out).contains(&"Request"), "requested all the same: {out:?}");
+    assert_eq!(r.disk().read(&p("a.txt")), Some(bytes));
+    assert_eq!(r.disk().live_temps(), 0);
+    // What a push does not carry is requested as before; what was pushed and not used is
+    // forgotten with the update it came before.
+    let other = file_entry("b.txt", b"not pushed");
+    let out = send(&mut r, &mut c, Message::Push { hash: [9; 32], bytes: Vec::new() });
+    closed_with(&out, Violation::PushHashMismatch);
+    let (mut r, mut c) = replica(MemDisk::new());
+    send(&mut r, &mut c, Message::Push { hash, bytes: b"pushed, not requested".to_vec() });
+    requested(&mut r, &mut c, other);
+    requested(&mut r, &mut c, file_entry("a.txt", b"pushed, not requested"));
+}
+
+#[test]
+fn pushed_bytes_that_do_not_match_their_hash_are_a_violation_and_never_installed() {
+    let (mut r, mut c) = replica(MemDisk::new());
+    let e = file_entry("a.txt", b"0123456789");
+    let Kind::File { hash, .. } = e.kind else { unreachable!() };
+    let out = send(&mut r, &mut c, Message::Push { hash, bytes: b"0123456780".to_vec() });
+    closed_with(&out, Violation::PushHashMismatch);
+    send(&mut r, &mut c, Message::Update { entries: vec![e], seq: 1 });
+    assert_eq!(r.disk().read(&p("a.txt")), None);
+}
+
+#[test]
+fn a_small_change_of_ours_goes_out_with_its_bytes_and_a_large_one_without() {
+    let (mut r, mut c) = replica(MemDisk::new());
+    r.disk_mut().write(&p("small.txt"), b"hello").expect("a write");
+    r.feed(c.now(), Input::Hint(mirror_core::replica::Hint::Settled(PathBuf::from("small.txt"))));
+    let out = until_sent(&mut r, &mut c, "small.txt").expect("the update");
+    let pushed: Vec<&Vec<u8>> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Send { msg: Message::Push { hash, bytes }, .. } => {
+                assert_eq!(hash, blake3::hash(bytes).as_bytes());
+                Some(bytes)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pushed, vec![&b"hello".to_vec()]);
+    let at = names(&out);
+    let (push, update) = (at.iter().position(|n| *n == "Push"), at.iter().position(|n| *n == "Update"));
+    assert!(push < update, "the push must come before its update: {at:?}");
+    // Larger than a push carries: the peer asks for it.
+    let large = vec![1u8; 200_000];
+    r.disk_mut().write(&p("large.bin"), &large).expect("a write");
+    r.feed(c.now(), Input::Hint(mirror_core::replica::Hint::Settled(PathBuf::from("large.bin"))));
+    let mut out = until_sent(&mut r, &mut c, "large.bin").unwrap_or_default();
+    if let Some(stat) = hash_asked(&out, "large.bin") {
+        let hash = *blake3::hash(&large).as_bytes();
+        r.feed(c.now(), Input::Hashed { path: p("large.bin"), stat, hash: Ok(hash) });
+        out = until_sent(&mut r, &mut c, "large.bin").expect("the update");
+    }
+    assert!(!names(&out).contains(&"Push"), "{:?}", names(&out));
+}

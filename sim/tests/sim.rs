@@ -117,7 +117,8 @@ fn every_planted_bug_is_found_within_a_thousand_seeds_and_shrunk() {
 
 /// The full state directory's teeth: the planted bug lets a failed journal write pass (no
 /// halt; what it held dropped). The random search finds it rarely (5 of seeds 0-29,999, the
-/// first 22297), too rarely for the thousand seeds above, so seed 22601, shrunk, is kept here:
+/// first 22297), too rarely for the thousand seeds above, so seed 22601, shrunk, is kept here
+/// (shrunk again once small files came pushed with their entries, which changed its history):
 /// a client takes the hub's new file in while its state directory is full, renames it, and is
 /// killed; the `Have` written after the room came back says it holds that file's update, its
 /// journal does not, and after the restart neither side sends the other that path again (the
@@ -131,10 +132,8 @@ fn a_journal_write_that_failed_and_was_let_pass_is_found() {
     let plan = shrunk(
         22601,
         vec![
-            (0, 617, user(1, Op::Write { path: p("d2/f0.txt"), len: 892 })),
             (0, 617, Action::Fault(Fault::StateFull { machine: 1, ms: 758 })),
             (0, 635, user(0, Op::Write { path: p("d0/e1/f0.txt"), len: 204 })),
-            (1, 10, user(0, Op::Save { path: p("d2/f3.txt"), len: 154 })),
             (1, 51, user(0, Op::Write { path: p("d0/e2/f0.txt"), len: 2867 })),
             (1, 251, Action::Fault(Fault::Corrupt { client: 1 })),
             (1, 271, user(1, Op::Rename { from: p("d0/e1/f0.txt"), to: p("d0/e2/e1/f0.txt") })),

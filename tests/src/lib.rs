@@ -459,6 +459,8 @@ pub struct FaultProxy {
     dead_before: Arc<std::sync::atomic::AtomicU64>,
     /// Connections accepted so far (each one's generation).
     accepted: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes delivered so far, towards the server and towards the client.
+    carried: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl FaultProxy {
@@ -477,6 +479,8 @@ impl FaultProxy {
         let db2 = dead_before.clone();
         let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let a2 = accepted.clone();
+        let carried: Arc<[std::sync::atomic::AtomicU64; 2]> = Arc::default();
+        let k2 = carried.clone();
         std::thread::spawn(move || {
             while !s2.load(Ordering::SeqCst) {
                 let Ok((inbound, _)) = listener.accept() else {
@@ -485,11 +489,17 @@ impl FaultProxy {
                 };
                 let _ = inbound.set_nonblocking(false);
                 let Ok(outbound) = std::net::TcpStream::connect(("127.0.0.1", to)) else { continue };
+                // The link itself must not hold small writes back (Nagle's algorithm waiting
+                // for an ACK the other end delays): it delays by its own rules only.
+                let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
                 let this = a2.fetch_add(1, Ordering::SeqCst) + 1;
                 c2.lock().unwrap().extend([inbound.try_clone().unwrap(), outbound.try_clone().unwrap()]);
-                for (mut from, to) in
+                for (dir, (mut from, to)) in
                     [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap()), (outbound, inbound)]
+                        .into_iter()
+                        .enumerate()
                 {
+                    let carried = k2.clone();
                     let (frozen, stop, delay_ms, dead_before) = (f2.clone(), s2.clone(), d2.clone(), db2.clone());
                     // Bytes read are delivered by a second thread at read time + delay: latency
                     // without a cap on throughput, unless a rate is set. The queue between the
@@ -515,6 +525,7 @@ impl FaultProxy {
                                     let _ = writer.shutdown(std::net::Shutdown::Both);
                                     return;
                                 }
+                                carried[dir].fetch_add(piece.len() as u64, Ordering::SeqCst);
                             }
                         }
                         let _ = writer.shutdown(std::net::Shutdown::Both);
@@ -550,7 +561,7 @@ impl FaultProxy {
                 }
             }
         });
-        FaultProxy { port, conns, frozen, stop, delay_ms, rate, dead_before, accepted }
+        FaultProxy { port, conns, frozen, stop, delay_ms, rate, dead_before, accepted, carried }
     }
 
     /// Turns every connection open now into a black hole, both ways: bytes are read and
@@ -571,6 +582,12 @@ impl FaultProxy {
     /// Adds `ms` milliseconds of latency each way to every connection.
     pub fn set_delay(&self, ms: u64) {
         self.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Bytes delivered so far through every connection: (towards the server, towards the client).
+    pub fn carried(&self) -> (u64, u64) {
+        let at = |i: usize| self.carried[i].load(std::sync::atomic::Ordering::SeqCst);
+        (at(0), at(1))
     }
 
     /// Cuts every connection now open (both ends see a reset or EOF); later ones go through.

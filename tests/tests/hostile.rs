@@ -360,3 +360,45 @@ fn a_server_refusing_a_version_says_why_in_a_goodbye() {
     }
     assert_still_serving(&server, &area, "v");
 }
+
+/// Issue 13, item 2: a small file may come with its entry (`Push`, then the `Update`): the
+/// server installs it with no `Request`, and only if the pushed bytes hash to what they claim.
+#[test]
+fn a_pushed_file_needs_no_request_and_a_false_push_is_cut_off() {
+    use mirror_protocol::{Decoder, PREAMBLE_LEN};
+    let area = Area::new();
+    let server = Server::start(&area.server_root(), &[]);
+    let content = b"pushed with its entry";
+    let hash = *blake3::hash(content).as_bytes();
+    let mut s = raw(server.port);
+    let mut bytes = hello("proj");
+    bytes.extend(encode(&Message::Push { hash, bytes: content.to_vec() }));
+    bytes.extend(file_entry(b"f.txt", content));
+    s.write_all(&bytes).unwrap();
+    // Everything the server says until the file is there.
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let (mut d, mut said, mut buf) = (Decoder::new(), Vec::new(), [0u8; 65536]);
+    let mut preamble_done = false;
+    wait_until("the pushed file", || {
+        if let Ok(n) = s.read(&mut buf) {
+            d.extend(&buf[..n]);
+        }
+        preamble_done = preamble_done || d.take_raw(PREAMBLE_LEN).is_some();
+        while preamble_done && let Ok(Some(m)) = d.decode() {
+            said.push(m.name());
+        }
+        (fs::read(area.path("server/proj/f.txt")).ok().as_deref() == Some(&content[..])).then_some(())
+    });
+    assert!(!said.contains(&"Request"), "the server asked for a file it was pushed: {said:?}");
+    drop(s);
+    // Bytes that are not what the push claims: the connection is cut, nothing is written.
+    let mut s = raw(server.port);
+    let mut bytes = hello("proj");
+    bytes.extend(encode(&Message::Push { hash, bytes: b"pushed with its entrY".to_vec() }));
+    bytes.extend(file_entry(b"g.txt", content));
+    s.write_all(&bytes).unwrap();
+    read_to_close(s);
+    server.agent.wait_log("the bytes the peer pushed do not match their hash");
+    assert!(!area.path("server/proj/g.txt").exists(), "a false push was written");
+    assert_still_serving(&server, &area, "c");
+}

@@ -73,6 +73,14 @@ const MOVE_WAIT: Duration = Duration::from_millis(500);
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// ...doubling with each failure in a row, up to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Files up to this size go to peers with their entry ([`Message::Push`]), saving the round trip
+/// of a `Request`: on a 40 ms link a new small file arrives in one trip instead of two. Larger
+/// ones are requested (a push the peer does not need, the content already there, is bytes
+/// wasted: at most this many). Measured in BENCHMARKS.md, "Small files pushed".
+const PUSH_MAX: u64 = 128 * 1024;
+/// The most bytes pushed ahead of one `Update` (far below [`mirror_protocol::MAX_PUSHED`]): the
+/// rest of a large batch is requested as before.
+const PUSH_BUDGET: usize = 1024 * 1024;
 /// Files from this size on are requested only if they fit in the free space (one `statvfs` a
 /// request would be a cost on every small file; a full disk is still handled as it fills).
 const SPACE_CHECK_FROM: u64 = 1024 * 1024;

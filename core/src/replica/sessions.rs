@@ -1,6 +1,7 @@
 //! Peer sessions: what each peer asked for, was told, and has; the index and updates sent.
 
 use super::*;
+use std::collections::HashMap;
 use std::ops::Bound;
 
 pub(super) struct Session<D: Disk> {
@@ -28,6 +29,9 @@ pub(super) struct Session<D: Disk> {
     pub(super) refused: BTreeMap<RelPath, Entry>,
     /// Our index on its way to the peer, sent a burst at a time as its connection drains.
     pub(super) index_out: Option<IndexOut>,
+    /// Contents the peer pushed ahead of its next `Update` or `IndexBatch`, by hash: a transfer
+    /// of that hash is installed from them, with no request. Forgotten after that message.
+    pub(super) pushed: HashMap<Hash, Vec<u8>>,
 }
 
 /// How far our index went out to a peer.
@@ -77,6 +81,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             skipped: BTreeMap::new(),
             refused: BTreeMap::new(),
             index_out: None,
+            pushed: HashMap::new(),
         };
         self.sessions.insert(conn, s);
         self.out.push(Command::Send { conn, msg: Message::IndexFrom { since } });
@@ -275,6 +280,17 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                     }
                 }
             }
+            Message::Push { hash, bytes } => {
+                let check = true;
+                #[cfg(feature = "planted-bugs")]
+                let check = check && !self.planted(crate::planted::Bug::PushUnchecked);
+                if check && *blake3::hash(&bytes).as_bytes() != hash {
+                    return Err(PeerError::Violation(Violation::PushHashMismatch));
+                }
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.pushed.insert(hash, bytes);
+                }
+            }
             Message::Update { entries, seq } => {
                 self.take_entries(conn, entries)?;
                 if let Some(s) = self.sessions.get_mut(&conn)
@@ -313,13 +329,19 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     }
 
     pub(super) fn take_entries(&mut self, conn: ConnId, entries: Vec<Entry>) -> Result<(), PeerError> {
-        if self.halted.is_some() {
-            return Ok(());
+        if self.halted.is_none() {
+            for e in order_for_apply(entries) {
+                self.on_remote(conn, e)?;
+            }
         }
-        for e in order_for_apply(entries) {
-            self.on_remote(conn, e)?;
+        // What was pushed for these entries and not used (the content was here already, the
+        // entry waits for something) is asked for when it is wanted, as any other.
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.pushed = HashMap::new();
         }
-        self.retry_deferred();
+        if self.halted.is_none() {
+            self.retry_deferred();
+        }
         Ok(())
     }
 
@@ -344,21 +366,49 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         }
         let outbox = std::mem::take(&mut self.outbox);
         let seq = self.seq_now();
+        let mut read: HashMap<Hash, Option<Vec<u8>>> = HashMap::new();
         // A session not yet ready gets all of this with its index.
-        for (conn, s) in self.sessions.iter_mut().filter(|(_, s)| s.ready) {
+        let ready: Vec<ConnId> = self.sessions.iter().filter(|(_, s)| s.ready).map(|(c, _)| *c).collect();
+        for conn in ready {
             let mine: Vec<Entry> =
-                outbox.iter().filter(|(_, from)| *from != Some(*conn)).map(|(e, _)| e.clone()).collect();
+                outbox.iter().filter(|(_, from)| *from != Some(conn)).map(|(e, _)| e.clone()).collect();
+            let told = self.sessions.get(&conn).map_or(seq, |s| s.told);
             if mine.is_empty() {
                 // Only its own changes, applied here: say how far our counter went, or the next
                 // session would ask for them again.
-                if seq > s.told {
-                    self.out.push(Command::Send { conn: *conn, msg: Message::Update { entries: Vec::new(), seq } });
+                if seq > told {
+                    self.out.push(Command::Send { conn, msg: Message::Update { entries: Vec::new(), seq } });
                 }
             }
             for chunk in order_for_apply(mine).chunks(MAX_BATCH_ENTRIES) {
-                self.out.push(Command::Send { conn: *conn, msg: Message::Update { entries: chunk.to_vec(), seq } });
+                self.push_ahead(conn, chunk, &mut read);
+                self.out.push(Command::Send { conn, msg: Message::Update { entries: chunk.to_vec(), seq } });
             }
-            s.told = seq;
+            if let Some(s) = self.sessions.get_mut(&conn) {
+                s.told = seq;
+            }
+        }
+    }
+
+    /// Sends `conn` the bytes of the small files of `entries` that are still as the entries
+    /// say ([`PUSH_MAX`], at most [`PUSH_BUDGET`] in all), so that the peer needs no request
+    /// for them. `read` keeps what was read for the other sessions (`None`: changed since).
+    fn push_ahead(&mut self, conn: ConnId, entries: &[Entry], read: &mut HashMap<Hash, Option<Vec<u8>>>) {
+        let mut budget = PUSH_BUDGET;
+        let mut sent: Vec<Hash> = Vec::new();
+        for e in entries {
+            let Kind::File { size, hash, .. } = &e.kind else { continue };
+            if *size > PUSH_MAX || *size as usize > budget || sent.contains(hash) {
+                continue;
+            }
+            let bytes = read.entry(*hash).or_insert_with(|| {
+                let bytes = self.disk.read_small(&e.path, *size).ok().flatten();
+                bytes.filter(|b| blake3::hash(b).as_bytes() == hash)
+            });
+            let Some(bytes) = bytes else { continue };
+            budget -= bytes.len();
+            sent.push(*hash);
+            self.out.push(Command::Send { conn, msg: Message::Push { hash: *hash, bytes: bytes.clone() } });
         }
     }
 

@@ -134,6 +134,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             self.exec_failed(conn, entry, ExecError::Io(err));
             return;
         }
+        let Some((entry, purpose)) = self.install_pushed(conn, entry, purpose) else { return };
         let id = self.next_id;
         self.next_id += 1;
         let decided = self.index.get(&entry.path).map(|l| l.entry.version.clone());
@@ -146,6 +147,32 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             let f = Fetch { entry, purpose, decided, progress: Progress::Requested };
             s.queued.push_back((id, f));
         }
+    }
+
+    /// Installs `entry` from the bytes the peer pushed ahead of it (checked against their hash
+    /// when they came), with no request. The entry and purpose back when nothing was pushed for
+    /// it or the temp file cannot be made: then it is requested, and a failure is met and
+    /// reported there as for any transfer.
+    fn install_pushed(&mut self, conn: ConnId, entry: Entry, purpose: Purpose) -> Option<(Entry, Purpose)> {
+        let Kind::File { hash, size, .. } = &entry.kind else { return Some((entry, purpose)) };
+        let pushed = self.sessions.get(&conn).and_then(|s| s.pushed.get(hash));
+        let Some(bytes) = pushed.filter(|b| b.len() as u64 == *size).cloned() else { return Some((entry, purpose)) };
+        let hash = *hash;
+        let target = match &purpose {
+            Purpose::Apply { .. } => entry.path.clone(),
+            Purpose::KeepRemoteCopy { at } => at.clone(),
+        };
+        let Ok(mut tmp) = self.disk.create_temp(&target) else { return Some((entry, purpose)) };
+        if self.disk.write_temp(&mut tmp, bytes).and_then(|()| self.disk.settle_temp(&mut tmp)).is_err() {
+            return Some((entry, purpose));
+        }
+        log::trace!("{}: installed from the bytes the peer pushed", entry.path);
+        let decided = self.index.get(&entry.path).map(|l| l.entry.version.clone());
+        let f = Fetch { entry, purpose, decided, progress: Progress::Requested };
+        if let Err(err) = self.install_fetched(conn, f, tmp, hash) {
+            self.drop_session(conn, err);
+        }
+        None
     }
 
     pub(super) fn pump_all(&mut self) {

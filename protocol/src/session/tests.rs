@@ -35,6 +35,15 @@ fn abort(id: u64) -> Message {
     Message::DataAbort { id, reason: "gone".into() }
 }
 
+fn push(n: usize) -> Message {
+    Message::Push { hash: [0; 32], bytes: vec![b'p'; n] }
+}
+
+/// A session that took `n` pushes of the largest size.
+fn pushed(c: Connection, n: usize) -> Connection {
+    fed(c, &vec![push(crate::MAX_PUSH_LEN); n])
+}
+
 fn batch(last: bool) -> Message {
     Message::IndexBatch { entries: vec![], last, seq: 1 }
 }
@@ -190,6 +199,25 @@ fn every_violation_from_its_state() {
             end(5, 4),
             Violation::SizeMismatch { id: 5, claimed: 4, sent: 3 },
         ),
+        // What the peer pushes ahead of its entries.
+        (
+            "a push larger than a pushed file may be",
+            client_open(),
+            push(crate::MAX_PUSH_LEN + 1),
+            Violation::PushTooLarge { len: crate::MAX_PUSH_LEN + 1 },
+        ),
+        (
+            "more pushed than is held before an update",
+            pushed(client_open(), crate::MAX_PUSHED / crate::MAX_PUSH_LEN),
+            push(1),
+            Violation::TooMuchPushed,
+        ),
+        (
+            "an update frees room for pushes, only until the next ones",
+            pushed(fed(pushed(server_open(), 3), &[update()]), crate::MAX_PUSHED / crate::MAX_PUSH_LEN),
+            push(1),
+            Violation::TooMuchPushed,
+        ),
     ];
     for (what, state, msg, want) in rows {
         let name = msg.name();
@@ -237,6 +265,18 @@ fn what_is_allowed_around_the_handshake() {
 }
 
 #[test]
+fn pushes_are_taken_up_to_the_limit_and_an_entry_message_makes_room() {
+    let full = crate::MAX_PUSHED / crate::MAX_PUSH_LEN;
+    let c = pushed(client_open(), full);
+    let c = fed(c, &[batch(false)]);
+    let c = pushed(c, full);
+    let c = fed(c, &[batch(true)]);
+    let c = pushed(c, full);
+    let c = fed(c, &[update(), push(0)]);
+    assert!(pushed(c, full - 1).receive(push(crate::MAX_PUSH_LEN)).is_ok());
+}
+
+#[test]
 fn violations_say_what_was_wrong() {
     let texts = [
         (Violation::TooManyRequests, "more than 256 requests in flight"),
@@ -244,6 +284,8 @@ fn violations_say_what_was_wrong() {
         (Violation::SizeMismatch { id: 1, claimed: 3, sent: 4 }, "peer claimed 3 bytes for request 1 but sent 4"),
         (Violation::Unexpected { message: "Update", expected: "Hello" }, "unexpected Update during the handshake"),
         (Violation::TooManyPatterns { count: 1001, bytes: 5 }, "too many include/exclude patterns (1001 patterns"),
+        (Violation::PushTooLarge { len: 262145 }, "pushed a file of 262145 bytes (at most 262144"),
+        (Violation::TooMuchPushed, "pushed more than 4194304 bytes ahead of the entries"),
     ];
     for (v, text) in texts {
         assert!(v.to_string().contains(text), "{v:?}: {v}");
