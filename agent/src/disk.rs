@@ -195,6 +195,25 @@ impl Disk for RealDisk {
         Ok((bytes.len() as u64 == size).then_some(bytes))
     }
 
+    fn read_base(&mut self, rel: &RelPath, expected: Stat, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        if let Err(e) = paths::check_parents(&self.root, rel) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()));
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(abs(&self.root, rel))?;
+        let changed = || io::Error::new(io::ErrorKind::Interrupted, "changed since it was described");
+        if crate::index::stat_of(&f.metadata()?) != expected {
+            return Err(changed());
+        }
+        let end = offset.checked_add(len).filter(|&e| e <= expected.size).ok_or_else(changed)?;
+        let mut bytes = vec![0; usize::try_from(end - offset).map_err(|_| changed())?];
+        f.read_exact_at(&mut bytes, offset)?;
+        Ok(bytes)
+    }
+
     fn free_space(&self) -> Option<u64> {
         let st = rustix::fs::statvfs(&self.root).ok()?;
         Some(st.f_bavail.saturating_mul(st.f_frsize))

@@ -9,7 +9,7 @@
 use crate::disk::RealDisk;
 use crate::executor;
 use crate::fold;
-use crate::hasher::Hashers;
+use crate::hasher::{Done, Hashers};
 use crate::link::{NetHandle, ToEngine, ToNet};
 use crate::rules::{Rules, WatchRules};
 use crate::status::{Status, unix_now};
@@ -33,6 +33,9 @@ use std::time::{Duration, Instant, SystemTime};
 const REPLAY_LIMIT: Duration = Duration::from_secs(60);
 /// How long the engine sleeps with nothing due: the root check and lone checkpoints ride on it.
 const IDLE_TURN: Duration = Duration::from_secs(1);
+/// A file this large that we hold a version of is fetched as a delta against it (above the
+/// largest file pushed with its entry, 128 KiB: BENCHMARKS.md, "Deltas").
+const DELTA_FROM: u64 = 256 * 1024;
 /// A changed file this large is hashed by the pair's hashers, not on its engine's thread: about
 /// a millisecond of blake3 here, which a small file saved meanwhile may wait.
 const HASH_APART_FROM: u64 = 1024 * 1024;
@@ -214,6 +217,9 @@ pub fn spawn(cfg: EngineConfig, net: NetHandle) -> Result<EngineHandle, StartErr
         hash_apart_from: HASH_APART_FROM,
         // inotify reports closes; kqueue and FSEvents do not (BENCHMARKS.md, "A close is final").
         close_is_final: cfg!(target_os = "linux"),
+        push_max: replica::PUSH_MAX,
+        delta_from: DELTA_FROM,
+        delta_avg: mirror_core::delta::DEFAULT_AVG,
     };
     let replica = Replica::new(rcfg, base, disk, store, rules, root_id, now())
         .map_err(|e| StartError::io("reserving clock values for", &cfg.root, e))?;
@@ -355,7 +361,11 @@ impl Driver {
                 },
                 recv(hashed) -> h => if let Ok(h) = h {
                     let h = self.hashers.take(h);
-                    replica.feed(now(), Input::Hashed { path: h.path, stat: h.stat, hash: h.hash });
+                    let input = match h.done {
+                        Done::Hash(hash) => Input::Hashed { path: h.path, stat: h.stat, hash },
+                        Done::Base(base) => Input::Signed { path: h.path, stat: h.stat, base },
+                    };
+                    replica.feed(now(), input);
                 },
                 recv(watch_rx) -> ev => match ev {
                     Ok(ev) => self.feed_watch(&mut replica, ev),
@@ -456,10 +466,13 @@ impl Driver {
         for c in out.drain(..) {
             match c {
                 Command::Send { conn, msg } => self.net.send(ToNet::Send { conn, msg }),
-                Command::Upload { conn, id, file, size } => self.net.send(ToNet::Upload { conn, id, file, size }),
+                Command::Upload { conn, id, file, size, base } => {
+                    self.net.send(ToNet::Upload { conn, id, file, size, base })
+                }
                 Command::Close { conn, reason } => self.net.send(ToNet::Close { conn, reason }),
                 Command::WhenDrained { conn } => self.net.send(ToNet::WhenDrained { conn }),
                 Command::Hash { path, stat } => self.hashers.hash(path, stat),
+                Command::Sign { path, stat, avg } => self.hashers.sign(path, stat, avg),
                 Command::Rewatch(dir) => watcher.refresh(&dir),
                 Command::Problem(msg) => {
                     if let Some(s) = &self.status {

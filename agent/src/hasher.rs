@@ -1,7 +1,8 @@
 //! The hashers of a pair: a thread or two that read and hash the large files the replica saw
 //! change ([`Command::Hash`](mirror_core::replica::Command::Hash)), so that a 2 GiB file being
 //! hashed does not hold up everything else the pair does (a small file saved meanwhile, a
-//! peer's change, its index).
+//! peer's change, its index); and that describe a file as the base of a delta
+//! ([`Command::Sign`](mirror_core::replica::Command::Sign)).
 //!
 //! The engine hands a path over with [`Hashers::hash`] and takes the answers from
 //! [`Hashers::done`], an input of its loop. At most [`IN_FLIGHT`] jobs are with the threads;
@@ -12,7 +13,9 @@ use crate::index::stat_of;
 use crate::paths::abs;
 use crate::scan::hash_file;
 use crossbeam_channel::{Receiver, Sender, unbounded};
+use mirror_core::delta::Signer;
 use mirror_core::tree::Stat;
+use mirror_protocol::delta::Base;
 use mirror_protocol::{Hash, RelPath};
 use std::collections::VecDeque;
 use std::io;
@@ -23,19 +26,37 @@ const THREADS: usize = 2;
 /// Jobs with the threads at once.
 const IN_FLIGHT: usize = 4;
 
-/// A file to hash, as the replica saw it.
+/// A file to hash (or, with an average chunk size, to describe), as the replica saw it.
 #[derive(Debug)]
 struct Job {
     path: RelPath,
     stat: Stat,
+    sign: Option<u32>,
 }
 
-/// A file hashed: its hash while its stat stayed `stat`, or why not.
+impl Job {
+    fn run(self, root: &Path) -> Hashed {
+        let abs = abs(root, &self.path);
+        let done = match self.sign {
+            None => Done::Hash(hash_as_seen(&abs, &self.stat)),
+            Some(avg) => Done::Base(sign_as_seen(&abs, &self.stat, avg)),
+        };
+        Hashed { path: self.path, stat: self.stat, done }
+    }
+}
+
+/// A file hashed or described, while its stat stayed `stat`, or why not.
 #[derive(Debug)]
 pub struct Hashed {
     pub path: RelPath,
     pub stat: Stat,
-    pub hash: io::Result<Hash>,
+    pub done: Done,
+}
+
+#[derive(Debug)]
+pub enum Done {
+    Hash(io::Result<Hash>),
+    Base(io::Result<Base>),
 }
 
 /// The hashers of one root. Threads start on demand, up to [`THREADS`], and end with this.
@@ -66,7 +87,13 @@ impl Hashers {
 
     /// Asks for the hash of `path`, expected to have `stat`.
     pub fn hash(&mut self, path: RelPath, stat: Stat) {
-        self.waiting.push_back(Job { path, stat });
+        self.waiting.push_back(Job { path, stat, sign: None });
+        self.pump();
+    }
+
+    /// Asks for the base of `path`, expected to have `stat`, cut at `avg` bytes on average.
+    pub fn sign(&mut self, path: RelPath, stat: Stat, avg: u32) {
+        self.waiting.push_back(Job { path, stat, sign: Some(avg) });
         self.pump();
     }
 
@@ -89,9 +116,8 @@ impl Hashers {
                 _ => Err(job),
             };
             if let Err(job) = sent {
-                // No thread to take it: hashed here, on the engine's thread, rather than never.
-                let hash = hash_as_seen(&abs(&self.root, &job.path), &job.stat);
-                let _ = self.done_tx.send(Hashed { path: job.path, stat: job.stat, hash });
+                // No thread to take it: done here, on the engine's thread, rather than never.
+                let _ = self.done_tx.send(job.run(&self.root));
             }
         }
     }
@@ -100,9 +126,8 @@ impl Hashers {
     fn spawn(&mut self) {
         let (rx, done, root) = (self.jobs_rx.clone(), self.done_tx.clone(), self.root.clone());
         let started = std::thread::Builder::new().name(format!("hasher {}", self.started)).spawn(move || {
-            for Job { path, stat } in rx.iter() {
-                let hash = hash_as_seen(&abs(&root, &path), &stat);
-                if done.send(Hashed { path, stat, hash }).is_err() {
+            for job in rx.iter() {
+                if done.send(job.run(&root)).is_err() {
                     return;
                 }
             }
@@ -141,6 +166,37 @@ pub fn hash_as_seen(abs: &Path, stat: &Stat) -> io::Result<Hash> {
     Ok(hash)
 }
 
+/// The base of the file at `abs` for a delta, cut at `avg` bytes on average, if it had `stat`
+/// before and after it was read (`Interrupted` if not).
+pub fn sign_as_seen(abs: &Path, stat: &Stat, avg: u32) -> io::Result<Base> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let changed = || io::Error::new(io::ErrorKind::Interrupted, "changed while being read for a delta");
+    let mut signer = Signer::new(avg).ok_or_else(|| io::Error::other(format!("no chunks of {avg} bytes")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(abs)?;
+    if stat_of(&f.metadata()?) != *stat {
+        return Err(changed());
+    }
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        signer.update(&buf[..n]);
+    }
+    let base = signer.finish();
+    if base.size != stat.size || stat_of(&std::fs::symlink_metadata(abs)?) != *stat {
+        return Err(changed());
+    }
+    Ok(base)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,7 +220,8 @@ mod tests {
             let got = h.done().recv_timeout(Duration::from_secs(30)).unwrap();
             let got = h.take(got);
             assert_eq!(got.path, rel("big"));
-            assert_eq!(got.hash.unwrap(), *blake3::hash(&bytes).as_bytes());
+            let Done::Hash(hash) = got.done else { panic!("not a hash") };
+            assert_eq!(hash.unwrap(), *blake3::hash(&bytes).as_bytes());
         }
         assert!(h.started <= THREADS);
     }

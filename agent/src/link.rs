@@ -50,6 +50,8 @@ pub enum ToNet {
         id: u64,
         file: File,
         size: u64,
+        /// The request's base: the file goes as a delta against it.
+        base: Option<Box<mirror_protocol::delta::Base>>,
     },
     /// Say [`ToEngine::Drained`] once what waits to be sent on `conn` is down to a little.
     WhenDrained {

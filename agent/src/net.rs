@@ -635,10 +635,10 @@ impl Net {
                         c.drain_wanted = true;
                     }
                 }
-                ToNet::Upload { conn, id, file, size } => {
+                ToNet::Upload { conn, id, file, size, base } => {
                     // At most one per request the session let in: MAX_REQUESTS_IN_FLIGHT.
                     if let Some(c) = self.conns.get_mut(&conn) {
-                        let src = Some(Source::new(file, size));
+                        let src = Some(Source::new(file, size, base.as_deref()));
                         c.uploads.push_back(Upload { id, src, ready: VecDeque::new(), read_all: false });
                         c.read_ahead();
                     }

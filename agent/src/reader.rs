@@ -11,6 +11,8 @@
 
 use crate::link::{ConnId, NetHandle, ToNet};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use mirror_core::delta::{Encoder, Piece};
+use mirror_protocol::delta::Base;
 use mirror_protocol::{MAX_CHUNK_LEN, Message};
 use std::fs::File;
 use std::io::{self, Read};
@@ -25,33 +27,65 @@ const THREADS: usize = 4;
 /// A file being sent, and how far.
 #[derive(Debug)]
 pub struct Source {
-    file: File,
-    size: u64,
-    sent: u64,
-    hash: blake3::Hasher,
+    how: How,
+}
+
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a Source is boxed whole; the common case stays one allocation
+enum How {
+    /// Every byte, in chunks.
+    Whole { file: File, size: u64, sent: u64, hash: blake3::Hasher },
+    /// As a delta against the base the request named.
+    Delta(Box<Encoder<File>>),
 }
 
 impl Source {
-    pub fn new(file: File, size: u64) -> Box<Self> {
-        Box::new(Source { file, size, sent: 0, hash: blake3::Hasher::new() })
+    /// The answer to a request for `file`, seen at `size` bytes: a delta against `base` if the
+    /// request named one, every byte otherwise.
+    pub fn new(file: File, size: u64, base: Option<&Base>) -> Box<Self> {
+        let file = match base {
+            Some(b) => match Encoder::new(file, size, b) {
+                Ok(e) => return Box::new(Source { how: How::Delta(Box::new(e)) }),
+                // A base the session would not have let in: sent whole all the same.
+                Err(file) => file,
+            },
+            None => file,
+        };
+        let how = How::Whole { file, size, sent: 0, hash: blake3::Hasher::new() };
+        Box::new(Source { how })
     }
 
-    /// The next frame: a chunk of data, or the end (`DataEnd`, or `DataAbort` if the file could
-    /// not be read or grew). Returns whether that was the last.
+    /// The next frame: a chunk of data (or a piece of the base), or the end (`DataEnd`, or
+    /// `DataAbort` if the file could not be read or grew). Returns whether that was the last.
     pub fn next(&mut self, id: u64) -> (Message, bool) {
-        let want = usize::try_from(self.size - self.sent).unwrap_or(usize::MAX).min(UPLOAD_CHUNK).min(MAX_CHUNK_LEN);
-        // At the declared size, probe one byte further: a file that grew is not sent as the old one.
-        let mut buf = vec![0; want.max(1)];
-        match read_some(&mut self.file, &mut buf) {
-            Ok(0) => (Message::DataEnd { id, size: self.sent, hash: *self.hash.finalize().as_bytes() }, true),
-            Ok(_) if want == 0 => (Message::DataAbort { id, reason: "file grew while being sent".into() }, true),
-            Ok(n) => {
-                self.hash.update(&buf[..n]);
-                self.sent += n as u64;
-                buf.truncate(n);
-                (Message::Data { id, bytes: buf }, false)
+        match &mut self.how {
+            How::Whole { file, size, sent, hash } => {
+                let want = usize::try_from(*size - *sent).unwrap_or(usize::MAX).min(UPLOAD_CHUNK).min(MAX_CHUNK_LEN);
+                // At the declared size, probe one byte further: a file that grew is not sent as the old one.
+                let mut buf = vec![0; want.max(1)];
+                match read_some(file, &mut buf) {
+                    Ok(0) => (Message::DataEnd { id, size: *sent, hash: *hash.finalize().as_bytes() }, true),
+                    Ok(_) if want == 0 => {
+                        (Message::DataAbort { id, reason: "file grew while being sent".into() }, true)
+                    }
+                    Ok(n) => {
+                        hash.update(&buf[..n]);
+                        *sent += n as u64;
+                        buf.truncate(n);
+                        (Message::Data { id, bytes: buf }, false)
+                    }
+                    Err(e) => (Message::DataAbort { id, reason: format!("read failed: {e}") }, true),
+                }
             }
-            Err(e) => (Message::DataAbort { id, reason: format!("read failed: {e}") }, true),
+            How::Delta(e) => match e.next_piece() {
+                Ok(Some(Piece::Copy { offset, len })) => (Message::Copy { id, offset, len }, false),
+                Ok(Some(Piece::Literal(bytes))) => (Message::Data { id, bytes }, false),
+                Ok(None) => (Message::DataEnd { id, size: e.sent(), hash: e.hash() }, true),
+                Err(err) if err.kind() == io::ErrorKind::Other => {
+                    (Message::DataAbort { id, reason: err.to_string() }, true)
+                }
+                Err(err) => (Message::DataAbort { id, reason: format!("read failed: {err}") }, true),
+            },
         }
     }
 }
@@ -160,7 +194,7 @@ mod tests {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(bytes).unwrap();
         std::io::Seek::rewind(&mut f).unwrap();
-        Source::new(f, size)
+        Source::new(f, size, None)
     }
 
     /// An agent that sends nothing keeps no reader; one file at a time keeps one.
@@ -224,5 +258,36 @@ mod tests {
         let mut src = source(b"abc", 10);
         assert!(matches!(src.next(1), (Message::Data { bytes, .. }, false) if bytes == b"abc"));
         assert!(matches!(src.next(1), (Message::DataEnd { size: 3, .. }, true)));
+    }
+
+    #[test]
+    fn a_file_asked_against_a_base_goes_as_copies_of_it_and_the_new_bytes() {
+        let old: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let mut new = old.clone();
+        new.extend_from_slice(b"appended");
+        let base = mirror_core::delta::sign(&old, 65536).unwrap();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&new).unwrap();
+        std::io::Seek::rewind(&mut f).unwrap();
+        let mut src = Source::new(f, new.len() as u64, Some(&base));
+        let (mut rebuilt, mut data) = (Vec::new(), 0);
+        loop {
+            match src.next(2) {
+                (Message::Copy { id: 2, offset, len }, false) => {
+                    rebuilt.extend_from_slice(&old[offset as usize..(offset + len) as usize]);
+                }
+                (Message::Data { id: 2, bytes }, false) => {
+                    data += bytes.len();
+                    rebuilt.extend(bytes);
+                }
+                (Message::DataEnd { id: 2, size, hash }, true) => {
+                    assert_eq!((size, hash), (new.len() as u64, *blake3::hash(&new).as_bytes()));
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(rebuilt == new, "the pieces do not make the file");
+        assert_eq!(data, 8, "sent more than what was appended");
     }
 }

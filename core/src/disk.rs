@@ -223,6 +223,10 @@ pub trait Disk {
     /// `size` bytes, `None` otherwise (changed, gone, not a file): a small file pushed to peers
     /// with its entry. The caller checks the bytes against the entry's hash.
     fn read_small(&mut self, rel: &RelPath, size: u64) -> io::Result<Option<Vec<u8>>>;
+    /// Bytes `offset..offset + len` of the regular file at `rel` (never through a symlink), if
+    /// it still has the stat `expected`: a piece of the base of a delta. An error if it changed
+    /// (or is shorter): the caller fetches the file whole instead.
+    fn read_base(&mut self, rel: &RelPath, expected: Stat, offset: u64, len: u64) -> io::Result<Vec<u8>>;
 
     /// Bytes free for new files, when known.
     fn free_space(&self) -> Option<u64>;

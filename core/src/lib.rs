@@ -21,6 +21,7 @@
 pub mod clock;
 pub mod conflict;
 pub mod debounce;
+pub mod delta;
 pub mod disk;
 pub mod fold;
 pub mod ignore;

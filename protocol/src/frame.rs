@@ -146,7 +146,7 @@ impl Decoder {
 }
 
 /// The names of the message types, by their tag on the wire (the variant index of [`Message`]).
-const MESSAGE_NAMES: [&str; 13] = [
+const MESSAGE_NAMES: [&str; 14] = [
     "Hello",
     "Welcome",
     "IndexBatch",
@@ -160,6 +160,7 @@ const MESSAGE_NAMES: [&str; 13] = [
     "Goodbye",
     "IndexFrom",
     "Push",
+    "Copy",
 ];
 
 /// What was wrong with a payload postcard refused, in words: which message, and what in it
@@ -217,7 +218,7 @@ mod tests {
             Message::Welcome(Welcome { replica: 43, host: "desk".into() }),
             Message::IndexBatch { entries: vec![sample_entry()], last: true, seq: 7 },
             Message::Update { entries: vec![sample_entry()], seq: 8 },
-            Message::Request { id: 9, path: RelPath::new("a/b").unwrap(), size: 3, hash: [1; 32] },
+            Message::Request { id: 9, path: RelPath::new("a/b").unwrap(), size: 3, hash: [1; 32], base: None },
             Message::Data { id: 9, bytes: b"abc".to_vec() },
             Message::DataEnd { id: 9, size: 3, hash: [1; 32] },
             Message::DataAbort { id: 9, reason: "changed".into() },
@@ -295,11 +296,32 @@ mod tests {
     #[test]
     fn golden_frames_both_ways() {
         let push_frame: Vec<u8> = [&[0, 0, 0, 36, 12][..], &[7; 32], &[2, b'h', b'i']].concat();
+        // Request (tag 4): id, path, size, hash, then the base: Some (1), its size, hash,
+        // average (varint 1024 = 0x80 0x08), one chunk: len 2, 16 bytes of hash.
+        let request_frame: Vec<u8> =
+            [&[0, 0, 0, 91, 4, 1, 1, b'f', 2][..], &[1; 32], &[1, 2], &[2; 32], &[0x80, 0x08, 1, 2], &[3; 16]].concat();
         let golden: Vec<(Message, &[u8])> = vec![
             (Message::Ping, &[0, 0, 0, 1, 8]),
             (Message::Pong, &[0, 0, 0, 1, 9]),
             (Message::Data { id: 300, bytes: b"hi".to_vec() }, &[0, 0, 0, 6, 5, 0xac, 0x02, 2, b'h', b'i']),
             (Message::Push { hash: [7; 32], bytes: b"hi".to_vec() }, &push_frame),
+            // Copy (tag 13): id 3, offset 300 (varint 0xac 0x02), len 5.
+            (Message::Copy { id: 3, offset: 300, len: 5 }, &[0, 0, 0, 5, 13, 3, 0xac, 0x02, 5]),
+            (
+                Message::Request {
+                    id: 1,
+                    path: RelPath::new("f").unwrap(),
+                    size: 2,
+                    hash: [1; 32],
+                    base: Some(Box::new(crate::delta::Base {
+                        size: 2,
+                        hash: [2; 32],
+                        avg: 1024,
+                        chunks: vec![crate::delta::ChunkSig { len: 2, hash: [3; 16] }],
+                    })),
+                },
+                &request_frame,
+            ),
             (
                 Message::Hello(Hello {
                     replica: 1,

@@ -17,7 +17,7 @@ pub fn decode_stream(data: &[u8]) {
     {
         for (id, path) in (0..8).zip(std::iter::repeat_with(|| crate::RelPath::new("f"))) {
             if let Ok(path) = path {
-                open.sent(&Message::Request { id, path, size: 16 * id, hash: [0; 32] });
+                open.sent(&Message::Request { id, path, size: 16 * id, hash: [0; 32], base: None });
             }
         }
         sessions.push(Some(open));
@@ -77,6 +77,16 @@ impl Rng {
     /// True with the given percent chance.
     pub fn chance(&mut self, percent: u64) -> bool {
         self.next_u64() % 100 < percent
+    }
+
+    /// `n` bytes that neither repeat nor compress (a file for the delta and transfer tests).
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        v.truncate(n);
+        v
     }
 
     /// One element of `v`, if it has any.

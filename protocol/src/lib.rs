@@ -11,6 +11,7 @@
 //! crate is the byte-level spec.
 #![forbid(unsafe_code)]
 
+pub mod delta;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzz;
@@ -30,7 +31,7 @@ pub use session::{Connection, Event, MAX_REQUESTS_IN_FLIGHT, Session, Side, Viol
 pub use version::{Ordering as VersionOrdering, ReplicaId, VersionVector};
 
 /// The protocol version this build speaks. Peers must match exactly.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The largest payload a frame may carry. Checked before anything is allocated.
 pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;

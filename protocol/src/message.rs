@@ -100,12 +100,15 @@ pub enum Message {
         entries: Vec<Entry>,
         seq: u64,
     },
-    /// Asks for the contents of a file at the given size and hash.
+    /// Asks for the contents of a file at the given size and hash. With a `base` (the version
+    /// the requester holds at the path, as chunks) the answer may take pieces of that version
+    /// ([`Message::Copy`]) instead of sending their bytes.
     Request {
         id: u64,
         path: RelPath,
         size: u64,
         hash: Hash,
+        base: Option<Box<crate::delta::Base>>,
     },
     /// A chunk of a requested file, at most [`crate::MAX_CHUNK_LEN`] bytes, in order.
     Data {
@@ -144,6 +147,14 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// The next `len` bytes of the file of request `id` are bytes `offset..offset + len` of the
+    /// base its `Request` named (at most [`crate::delta::MAX_COPY_LEN`]), in order with its
+    /// `Data`: they count toward its size and its hash alike.
+    Copy {
+        id: u64,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Message {
@@ -163,6 +174,7 @@ impl Message {
             Message::Goodbye { .. } => "Goodbye",
             Message::IndexFrom { .. } => "IndexFrom",
             Message::Push { .. } => "Push",
+            Message::Copy { .. } => "Copy",
         }
     }
 }

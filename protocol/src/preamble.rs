@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn golden_bytes() {
-        assert_eq!(&Preamble::ours().encode(), b"MIRRAGNT\x00\x00\x00\x04");
+        assert_eq!(&Preamble::ours().encode(), b"MIRRAGNT\x00\x00\x00\x05");
     }
 
     #[test]
@@ -120,8 +120,8 @@ mod tests {
     fn version_mismatch_names_both_versions() {
         let other = Preamble { version: 7 }.encode();
         let err = Preamble::decode(&other).unwrap_err();
-        assert_eq!(err, PreambleError::VersionMismatch { ours: 4, theirs: 7 });
+        assert_eq!(err, PreambleError::VersionMismatch { ours: 5, theirs: 7 });
         let text = err.to_string();
-        assert!(text.contains("version 4") && text.contains("version 7"), "{text}");
+        assert!(text.contains("version 5") && text.contains("version 7"), "{text}");
     }
 }

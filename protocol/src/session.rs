@@ -107,6 +107,13 @@ pub enum Violation {
     /// The bytes of a `Push` do not hash to its `hash` (checked by the receiver, as
     /// [`Violation::HashMismatch`] is).
     PushHashMismatch,
+    /// A `Request` whose base is malformed ([`crate::delta::Base::check`]).
+    BadBase { id: u64, why: crate::delta::BadBase },
+    /// A `Copy` for a request that named no base.
+    CopyWithoutBase { id: u64 },
+    /// A `Copy` of no bytes, of more than [`crate::delta::MAX_COPY_LEN`], or reaching past the
+    /// end of the base.
+    CopyOutOfRange { id: u64, offset: u64, len: u64 },
 }
 
 impl fmt::Display for Violation {
@@ -148,6 +155,13 @@ impl fmt::Display for Violation {
                 write!(f, "the peer pushed more than {} bytes ahead of the entries they belong to", crate::MAX_PUSHED)
             }
             Self::PushHashMismatch => f.write_str("the bytes the peer pushed do not match their hash"),
+            Self::BadBase { id, why } => write!(f, "request {id} names a malformed base: {why}"),
+            Self::CopyWithoutBase { id } => write!(f, "a copy from the base for request {id}, which named none"),
+            Self::CopyOutOfRange { id, offset, len } => write!(
+                f,
+                "a copy of {len} bytes at {offset} for request {id}: empty, over {} bytes, or past the end of the base",
+                crate::delta::MAX_COPY_LEN
+            ),
         }
     }
 }
@@ -287,6 +301,8 @@ pub struct Fetch {
     pub size: u64,
     /// The `Data` bytes that arrived so far.
     pub received: u64,
+    /// The size of the base the request named: `Copy` pieces come from it.
+    pub base: Option<u64>,
 }
 
 /// From us to the peer: our index once it asked, and the answers to its requests.
@@ -358,7 +374,10 @@ impl Session {
                     return Err(Violation::TooMuchPushed);
                 }
             }
-            Message::Request { id, .. } => {
+            Message::Request { id, base, .. } => {
+                if let Some(b) = base {
+                    b.check().map_err(|why| Violation::BadBase { id: *id, why })?;
+                }
                 if self.outbound.owed.contains(id) {
                     return Err(Violation::DuplicateRequest { id: *id });
                 }
@@ -373,6 +392,22 @@ impl Session {
                     return Err(Violation::DataForUnknownRequest { id });
                 };
                 let received = f.received.saturating_add(bytes.len() as u64);
+                if received > f.size {
+                    return Err(Violation::MoreThanRequested { id, size: f.size });
+                }
+                f.received = received;
+            }
+            Message::Copy { id, offset, len } => {
+                let (id, offset, len) = (*id, *offset, *len);
+                let Some(f) = self.inbound.fetches.get_mut(&id) else {
+                    return Err(Violation::DataForUnknownRequest { id });
+                };
+                let Some(base) = f.base else { return Err(Violation::CopyWithoutBase { id }) };
+                if len == 0 || len > crate::delta::MAX_COPY_LEN || offset.checked_add(len).is_none_or(|end| end > base)
+                {
+                    return Err(Violation::CopyOutOfRange { id, offset, len });
+                }
+                let received = f.received.saturating_add(len);
                 if received > f.size {
                     return Err(Violation::MoreThanRequested { id, size: f.size });
                 }
@@ -399,8 +434,9 @@ impl Session {
 
     fn sent(&mut self, msg: &Message) {
         match msg {
-            Message::Request { id, size, .. } => {
-                self.inbound.fetches.insert(*id, Fetch { size: *size, received: 0 });
+            Message::Request { id, size, base, .. } => {
+                let base = base.as_ref().map(|b| b.size);
+                self.inbound.fetches.insert(*id, Fetch { size: *size, received: 0, base });
             }
             Message::DataEnd { id, .. } | Message::DataAbort { id, .. } => {
                 self.outbound.owed.remove(id);

@@ -3,6 +3,7 @@
 //! A failing case prints its seed; `MIRROR_FUZZ_SEED=N` starts there.
 #![allow(clippy::unwrap_used)]
 
+use mirror_protocol::delta::{Base, ChunkSig};
 use mirror_protocol::*;
 
 use mirror_protocol::fuzz::Rng;
@@ -30,7 +31,7 @@ fn entry(r: &mut Rng) -> Entry {
 /// A valid message of every kind, at random.
 fn message(r: &mut Rng) -> Message {
     let id = r.next_u64() % 100;
-    match r.below(12) {
+    match r.below(14) {
         0 => Message::Hello(Hello {
             replica: r.next_u64(),
             host: "h".into(),
@@ -45,13 +46,31 @@ fn message(r: &mut Rng) -> Message {
             seq: r.next_u64(),
         },
         3 => Message::Update { entries: (0..r.below(5)).map(|_| entry(r)).collect(), seq: r.next_u64() },
-        4 => Message::Request { id, path: RelPath::new("a/b").unwrap(), size: r.next_u64() % 100, hash: [3; 32] },
+        4 => Message::Request {
+            id,
+            path: RelPath::new("a/b").unwrap(),
+            size: r.next_u64() % 100,
+            hash: [3; 32],
+            base: None,
+        },
         5 => Message::Data { id, bytes: vec![r.next_u64() as u8; r.below(300)] },
         6 => Message::DataEnd { id, size: r.next_u64() % 300, hash: [4; 32] },
         7 => Message::DataAbort { id, reason: "x".into() },
         8 => Message::Ping,
         9 => Message::Pong,
         10 => Message::IndexFrom { since: r.next_u64() },
+        11 => {
+            let chunks = (0..r.below(4)).map(|_| ChunkSig { len: 1 + r.below(5000) as u32, hash: [5; 16] }).collect();
+            let base = Base { size: r.next_u64() % 20_000, hash: [6; 32], avg: 1024 << r.below(3), chunks };
+            Message::Request {
+                id,
+                path: RelPath::new("a/b").unwrap(),
+                size: r.next_u64() % 100,
+                hash: [3; 32],
+                base: Some(Box::new(base)),
+            }
+        }
+        12 => Message::Copy { id, offset: r.next_u64() % 20_000, len: r.next_u64() % 5000 },
         _ => Message::Goodbye { reason: "bye".into() },
     }
 }

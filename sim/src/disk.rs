@@ -1015,6 +1015,20 @@ impl Disk for MemDisk {
         }
     }
 
+    fn read_base(&mut self, rel: &RelPath, expected: Stat, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let changed = || io::Error::new(io::ErrorKind::Interrupted, "changed since it was described");
+        if self.stat_of(rel) != Some(expected) {
+            return Err(changed());
+        }
+        let bytes = match self.read_file(rel) {
+            Ok(b) => b,
+            Err(ExecError::Io(e)) => return Err(e),
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        };
+        let end = offset.checked_add(len).filter(|&e| e <= bytes.len() as u64).ok_or_else(changed)?;
+        Ok(bytes[offset as usize..end as usize].to_vec())
+    }
+
     fn free_space(&self) -> Option<u64> {
         if self.storage_full { Some(0) } else { self.free_space }
     }

@@ -111,10 +111,16 @@ impl World {
                 }
                 self.hint(m, Hint::Settled(os_path(path)));
             }
-            Op::Append { path } => {
+            Op::Append { path } | Op::Edit { path } => {
                 let Some(Shape::File { mut content, .. }) = shape(d, path) else { return };
                 self.counter += 1;
-                content.extend_from_slice(format!("+{}\n", self.counter).as_bytes());
+                let new = format!("+{}\n", self.counter).into_bytes();
+                if matches!(op, Op::Edit { .. }) && content.len() > 2 * new.len() {
+                    let at = content.len() / 2;
+                    content[at..at + new.len()].copy_from_slice(&new);
+                } else {
+                    content.extend_from_slice(&new);
+                }
                 self.supersede(m, path);
                 let Some(d) = self.machines[m].disk_mut() else { return };
                 d.set_time(now);

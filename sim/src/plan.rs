@@ -26,6 +26,10 @@ pub enum Op {
     Append {
         path: RelPath,
     },
+    /// Changes a few bytes in the middle of the file, in place (a database page, a jar's entry).
+    Edit {
+        path: RelPath,
+    },
     /// Deletes the file or symlink.
     Delete {
         path: RelPath,
@@ -167,7 +171,8 @@ fn len(rng: &mut Rng) -> usize {
 
 fn op(rng: &mut Rng) -> Op {
     match rng.below(100) {
-        0..=24 => Op::Write { path: file(rng), len: len(rng) },
+        0..=19 => Op::Write { path: file(rng), len: len(rng) },
+        20..=24 => Op::Edit { path: file(rng) },
         25..=39 => Op::Save { path: file(rng), len: len(rng) },
         40..=47 => Op::Append { path: file(rng) },
         48..=56 => Op::Delete { path: file(rng) },

@@ -22,6 +22,7 @@
 use crate::disk::{MemDisk, Mutation, Op as DiskOp, Stashed};
 use crate::journal::MemJournal;
 use crate::plan::{Action, Fault, Plan};
+use mirror_core::delta::Piece;
 use mirror_core::disk::{Disk, Seen};
 use mirror_core::fold::Folding;
 use mirror_core::ignore::SyncAll;
@@ -183,6 +184,14 @@ enum Event {
         life: u64,
         path: RelPath,
         stat: Stat,
+    },
+    /// The driver of `machine` described `path` for a delta, asked with `stat`.
+    Signed {
+        machine: usize,
+        life: u64,
+        path: RelPath,
+        stat: Stat,
+        avg: u32,
     },
 }
 
@@ -462,6 +471,30 @@ impl World {
                     self.note(line);
                 }
                 self.feed(machine, Input::Hashed { path, stat, hash });
+                touched.insert(machine);
+            }
+            Event::Signed { machine, life, path, stat, avg } => {
+                if self.machines[machine].life != life {
+                    return;
+                }
+                let Some(d) = self.machines[machine].disk_mut() else { return };
+                // As the agent's hashers do: read it if its stat is still the one asked.
+                let base = match d.lstat(&path) {
+                    Ok(Some(now)) if now == stat => d
+                        .read_base(&path, stat, 0, stat.size)
+                        .and_then(|b| mirror_core::delta::sign(&b, avg).ok_or_else(|| io::Error::other("bad average"))),
+                    Ok(_) => Err(io::Error::new(io::ErrorKind::Interrupted, "changed while being read")),
+                    Err(e) => Err(e),
+                };
+                {
+                    let what = match &base {
+                        Ok(b) => format!("{} chunks", b.chunks.len()),
+                        Err(e) => format!("{:?}", e.kind()),
+                    };
+                    let line = format!("{} signed {path}: {what}", self.machines[machine].name);
+                    self.note(line);
+                }
+                self.feed(machine, Input::Signed { path, stat, base });
                 touched.insert(machine);
             }
             Event::DiskSpace { machine } => {
@@ -905,9 +938,32 @@ impl World {
                     }
                     self.send(m, conn, msg);
                 }
-                Command::Upload { conn, id, file, size } => {
+                Command::Upload { conn, id, file, size, base } => {
                     if file.len() as u64 > size {
                         self.send(m, conn, Message::DataAbort { id, reason: "file grew while being sent".into() });
+                        continue;
+                    }
+                    if let Some(base) = base
+                        && let Ok(mut e) = mirror_core::delta::Encoder::new(&file[..], size, &base)
+                    {
+                        // As the agent's readers do: the pieces of the file against the base.
+                        loop {
+                            match e.next_piece() {
+                                Ok(Some(Piece::Copy { offset, len })) => {
+                                    self.send(m, conn, Message::Copy { id, offset, len })
+                                }
+                                Ok(Some(Piece::Literal(bytes))) => self.send(m, conn, Message::Data { id, bytes }),
+                                Ok(None) => {
+                                    let (size, hash) = (e.sent(), e.hash());
+                                    self.send(m, conn, Message::DataEnd { id, size, hash });
+                                    break;
+                                }
+                                Err(err) => {
+                                    self.send(m, conn, Message::DataAbort { id, reason: err.to_string() });
+                                    break;
+                                }
+                            }
+                        }
                         continue;
                     }
                     for chunk in file.chunks(UPLOAD_CHUNK) {
@@ -943,6 +999,10 @@ impl World {
                     let (life, after) = (self.machines[m].life, 1 + self.rng.below(30_000) as u64);
                     self.at(self.t + after, Event::Hashed { machine: m, life, path, stat });
                 }
+                Command::Sign { path, stat, avg } => {
+                    let (life, after) = (self.machines[m].life, 1 + self.rng.below(30_000) as u64);
+                    self.at(self.t + after, Event::Signed { machine: m, life, path, stat, avg });
+                }
                 Command::Rewatch(_) => {}
                 Command::Problem(p) | Command::Collision(p) => {
                     let line = format!("{} reports: {p}", self.machines[m].name);
@@ -976,8 +1036,15 @@ impl World {
         {
             *b ^= 0x20;
         }
+        if let Message::Copy { offset, .. } = &mut msg
+            && std::mem::take(&mut link.corrupt)
+        {
+            // Another piece of the base than the one meant (past its end: a violation).
+            *offset = if *offset > 0 { *offset - 1 } else { 1 };
+        }
         let size = match &msg {
             Message::Data { bytes, .. } => bytes.len() as u64 + 16,
+            Message::Request { base: Some(b), .. } => 64 + 20 * b.chunks.len() as u64,
             Message::Push { bytes, .. } => bytes.len() as u64 + 40,
             Message::Update { entries, .. } | Message::IndexBatch { entries, .. } => 32 + 120 * entries.len() as u64,
             _ => 32,
@@ -1007,6 +1074,11 @@ pub fn config(name: &str) -> Config {
         // Most of a history's files: hashed apart, their hashes in while other things happen.
         hash_apart_from: 1000,
         close_is_final: true,
+        // A history's files are small: half of them pushed, and deltas of most of the rest, in
+        // chunks of 1 KiB.
+        push_max: 1500,
+        delta_from: 1024,
+        delta_avg: 1024,
     }
 }
 
@@ -1027,7 +1099,11 @@ fn describe(m: &Message) -> String {
         Message::IndexBatch { entries, last, seq } => format!("IndexBatch {} last {last} seq {seq}", entries.len()),
         Message::Data { id, bytes } => format!("Data {id} {} bytes", bytes.len()),
         Message::Push { hash, bytes } => format!("Push {:02x}{:02x} {} bytes", hash[0], hash[1], bytes.len()),
-        Message::Request { id, path, size, .. } => format!("Request {id} {path} {size}"),
+        Message::Request { id, path, size, base, .. } => {
+            let base = base.as_ref().map(|b| format!(" against {} chunks", b.chunks.len())).unwrap_or_default();
+            format!("Request {id} {path} {size}{base}")
+        }
+        Message::Copy { id, offset, len } => format!("Copy {id} {offset}+{len}"),
         Message::DataEnd { id, size, .. } => format!("DataEnd {id} {size}"),
         other => other.name().to_string(),
     }

@@ -453,3 +453,174 @@ fn a_small_change_of_ours_goes_out_with_its_bytes_and_a_large_one_without() {
     }
     assert!(!names(&out).contains(&"Push"), "{:?}", names(&out));
 }
+
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    mirror_protocol::fuzz::Rng(seed).bytes(n)
+}
+
+fn file_version(path: &str, bytes: &[u8], counter: u64) -> Entry {
+    Entry { version: VersionVector::new().with(PEER, counter), ..file_entry(path, bytes) }
+}
+
+/// The replica holds `old` at `path` (the peer's first version of it).
+fn holding(path: &str, old: &[u8]) -> (R, Clock) {
+    let (mut r, mut c) = replica(MemDisk::new());
+    let e = file_version(path, old, 1);
+    let Kind::File { hash, size, .. } = e.kind else { unreachable!() };
+    let id = requested(&mut r, &mut c, e);
+    send(&mut r, &mut c, Message::Data { id, bytes: old.to_vec() });
+    send(&mut r, &mut c, Message::DataEnd { id, size, hash });
+    assert_eq!(r.disk().read(&p(path)).as_deref(), Some(old));
+    (r, c)
+}
+
+/// The peer's next version: the replica describes its own first ([`Command::Sign`]), then asks
+/// with that base. The request's id and base.
+fn asked_with_base(r: &mut R, c: &mut Clock, e: Entry) -> (u64, Box<mirror_protocol::delta::Base>) {
+    let path = e.path.clone();
+    let out = send(r, c, Message::Update { entries: vec![e], seq: 2 });
+    assert!(!names(&out).contains(&"Request"), "asked before its base was described: {out:?}");
+    let (stat, avg) = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Sign { path: at, stat, avg } if *at == path => Some((*stat, *avg)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("our version was not described: {out:?}"));
+    let held = r.disk().read(&path).expect("our version");
+    let base = mirror_core::delta::sign(&held, avg).expect("a base");
+    let mut out = Vec::new();
+    r.handle(c.now(), Input::Signed { path: path.clone(), stat, base: Ok(base.clone()) }, &mut out);
+    out.iter()
+        .find_map(|c| match c {
+            Command::Send { msg: Message::Request { id, path: at, base: Some(b), .. }, .. } if *at == path => {
+                assert_eq!(**b, base);
+                Some((*id, b.clone()))
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no request with a base: {out:?}"))
+}
+
+/// What the peer sends for `new` against `base`: copies and data, as the agent's readers do.
+fn delta_messages(id: u64, new: &[u8], base: &mirror_protocol::delta::Base) -> Vec<Message> {
+    let mut e = mirror_core::delta::Encoder::new(new, new.len() as u64, base).expect("an encoder");
+    let mut msgs = Vec::new();
+    while let Some(piece) = e.next_piece().expect("a piece") {
+        msgs.push(match piece {
+            mirror_core::delta::Piece::Copy { offset, len } => Message::Copy { id, offset, len },
+            mirror_core::delta::Piece::Literal(bytes) => Message::Data { id, bytes },
+        });
+    }
+    msgs.push(Message::DataEnd { id, size: new.len() as u64, hash: e.hash() });
+    msgs
+}
+
+/// The whole-file request for `path` that follows a failed delta, within a few turns.
+fn asked_whole(r: &mut R, c: &mut Clock, path: &str, mut out: Vec<Command<Vec<u8>>>) -> u64 {
+    for _ in 0..50 {
+        assert!(!out.iter().any(|c| matches!(c, Command::Close { .. })), "the session was closed: {out:?}");
+        for cmd in &out {
+            if let Command::Send { msg: Message::Request { id, path: at, base, .. }, .. } = cmd
+                && *at == p(path)
+            {
+                assert!(base.is_none(), "asked with a base again after the delta failed");
+                return *id;
+            }
+        }
+        out = Vec::new();
+        let now = c.now();
+        r.turn(now, &mut out);
+    }
+    panic!("never asked for {path} whole");
+}
+
+#[test]
+fn a_file_we_hold_comes_as_a_delta_rebuilt_from_our_copy() {
+    let old = noise(1, 40_000);
+    let (mut r, mut c) = holding("db.bin", &old);
+    let mut new = old.clone();
+    new[20_000..20_100].copy_from_slice(&noise(2, 100));
+    new.extend_from_slice(b"and a line at the end\n");
+    let (id, base) = asked_with_base(&mut r, &mut c, file_version("db.bin", &new, 2));
+    let msgs = delta_messages(id, &new, &base);
+    let copied: u64 = msgs.iter().map(|m| if let Message::Copy { len, .. } = m { *len } else { 0 }).sum();
+    assert!(copied > 30_000, "only {copied} bytes of 40,000 came from our copy");
+    for m in msgs {
+        let out = send(&mut r, &mut c, m);
+        assert!(!out.iter().any(|c| matches!(c, Command::Close { .. })), "{out:?}");
+    }
+    assert!(r.disk().read(&p("db.bin")) == Some(new), "the delta did not rebuild the file");
+    assert_eq!(r.disk().live_temps(), 0);
+}
+
+/// A delta that does not rebuild the peer's version (a wrong piece, or our copy was not what we
+/// described) is not installed and not a violation: the file is asked for again, whole.
+#[test]
+fn a_delta_that_does_not_rebuild_the_file_falls_back_to_a_whole_transfer() {
+    let old = noise(3, 40_000);
+    let (mut r, mut c) = holding("db.bin", &old);
+    let mut new = old.clone();
+    new[100..200].copy_from_slice(&noise(4, 100));
+    let (id, base) = asked_with_base(&mut r, &mut c, file_version("db.bin", &new, 2));
+    let mut out = Vec::new();
+    for m in delta_messages(id, &new, &base) {
+        let m = match m {
+            Message::Copy { id, offset, len } if offset > 0 => Message::Copy { id, offset: offset - 1, len },
+            m => m,
+        };
+        out = send(&mut r, &mut c, m);
+    }
+    assert_eq!(r.disk().read(&p("db.bin")), Some(old.clone()), "a wrong rebuild was installed");
+    let id = asked_whole(&mut r, &mut c, "db.bin", out);
+    send(&mut r, &mut c, Message::Data { id, bytes: new.clone() });
+    send(&mut r, &mut c, Message::DataEnd { id, size: new.len() as u64, hash: *blake3::hash(&new).as_bytes() });
+    assert!(r.disk().read(&p("db.bin")) == Some(new), "the whole transfer was not installed");
+    assert_eq!(r.disk().live_temps(), 0);
+}
+
+/// Our copy changed after it was described: its pieces are not read from what is there now,
+/// and the file is asked for again, whole.
+#[test]
+fn a_delta_against_a_copy_of_ours_that_changed_meanwhile_is_fetched_whole() {
+    let old = noise(5, 40_000);
+    let (mut r, mut c) = holding("db.bin", &old);
+    let mut new = old.clone();
+    new.extend_from_slice(b"appended\n");
+    let (id, base) = asked_with_base(&mut r, &mut c, file_version("db.bin", &new, 2));
+    r.disk_mut().write(&p("db.bin"), &noise(6, 40_000)).expect("a write");
+    let msgs = delta_messages(id, &new, &base);
+    assert!(matches!(msgs[0], Message::Copy { .. }), "{:?}", msgs[0]);
+    let out = send(&mut r, &mut c, msgs[0].clone());
+    asked_whole(&mut r, &mut c, "db.bin", out);
+    assert_eq!(r.disk().live_temps(), 0);
+}
+
+/// A peer's request naming a base is served as a delta against it.
+#[test]
+fn a_request_with_a_base_is_served_against_it() {
+    let (mut r, mut c) = replica(MemDisk::new());
+    let bytes = noise(7, 30_000);
+    r.disk_mut().write(&p("f.bin"), &bytes).expect("a write");
+    r.feed(c.now(), Input::Hint(mirror_core::replica::Hint::Settled(PathBuf::from("f.bin"))));
+    let mut stat = None;
+    for _ in 0..200 {
+        let (now, mut out) = (c.now(), Vec::new());
+        r.turn(now, &mut out);
+        stat = hash_asked(&out, "f.bin");
+        if stat.is_some() {
+            break;
+        }
+    }
+    let stat = stat.expect("hashed apart");
+    r.feed(c.now(), Input::Hashed { path: p("f.bin"), stat, hash: Ok(*blake3::hash(&bytes).as_bytes()) });
+    until_sent(&mut r, &mut c, "f.bin").expect("the update");
+    let base = mirror_core::delta::sign(&bytes[..20_000], 1024).expect("a base");
+    let hash = *blake3::hash(&bytes).as_bytes();
+    let req = Message::Request { id: 4, path: p("f.bin"), size: 30_000, hash, base: Some(Box::new(base.clone())) };
+    let out = send(&mut r, &mut c, req);
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Upload { id: 4, base: Some(b), .. } if **b == base)),
+        "not served against the base: {out:?}"
+    );
+}

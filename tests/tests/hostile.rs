@@ -213,7 +213,7 @@ fn random_message_sequences_never_take_the_server_down() {
             let msg = match rnd(10) {
                 0 => Message::IndexBatch { entries: vec![entry], last: rnd(2) == 0, seq: rnd(1000) },
                 1 | 2 => Message::Update { entries: vec![entry], seq: rnd(1000) },
-                3 => Message::Request { id, path, size: rnd(10), hash: [0; 32] },
+                3 => Message::Request { id, path, size: rnd(10), hash: [0; 32], base: None },
                 4 => Message::Data { id, bytes: content },
                 5 => Message::DataEnd { id, size: rnd(8), hash: *blake3::hash(b"fuzz").as_bytes() },
                 6 => Message::DataAbort { id, reason: "fuzz".into() },

@@ -72,6 +72,7 @@ fn pipelined_requests_beyond_the_limit_close_that_connection() {
             path: RelPath::new("f.bin").unwrap(),
             size: content.len() as u64,
             hash: *blake3::hash(&content).as_bytes(),
+            base: None,
         }));
     }
     p.s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -222,13 +222,13 @@ fn a_file_slow_to_read_holds_up_neither_its_connection_nor_others() {
     let (mut b, _) = welcomed(&e, &server, "b");
     let path = mirror_protocol::RelPath::new("slow.bin").unwrap();
     let hash = *blake3::hash(b"hello").as_bytes();
-    a.send(&Message::Request { id: 1, path, size: 5, hash });
+    a.send(&Message::Request { id: 1, path, size: 5, hash, base: None });
     assert!(matches!(e.connected.recv_timeout(DEADLINE), Ok(ToEngine::Message { msg: Message::Request { .. }, .. })));
     // A file whose reads block (a pipe with nothing in it yet: a hung mount, a drive spinning
     // up) is what the engine hands over to send.
     let (reader, mut writer) = std::io::pipe().unwrap();
     let file = std::fs::File::from(std::os::fd::OwnedFd::from(reader));
-    server.handle.send(ToNet::Upload { conn, id: 1, file, size: 5 });
+    server.handle.send(ToNet::Upload { conn, id: 1, file, size: 5, base: None });
     // Both connections still answer while the read waits.
     for p in [&mut a, &mut b] {
         p.send(&Message::Ping);
@@ -254,12 +254,12 @@ fn a_large_file_arrives_whole_and_in_order_behind_pings() {
     let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     let hash = *blake3::hash(&bytes).as_bytes();
     let path = mirror_protocol::RelPath::new("big.bin").unwrap();
-    a.send(&Message::Request { id: 9, path, size: bytes.len() as u64, hash });
+    a.send(&Message::Request { id: 9, path, size: bytes.len() as u64, hash, base: None });
     assert!(matches!(e.connected.recv_timeout(DEADLINE), Ok(ToEngine::Message { .. })));
     let mut f = tempfile::tempfile().unwrap();
     f.write_all(&bytes).unwrap();
     std::io::Seek::rewind(&mut f).unwrap();
-    server.handle.send(ToNet::Upload { conn, id: 9, file: f, size: bytes.len() as u64 });
+    server.handle.send(ToNet::Upload { conn, id: 9, file: f, size: bytes.len() as u64, base: None });
     let mut got = Vec::new();
     let end = Instant::now() + DEADLINE;
     loop {

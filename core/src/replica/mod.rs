@@ -76,8 +76,9 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// Files up to this size go to peers with their entry ([`Message::Push`]), saving the round trip
 /// of a `Request`: on a 40 ms link a new small file arrives in one trip instead of two. Larger
 /// ones are requested (a push the peer does not need, the content already there, is bytes
-/// wasted: at most this many). Measured in BENCHMARKS.md, "Small files pushed".
-const PUSH_MAX: u64 = 128 * 1024;
+/// wasted: at most this many). Measured in BENCHMARKS.md, "Small files pushed". The agent's
+/// [`Config::push_max`]; the simulator pushes less, so that its small files are requested too.
+pub const PUSH_MAX: u64 = 128 * 1024;
 /// The most bytes pushed ahead of one `Update` (far below [`mirror_protocol::MAX_PUSHED`]): the
 /// rest of a large batch is requested as before.
 const PUSH_BUDGET: usize = 1024 * 1024;
@@ -135,6 +136,11 @@ pub struct Replica<D: Disk, J: Journal, R: Ignore> {
     /// The transfer under way or queued for each path: which session, which request, and the
     /// other sessions that offered the same version meanwhile (owed again if this one fails).
     fetching: BTreeMap<RelPath, Pending>,
+    /// Files being described by the driver for a delta ([`Command::Sign`]), as they were seen.
+    signing: BTreeMap<RelPath, Stat>,
+    /// Files whose delta failed (a copy of ours could not be read, or the result did not match
+    /// its hash): fetched whole until one is installed.
+    no_delta: BTreeSet<(RelPath, Hash)>,
     /// Large files being hashed by the driver ([`Command::Hash`]), as they were seen.
     hashing: BTreeMap<RelPath, Unhashed>,
     /// Whether large files are hashed apart: once started (the start-up scan hashes in place, so
@@ -229,6 +235,8 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             waited_move: BTreeSet::new(),
             fetching: BTreeMap::new(),
             hashing: BTreeMap::new(),
+            signing: BTreeMap::new(),
+            no_delta: BTreeSet::new(),
             hash_apart: false,
             halted: None,
             initial: !base.existed,
@@ -353,6 +361,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             }
             Input::Drained { conn } => self.send_index_more(conn),
             Input::Hashed { path, stat, hash } => self.on_hashed(path, stat, hash),
+            Input::Signed { path, stat, base } => self.on_signed(path, stat, base),
             Input::Timer => {}
         }
     }

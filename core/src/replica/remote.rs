@@ -270,7 +270,8 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         };
         log::debug!("{}: content copied from {src} here, nothing transferred", e.path);
         let decided = self.index.get(&e.path).map(|l| l.entry.version.clone());
-        let f = Fetch { entry: e, purpose: Purpose::Apply { keep_local_copy }, decided, progress: Progress::Requested };
+        let purpose = Purpose::Apply { keep_local_copy };
+        let f = Fetch { entry: e, purpose, decided, progress: Progress::Requested, delta: transfers::Delta::No };
         if let Err(err) = self.install_fetched(conn, f, tmp, hash) {
             self.drop_session(conn, err);
         }
@@ -321,6 +322,9 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                 let path = e.path.clone();
                 self.attempts.remove(&path);
                 self.told.remove(&path);
+                if !self.no_delta.is_empty() {
+                    self.no_delta.retain(|(p, _)| *p != path);
+                }
                 let to_source = if version == e.version { Some(conn) } else { None };
                 self.set(Entry { version, ..e }, stat, to_source);
                 // Journal it right away (fsync comes with the batch): if this process is killed

@@ -20,6 +20,8 @@ pub(super) struct Session<D: Disk> {
     pub(super) told: u64,
     pub(super) in_flight: BTreeMap<u64, Fetch<D>>,
     pub(super) queued: VecDeque<(u64, Fetch<D>)>,
+    /// Transfers waiting for the base of their delta ([`Command::Sign`]) before they are asked.
+    pub(super) held: Vec<(u64, Fetch<D>)>,
     /// The peer's entries that our rules ignored, offered again when the rules change (a
     /// `.gitignore` arriving after the files it un-ignores, for instance).
     pub(super) skipped: BTreeMap<RelPath, Entry>,
@@ -78,6 +80,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             told: 0,
             in_flight: BTreeMap::new(),
             queued: VecDeque::new(),
+            held: Vec::new(),
             skipped: BTreeMap::new(),
             refused: BTreeMap::new(),
             index_out: None,
@@ -214,7 +217,9 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             .chain(
                 self.sessions
                     .iter()
-                    .filter(|(_, s)| !s.in_flight.is_empty() || !s.queued.is_empty() || !s.refused.is_empty())
+                    .filter(|(_, s)| {
+                        !s.in_flight.is_empty() || !s.queued.is_empty() || !s.held.is_empty() || !s.refused.is_empty()
+                    })
                     .map(|(c, _)| *c),
             )
             .collect();
@@ -299,8 +304,9 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                     s.have = s.have.max(seq);
                 }
             }
-            Message::Request { id, path, size, hash } => self.serve(conn, id, path, size, hash),
+            Message::Request { id, path, size, hash, base } => self.serve(conn, id, path, size, hash, base),
             Message::Data { id, bytes } => self.on_data(conn, id, bytes)?,
+            Message::Copy { id, offset, len } => self.on_copy(conn, id, offset, len)?,
             Message::DataEnd { id, size, hash } => self.on_data_end(conn, id, size, hash)?,
             Message::DataAbort { id, reason } => {
                 if let Some(s) = self.sessions.get_mut(&conn)
@@ -391,14 +397,14 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
     }
 
     /// Sends `conn` the bytes of the small files of `entries` that are still as the entries
-    /// say ([`PUSH_MAX`], at most [`PUSH_BUDGET`] in all), so that the peer needs no request
+    /// say ([`Config::push_max`], at most [`PUSH_BUDGET`] in all), so that the peer needs no request
     /// for them. `read` keeps what was read for the other sessions (`None`: changed since).
     fn push_ahead(&mut self, conn: ConnId, entries: &[Entry], read: &mut HashMap<Hash, Option<Vec<u8>>>) {
         let mut budget = PUSH_BUDGET;
         let mut sent: Vec<Hash> = Vec::new();
         for e in entries {
             let Kind::File { size, hash, .. } = &e.kind else { continue };
-            if *size > PUSH_MAX || *size as usize > budget || sent.contains(hash) {
+            if *size > self.cfg.push_max || *size as usize > budget || sent.contains(hash) {
                 continue;
             }
             let bytes = read.entry(*hash).or_insert_with(|| {

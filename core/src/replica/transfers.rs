@@ -2,6 +2,8 @@
 //! and content served to a peer.
 
 use super::*;
+use crate::delta::avg_for;
+use mirror_protocol::delta::Base as DeltaBase;
 
 #[derive(Debug)]
 pub(super) enum Purpose {
@@ -33,6 +35,22 @@ pub(super) struct Fetch<D: Disk> {
     /// over it (issue 11, item 3).
     pub(super) decided: Option<VersionVector>,
     pub(super) progress: Progress<D>,
+    /// Whether it comes as a delta against our version of the path.
+    pub(super) delta: Delta,
+}
+
+/// The base of a delta ([`crate::delta`]): our version of the path, if we hold one worth it.
+#[derive(Debug)]
+pub(super) enum Delta {
+    /// Fetched whole.
+    No,
+    /// Our file at the path, as indexed: to be described ([`Command::Sign`]) before the
+    /// request goes.
+    Wanted { stat: Stat, hash: Hash },
+    /// Described: sent with the request.
+    Ready { stat: Stat, base: Box<DeltaBase> },
+    /// The request named our file, which had this stat: `Copy` pieces are read from it.
+    Sent { stat: Stat },
 }
 
 /// Where a transfer's data stands. A queued transfer costs no hasher and no file: 30,000 queued
@@ -76,6 +94,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         self.reoffer(p.also);
         let Some(s) = self.sessions.get_mut(&p.conn) else { return };
         s.queued.retain(|(qid, _)| *qid != p.id);
+        s.held.retain(|(qid, _)| *qid != p.id);
         if let Some(f) = s.in_flight.get_mut(&p.id) {
             f.progress.discard(); // ignore the rest of its data
         }
@@ -138,13 +157,14 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         let id = self.next_id;
         self.next_id += 1;
         let decided = self.index.get(&entry.path).map(|l| l.entry.version.clone());
+        let delta = self.delta_for(&entry, &purpose);
         if let Some(s) = self.sessions.get_mut(&conn) {
             let pending = Pending { conn, id, version: entry.version.clone(), also: Vec::new() };
             self.fetching.insert(entry.path.clone(), pending);
             if self.cfg.folding.active() {
                 self.fetch_fold.entry(self.cfg.folding.key(&entry.path)).or_insert_with(|| entry.path.clone());
             }
-            let f = Fetch { entry, purpose, decided, progress: Progress::Requested };
+            let f = Fetch { entry, purpose, decided, progress: Progress::Requested, delta };
             s.queued.push_back((id, f));
         }
     }
@@ -168,23 +188,59 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         }
         log::trace!("{}: installed from the bytes the peer pushed", entry.path);
         let decided = self.index.get(&entry.path).map(|l| l.entry.version.clone());
-        let f = Fetch { entry, purpose, decided, progress: Progress::Requested };
+        let f = Fetch { entry, purpose, decided, progress: Progress::Requested, delta: Delta::No };
         if let Err(err) = self.install_fetched(conn, f, tmp, hash) {
             self.drop_session(conn, err);
         }
         None
     }
 
+    /// Whether `entry` comes as a delta: a file large enough, to be put at its path, where we
+    /// hold a file large enough too (not one whose delta failed).
+    fn delta_for(&self, entry: &Entry, purpose: &Purpose) -> Delta {
+        let Kind::File { size, hash: want, .. } = &entry.kind else { return Delta::No };
+        if *size < self.cfg.delta_from || !matches!(purpose, Purpose::Apply { .. }) {
+            return Delta::No;
+        }
+        let Some(l) = self.index.get(&entry.path) else { return Delta::No };
+        match (&l.entry.kind, l.stat) {
+            (Kind::File { size: ours, hash, .. }, Some(stat))
+                if *ours >= self.cfg.delta_from && !self.no_delta.contains(&(entry.path.clone(), *want)) =>
+            {
+                Delta::Wanted { stat, hash: *hash }
+            }
+            _ => Delta::No,
+        }
+    }
+
     pub(super) fn pump_all(&mut self) {
         for (conn, s) in self.sessions.iter_mut() {
             while s.in_flight.len() < MAX_IN_FLIGHT {
-                let Some((id, f)) = s.queued.pop_front() else { break };
-                if let Kind::File { size, hash, .. } = &f.entry.kind {
-                    log::trace!("request {id} {}", f.entry.path);
-                    let msg = Message::Request { id, path: f.entry.path.clone(), size: *size, hash: *hash };
-                    self.out.push(Command::Send { conn: *conn, msg });
-                    s.in_flight.insert(id, f);
-                }
+                let Some((id, mut f)) = s.queued.pop_front() else { break };
+                let Kind::File { size, hash, .. } = &f.entry.kind else { continue };
+                let (size, hash) = (*size, *hash);
+                let base = match std::mem::replace(&mut f.delta, Delta::No) {
+                    Delta::Wanted { stat, hash: ours } => {
+                        // Described first, off the replica's thread; asked for once it is.
+                        if !self.signing.contains_key(&f.entry.path) {
+                            let avg = avg_for(stat.size, self.cfg.delta_avg);
+                            self.out.push(Command::Sign { path: f.entry.path.clone(), stat, avg });
+                            self.signing.insert(f.entry.path.clone(), stat);
+                        }
+                        f.delta = Delta::Wanted { stat, hash: ours };
+                        s.held.push((id, f));
+                        continue;
+                    }
+                    Delta::Ready { stat, base } => {
+                        f.delta = Delta::Sent { stat };
+                        Some(base)
+                    }
+                    Delta::No | Delta::Sent { .. } => None,
+                };
+                log::trace!("request {id} {}{}", f.entry.path, if base.is_some() { " (delta)" } else { "" });
+                let msg = Message::Request { id, path: f.entry.path.clone(), size, hash, base };
+                self.out.push(Command::Send { conn: *conn, msg });
+                s.in_flight.insert(id, f);
             }
             // An initial sync may have queued a whole tree: an idle session keeps little room.
             if s.queued.capacity() > 1024 && s.queued.len() < s.queued.capacity() / 4 {
@@ -193,7 +249,50 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         }
     }
 
-    pub(super) fn serve(&mut self, conn: ConnId, id: u64, path: RelPath, size: u64, hash: Hash) {
+    /// Our file at `path` described for a delta: the transfers held for it are asked for now,
+    /// with it if it is still our version (and whole if it is not, or could not be read).
+    pub(super) fn on_signed(&mut self, path: RelPath, stat: Stat, base: io::Result<DeltaBase>) {
+        self.signing.remove(&path);
+        let ours = self.index.get(&path).and_then(|l| match (&l.entry.kind, l.stat) {
+            (Kind::File { hash, .. }, Some(st)) => Some((*hash, st)),
+            _ => None,
+        });
+        let mut base = match base {
+            Ok(b) => Some(b),
+            Err(e) => {
+                log::debug!("{path}: cannot read it for a delta ({e}); fetched whole");
+                None
+            }
+        };
+        for s in self.sessions.values_mut() {
+            let mut i = 0;
+            while i < s.held.len() {
+                if s.held[i].1.entry.path != path {
+                    i += 1;
+                    continue;
+                }
+                let (id, mut f) = s.held.swap_remove(i);
+                if let Delta::Wanted { stat: want, hash } = f.delta {
+                    let fits = want == stat && ours == Some((hash, stat));
+                    f.delta = match base.take_if(|b| fits && b.hash == hash && b.size == stat.size) {
+                        Some(b) => Delta::Ready { stat, base: Box::new(b) },
+                        None => Delta::No,
+                    };
+                }
+                s.queued.push_front((id, f));
+            }
+        }
+    }
+
+    pub(super) fn serve(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        path: RelPath,
+        size: u64,
+        hash: Hash,
+        base: Option<Box<DeltaBase>>,
+    ) {
         let ok = matches!(self.index.get(&path).map(|l| &l.entry.kind), Some(Kind::File { hash: h, .. }) if *h == hash);
         let reply = |reason: &str| Command::Send { conn, msg: Message::DataAbort { id, reason: reason.into() } };
         if !ok {
@@ -201,7 +300,7 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             return;
         }
         match self.disk.open_upload(&path) {
-            Ok(file) => self.out.push(Command::Upload { conn, id, file, size }),
+            Ok(file) => self.out.push(Command::Upload { conn, id, file, size, base }),
             Err(e) => {
                 log::warn!("cannot read {path} for the peer: {e}");
                 self.out.push(reply(&e.to_string()));
@@ -264,6 +363,54 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
         Ok(())
     }
 
+    /// A piece of our own version of the file, in place of its bytes: read from it (as it was
+    /// when the request named it) and taken as data. If it cannot be read as it was (changed
+    /// here since), the transfer is asked for again, whole.
+    pub(super) fn on_copy(&mut self, conn: ConnId, id: u64, offset: u64, len: u64) -> Result<(), PeerError> {
+        let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
+        let Some(f) = s.in_flight.get_mut(&id) else {
+            return Err(PeerError::Violation(Violation::DataForUnknownRequest { id }));
+        };
+        let Delta::Sent { stat } = f.delta else {
+            return Err(PeerError::Violation(Violation::CopyWithoutBase { id }));
+        };
+        if let Progress::Discarding { received } = &mut f.progress {
+            let Kind::File { size, .. } = f.entry.kind else { return Ok(()) };
+            *received += len;
+            if *received > size {
+                return Err(PeerError::Violation(Violation::MoreThanRequested { id, size }));
+            }
+            return Ok(());
+        }
+        let path = f.entry.path.clone();
+        match self.disk.read_base(&path, stat, offset, len) {
+            Ok(bytes) => self.on_data(conn, id, bytes),
+            Err(e) => {
+                self.delta_failed(conn, id, &format!("our copy changed while the delta came ({e})"));
+                Ok(())
+            }
+        }
+    }
+
+    /// A delta did not work out: the rest of its data is dropped, and the file asked for again,
+    /// whole.
+    fn delta_failed(&mut self, conn: ConnId, id: u64, why: &str) {
+        let Some(s) = self.sessions.get_mut(&conn) else { return };
+        let Some(f) = s.in_flight.get_mut(&id) else { return };
+        f.progress.discard();
+        let entry = f.entry.clone();
+        self.fetch_done(&entry.path, conn, id);
+        self.whole_next_time(conn, entry, why);
+    }
+
+    fn whole_next_time(&mut self, conn: ConnId, entry: Entry, why: &str) {
+        if let Kind::File { hash, .. } = &entry.kind {
+            self.no_delta.insert((entry.path.clone(), *hash));
+        }
+        log::info!("{}: {why}; fetching it whole", entry.path);
+        self.retries.push(self.now, conn, entry);
+    }
+
     pub(super) fn on_data_end(&mut self, conn: ConnId, id: u64, size: u64, hash: Hash) -> Result<(), PeerError> {
         let Some(s) = self.sessions.get_mut(&conn) else { return Ok(()) };
         let Some(mut f) = s.in_flight.remove(&id) else {
@@ -279,6 +426,12 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
             Progress::Requested => (*blake3::hash(&[]).as_bytes(), None),
             Progress::Receiving { tmp, hasher, .. } => (*hasher.finalize().as_bytes(), Some(tmp)),
         };
+        if ours != hash && matches!(f.delta, Delta::Sent { .. }) {
+            // Our version was not what we described (changed keeping its stat), or the peer's
+            // delta is wrong: either way the whole file settles it.
+            self.whole_next_time(conn, f.entry, "the delta did not rebuild the peer's version");
+            return Ok(());
+        }
         if ours != hash {
             log::warn!("{}: the bytes the peer sent do not match their hash; dropping them", f.entry.path);
             return Err(PeerError::Violation(Violation::HashMismatch { id }));

@@ -38,6 +38,15 @@ pub struct Config {
     /// The watcher reports a writer's close as settled (inotify): such a hint is read at once,
     /// however recently the path changed before ([`crate::debounce`]).
     pub close_is_final: bool,
+    /// Changed files of up to this many bytes go with their entry ([`super::PUSH_MAX`] in the
+    /// agent).
+    pub push_max: u64,
+    /// A file of this many bytes or more that we hold a version of is requested as a delta
+    /// against it ([`crate::delta`]; `u64::MAX`: never).
+    pub delta_from: u64,
+    /// The smallest average chunk size a base is cut at (larger files get larger chunks:
+    /// [`crate::delta::avg_for`]).
+    pub delta_avg: u32,
 }
 
 /// How the index goes out: `batch` entries a message (at most [`MAX_BATCH_ENTRIES`]), `burst`
@@ -119,6 +128,13 @@ pub enum Input {
         stat: Stat,
         hash: io::Result<Hash>,
     },
+    /// The answer to [`Command::Sign`]: the chunks of the file at `path` read while its stat
+    /// was `stat` before and after, or why not.
+    Signed {
+        path: RelPath,
+        stat: Stat,
+        base: io::Result<mirror_protocol::delta::Base>,
+    },
     /// Nothing but time passed (a deadline of [`Replica::next_deadline`]).
     Timer,
 }
@@ -130,12 +146,14 @@ pub enum Command<U> {
         conn: ConnId,
         msg: Message,
     },
-    /// Stream `file` as the answer to request `id`: at most `size` bytes, then `DataEnd`.
+    /// Stream `file` as the answer to request `id`: at most `size` bytes, then `DataEnd`; as a
+    /// delta against `base` when the request named one ([`crate::delta::Encoder`]).
     Upload {
         conn: ConnId,
         id: u64,
         file: U,
         size: u64,
+        base: Option<Box<mirror_protocol::delta::Base>>,
     },
     /// Say goodbye with `reason` and close.
     Close {
@@ -152,6 +170,13 @@ pub enum Command<U> {
     Hash {
         path: RelPath,
         stat: Stat,
+    },
+    /// Describe the file at `path`, expected to have `stat`, as chunks of `avg` bytes on
+    /// average, and say [`Input::Signed`]: the base of a delta, read off the replica's thread.
+    Sign {
+        path: RelPath,
+        stat: Stat,
+        avg: u32,
     },
     /// The ignore rules of this directory (relative to the root) changed: watch it again.
     Rewatch(PathBuf),

@@ -20,7 +20,7 @@ fn welcome() -> Message {
 }
 
 fn request(id: u64, size: u64) -> Message {
-    Message::Request { id, path: RelPath::new("f.txt").unwrap(), size, hash: [0; 32] }
+    Message::Request { id, path: RelPath::new("f.txt").unwrap(), size, hash: [0; 32], base: None }
 }
 
 fn data(id: u64, n: usize) -> Message {
@@ -33,6 +33,22 @@ fn end(id: u64, size: u64) -> Message {
 
 fn abort(id: u64) -> Message {
     Message::DataAbort { id, reason: "gone".into() }
+}
+
+/// A request of `size` bytes naming a base of `base` bytes (one chunk).
+fn request_delta(id: u64, size: u64, base: u64) -> Message {
+    let chunks = vec![crate::delta::ChunkSig { len: base as u32, hash: [0; 16] }];
+    let base = crate::delta::Base { size: base, hash: [0; 32], avg: 65536, chunks };
+    Message::Request { id, path: RelPath::new("f.txt").unwrap(), size, hash: [0; 32], base: Some(Box::new(base)) }
+}
+
+fn copy(id: u64, offset: u64, len: u64) -> Message {
+    Message::Copy { id, offset, len }
+}
+
+/// A client session with request 7 (of 10 bytes, from a base of 8) under way, nothing in yet.
+fn client_fetching_delta() -> Connection {
+    after_sending(client_open(), &[request_delta(7, 10, 8)])
 }
 
 fn push(n: usize) -> Message {
@@ -199,6 +215,52 @@ fn every_violation_from_its_state() {
             end(5, 4),
             Violation::SizeMismatch { id: 5, claimed: 4, sent: 3 },
         ),
+        // Deltas.
+        (
+            "a base whose chunks are not its size",
+            server_open(),
+            {
+                let mut r = request_delta(3, 10, 1);
+                if let Message::Request { base: Some(b), .. } = &mut r {
+                    b.chunks.clear();
+                    b.size = 5;
+                }
+                r
+            },
+            Violation::BadBase { id: 3, why: crate::delta::BadBase::Size { size: 5, sum: 0 } },
+        ),
+        ("a copy for a request with no base", client_fetching(), copy(5, 0, 1), Violation::CopyWithoutBase { id: 5 }),
+        ("a copy never requested", client_open(), copy(9, 0, 1), Violation::DataForUnknownRequest { id: 9 }),
+        (
+            "an empty copy",
+            client_fetching_delta(),
+            copy(7, 0, 0),
+            Violation::CopyOutOfRange { id: 7, offset: 0, len: 0 },
+        ),
+        (
+            "a copy past the end of the base",
+            client_fetching_delta(),
+            copy(7, 5, 4),
+            Violation::CopyOutOfRange { id: 7, offset: 5, len: 4 },
+        ),
+        (
+            "a copy whose end overflows",
+            client_fetching_delta(),
+            copy(7, u64::MAX, 2),
+            Violation::CopyOutOfRange { id: 7, offset: u64::MAX, len: 2 },
+        ),
+        (
+            "copies beyond the size requested",
+            fed(client_fetching_delta(), &[copy(7, 0, 8)]),
+            copy(7, 0, 3),
+            Violation::MoreThanRequested { id: 7, size: 10 },
+        ),
+        (
+            "data and copies beyond the size requested",
+            fed(client_fetching_delta(), &[copy(7, 0, 8), data(7, 2)]),
+            data(7, 1),
+            Violation::MoreThanRequested { id: 7, size: 10 },
+        ),
         // What the peer pushes ahead of its entries.
         (
             "a push larger than a pushed file may be",
@@ -274,6 +336,16 @@ fn pushes_are_taken_up_to_the_limit_and_an_entry_message_makes_room() {
     let c = pushed(c, full);
     let c = fed(c, &[update(), push(0)]);
     assert!(pushed(c, full - 1).receive(push(crate::MAX_PUSH_LEN)).is_ok());
+}
+
+#[test]
+fn copies_and_data_make_up_a_delta_answer() {
+    let c = fed(client_fetching_delta(), &[copy(7, 0, 4), data(7, 2), copy(7, 4, 4)]);
+    let (c, _) = c.receive(end(7, 10)).unwrap();
+    // The request is over: a copy for it now is unknown.
+    assert_eq!(c.receive(copy(7, 0, 1)).unwrap_err(), Violation::DataForUnknownRequest { id: 7 });
+    // A well-formed base is taken by a server.
+    assert!(server_open().receive(request_delta(1, 10, 8)).is_ok());
 }
 
 #[test]
