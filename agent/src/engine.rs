@@ -472,7 +472,7 @@ impl Driver {
                 Command::Close { conn, reason } => self.net.send(ToNet::Close { conn, reason }),
                 Command::WhenDrained { conn } => self.net.send(ToNet::WhenDrained { conn }),
                 Command::Hash { path, stat } => self.hashers.hash(path, stat),
-                Command::Sign { path, stat, avg } => self.hashers.sign(path, stat, avg),
+                Command::Sign { path, stat, hash, avg } => self.hashers.sign(path, stat, hash, avg),
                 Command::Rewatch(dir) => watcher.refresh(&dir),
                 Command::Problem(msg) => {
                     if let Some(s) = &self.status {

@@ -31,7 +31,8 @@ const IN_FLIGHT: usize = 4;
 struct Job {
     path: RelPath,
     stat: Stat,
-    sign: Option<u32>,
+    /// The content's hash as the replica knows it, and the average chunk size.
+    sign: Option<(Hash, u32)>,
 }
 
 impl Job {
@@ -39,7 +40,7 @@ impl Job {
         let abs = abs(root, &self.path);
         let done = match self.sign {
             None => Done::Hash(hash_as_seen(&abs, &self.stat)),
-            Some(avg) => Done::Base(sign_as_seen(&abs, &self.stat, avg)),
+            Some((hash, avg)) => Done::Base(sign_as_seen(&abs, &self.stat, hash, avg)),
         };
         Hashed { path: self.path, stat: self.stat, done }
     }
@@ -92,8 +93,8 @@ impl Hashers {
     }
 
     /// Asks for the base of `path`, expected to have `stat`, cut at `avg` bytes on average.
-    pub fn sign(&mut self, path: RelPath, stat: Stat, avg: u32) {
-        self.waiting.push_back(Job { path, stat, sign: Some(avg) });
+    pub fn sign(&mut self, path: RelPath, stat: Stat, hash: Hash, avg: u32) {
+        self.waiting.push_back(Job { path, stat, sign: Some((hash, avg)) });
         self.pump();
     }
 
@@ -167,8 +168,8 @@ pub fn hash_as_seen(abs: &Path, stat: &Stat) -> io::Result<Hash> {
 }
 
 /// The base of the file at `abs` for a delta, cut at `avg` bytes on average, if it had `stat`
-/// before and after it was read (`Interrupted` if not).
-pub fn sign_as_seen(abs: &Path, stat: &Stat, avg: u32) -> io::Result<Base> {
+/// before and after it was read (`Interrupted` if not); `hash` is its content's as recorded.
+pub fn sign_as_seen(abs: &Path, stat: &Stat, hash: Hash, avg: u32) -> io::Result<Base> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let changed = || io::Error::new(io::ErrorKind::Interrupted, "changed while being read for a delta");
@@ -190,7 +191,7 @@ pub fn sign_as_seen(abs: &Path, stat: &Stat, avg: u32) -> io::Result<Base> {
         };
         signer.update(&buf[..n]);
     }
-    let base = signer.finish();
+    let base = signer.finish(hash);
     if base.size != stat.size || stat_of(&std::fs::symlink_metadata(abs)?) != *stat {
         return Err(changed());
     }

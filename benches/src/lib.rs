@@ -494,3 +494,331 @@ pub fn new_file_over_link(rtt_ms: u64, mbit: f64, samples: usize) -> OverLink {
     drop((client, server, link));
     OverLink { up, down, wire_per_change: wire / (2 * samples as u64) }
 }
+
+/// One change measured over a shaped link: ours (TLS, both ways counted) and `rsync -az`'s over
+/// the same link (its daemon behind the same proxy).
+#[derive(Debug, Clone)]
+pub struct ChangeCost {
+    pub what: String,
+    pub size: u64,
+    pub ours: (Duration, u64),
+    pub rsync: Option<(Duration, u64)>,
+}
+
+/// Bytes that neither repeat nor compress.
+fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// Lines of a log: a counter, a level, words from a small vocabulary (compressible as logs are).
+fn log_lines(bytes: usize) -> Vec<u8> {
+    let words = ["request", "served", "in", "ms", "user", "cache", "miss", "hit", "GET", "/api/v1/items", "200", "ok"];
+    let mut out = Vec::with_capacity(bytes + 100);
+    let mut i = 0u64;
+    while out.len() < bytes {
+        i += 1;
+        let w = |k: u64| words[(i.wrapping_mul(k) % words.len() as u64) as usize];
+        out.extend_from_slice(format!("{i:>10} INFO {} {} {} {}\n", w(7), w(13), w(31), i % 997).as_bytes());
+    }
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, t) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+        *t = c;
+    }
+    !bytes.iter().fold(!0u32, |c, &b| table[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8))
+}
+
+/// A jar as a reproducible build writes it: entries stored in order, every timestamp fixed
+/// (1980-01-01), a central directory at the end.
+fn stored_zip(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let (mut out, mut central) = (Vec::new(), Vec::new());
+    let le16 = |v: &mut Vec<u8>, x: u16| v.extend_from_slice(&x.to_le_bytes());
+    let le32 = |v: &mut Vec<u8>, x: u32| v.extend_from_slice(&x.to_le_bytes());
+    for (name, data) in entries {
+        let (offset, crc, len) = (out.len() as u32, crc32(data), data.len() as u32);
+        le32(&mut out, 0x0403_4b50);
+        for x in [20, 0, 0, 0, 0x21] {
+            le16(&mut out, x);
+        }
+        for x in [crc, len, len] {
+            le32(&mut out, x);
+        }
+        le16(&mut out, name.len() as u16);
+        le16(&mut out, 0);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+        le32(&mut central, 0x0201_4b50);
+        for x in [20, 20, 0, 0, 0, 0x21] {
+            le16(&mut central, x);
+        }
+        for x in [crc, len, len] {
+            le32(&mut central, x);
+        }
+        for x in [name.len() as u16, 0, 0, 0, 0] {
+            le16(&mut central, x);
+        }
+        le32(&mut central, 0);
+        le32(&mut central, offset);
+        central.extend_from_slice(name.as_bytes());
+    }
+    let (cd_offset, cd_len, n) = (out.len() as u32, central.len() as u32, entries.len() as u16);
+    out.extend_from_slice(&central);
+    le32(&mut out, 0x0605_4b50);
+    for x in [0, 0, n, n] {
+        le16(&mut out, x);
+    }
+    le32(&mut out, cd_len);
+    le32(&mut out, cd_offset);
+    le16(&mut out, 0);
+    out
+}
+
+/// The classes of a jar of about `bytes`: class-file-like bodies (a constant pool of names
+/// shared between classes, code bytes of their own).
+fn classes(bytes: usize) -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    let (mut total, mut i) = (0, 0usize);
+    while total < bytes {
+        let mut body = b"\xca\xfe\xba\xbe\0\0\0\x3d".to_vec();
+        for k in 0..40 {
+            body.extend_from_slice(format!("com/example/pkg{}/Type{}\0", (i + k) % 50, (i * 7 + k) % 400).as_bytes());
+        }
+        let len = 4000 + (i * 7919) % 12000;
+        body.extend(random_bytes(i as u64 + 1, len));
+        total += body.len();
+        v.push((format!("com/example/pkg{}/Class{i}.class", i % 50), body));
+        i += 1;
+    }
+    v
+}
+
+/// Waits (up to ten minutes: a slow link) until the file at `path` holds `content`.
+fn wait_for(path: &Path, content: &[u8]) {
+    let end = Instant::now() + Duration::from_secs(600);
+    while fs::read(path).ok().as_deref() != Some(content) {
+        assert!(Instant::now() < end, "{} never arrived", path.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What the link carried (both ways) once it has been quiet for a while.
+fn quiet_carried(link: &FaultProxy, quiet: Duration) -> u64 {
+    let end = Instant::now() + Duration::from_secs(600);
+    let mut last = link.carried();
+    loop {
+        std::thread::sleep(quiet);
+        let now = link.carried();
+        if now == last || Instant::now() > end {
+            return now.0 + now.1;
+        }
+        last = now;
+    }
+}
+
+/// An rsync daemon serving `dir` as module `m` on a free port; stopped by its pid when dropped.
+struct Rsyncd {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Rsyncd {
+    fn start(area: &Area, dir: &Path) -> Option<Rsyncd> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        use std::os::unix::fs::MetadataExt;
+        let conf = area.path("rsyncd.conf");
+        // As the owner of the directory (a daemon started by root would otherwise be nobody).
+        let m = fs::metadata(dir).ok()?;
+        let (uid, gid, dir) = (m.uid(), m.gid(), dir.display());
+        let text = format!(
+            "use chroot = no\nport = {port}\naddress = 127.0.0.1\nuid = {uid}\ngid = {gid}\n[m]\npath = {dir}\nread only = no\n"
+        );
+        fs::write(&conf, text).ok()?;
+        let child = Command::new("rsync")
+            .args(["--daemon", "--no-detach", "--config"])
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Rsyncd { child, port })
+    }
+}
+
+impl Drop for Rsyncd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 13's changes of a file: what it is, its file name, the old version and the new one (a
+/// line appended to a log of `log_mib`, 1 MiB changed in the middle of `big_mib`, a jar of
+/// `jar_mb` rebuilt with one class changed).
+fn file_changes(log_mib: usize, big_mib: usize, jar_mb: usize) -> Vec<(String, &'static str, Vec<u8>, Vec<u8>)> {
+    let log = log_lines(log_mib << 20);
+    let mut log2 = log.clone();
+    log2.extend_from_slice(b"1234567890 INFO one more line of the log 42\n");
+    let big = random_bytes(7, big_mib << 20);
+    let mut big2 = big.clone();
+    let mid = big2.len() / 2;
+    big2[mid..mid + (1 << 20)].copy_from_slice(&random_bytes(8, 1 << 20));
+    let mut entries = classes(jar_mb * 1_000_000);
+    let jar = stored_zip(&entries);
+    let n = entries.len();
+    entries[n / 2].1[600] ^= 1;
+    entries[n / 2].1.extend_from_slice(b"one more method in the changed class");
+    let jar2 = stored_zip(&entries);
+    vec![
+        (format!("one line appended to a {log_mib} MiB log"), "app.log", log, log2),
+        (format!("1 MiB changed in the middle of a {big_mib} MiB file"), "disk.img", big, big2),
+        (format!("a {jar_mb} MB jar rebuilt, one class changed"), "app-SNAPSHOT.jar", jar, jar2),
+    ]
+}
+
+/// The changes of issue 13 over a link of `rtt_ms` and `mbit`: one line appended to a log of
+/// `log_mib`, 1 MiB changed in the middle of a file of `big_mib`, a jar of `jar_mb` rebuilt with
+/// one class changed, and a new file of `random_mib` of random bytes. Each file is on both sides
+/// before the agents start (so they begin in sync); each change is made on the client and
+/// timed until the server holds it whole, its bytes counted on the wire both ways.
+pub fn changes_over_link(
+    rtt_ms: u64,
+    mbit: f64,
+    log_mib: usize,
+    big_mib: usize,
+    jar_mb: usize,
+    random_mib: usize,
+) -> Vec<ChangeCost> {
+    let changes = file_changes(log_mib, big_mib, jar_mb);
+    let random = random_bytes(9, random_mib << 20);
+    // What, the file's name, its version on both sides at the start (if any), the new one.
+    type Case<'a> = (String, &'static str, Option<&'a [u8]>, &'a [u8]);
+    let mut cases: Vec<Case<'_>> = changes.iter().map(|(w, n, o, v)| (w.clone(), *n, Some(&o[..]), &v[..])).collect();
+    cases.push((format!("a new file of {random_mib} MiB of random bytes"), "random.bin", None, &random));
+    let area = Area::new();
+    let (c, s, r) = (area.path("client"), area.path("server/p"), area.path("rsync"));
+    for d in [&c, &s, &r] {
+        fs::create_dir_all(d).unwrap();
+    }
+    for (_, name, old, _) in &cases {
+        if let Some(old) = old {
+            for d in [&c, &s, &r] {
+                fs::write(d.join(name), old).unwrap();
+            }
+        }
+    }
+    let server = secure_server(&area, &["client"]);
+    let link = shaped(server.port, rtt_ms, mbit);
+    let client = secure_client(&area, "client", link.port, &c, "p");
+    let end = Instant::now() + Duration::from_secs(600);
+    while !client.log().contains("connected to") || mirror_tests::snapshot(&c) != mirror_tests::snapshot(&s) {
+        assert!(Instant::now() < end, "the agents never came in sync");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let quiet = Duration::from_millis(rtt_ms * 3 + 500);
+    let mut results = Vec::new();
+    for (what, name, _, new) in &cases {
+        let before = quiet_carried(&link, quiet);
+        let t = Instant::now();
+        // As a build writes its output: a new file renamed over the old one.
+        let tmp = c.join(format!(".{name}.tmp"));
+        fs::write(&tmp, new).unwrap();
+        fs::rename(&tmp, c.join(name)).unwrap();
+        wait_for(&s.join(name), new);
+        let took = t.elapsed();
+        let wire = quiet_carried(&link, quiet) - before;
+        results.push(ChangeCost { what: what.clone(), size: new.len() as u64, ours: (took, wire), rsync: None });
+    }
+    drop((client, server, link));
+    // rsync -az of the same changes, through the same shaping, to its daemon.
+    if let Some(d) = Rsyncd::start(&area, &r) {
+        let link = shaped(d.port, rtt_ms, mbit);
+        let src = area.path("rsync-src");
+        fs::create_dir_all(&src).unwrap();
+        for ((_, name, _, new), res) in cases.iter().zip(results.iter_mut()) {
+            fs::write(src.join(name), new).unwrap();
+            let before = link.carried();
+            let t = Instant::now();
+            let ok = Command::new("rsync")
+                .arg("-az")
+                .arg(src.join(name))
+                .arg(format!("rsync://127.0.0.1:{}/m/", link.port))
+                .status()
+                .is_ok_and(|s| s.success());
+            let took = t.elapsed();
+            let after = link.carried();
+            if ok && fs::read(r.join(name)).ok().as_deref() == Some(&new[..]) {
+                res.rsync = Some((took, (after.0 - before.0) + (after.1 - before.1)));
+            }
+        }
+    }
+    results
+}
+
+/// What a delta of one change costs at one average chunk size, and how fast it is made.
+#[derive(Debug, Clone)]
+pub struct DeltaCost {
+    pub what: String,
+    pub avg: u32,
+    /// The base in the request (20 bytes a chunk) and the new bytes sent.
+    pub request: u64,
+    pub literal: u64,
+    /// Describing the base, and encoding the new version against it, in bytes a second.
+    pub sign_rate: f64,
+    pub encode_rate: f64,
+}
+
+/// Deltas of issue 13's changes (a line appended to a log of `log_mib`, 1 MiB changed in the
+/// middle of `big_mib`, a jar of `jar_mb` with one class changed) at each average chunk size,
+/// in memory: the choice of [`mirror_core::delta::DEFAULT_AVG`].
+pub fn delta_sweep(log_mib: usize, big_mib: usize, jar_mb: usize, avgs: &[u32]) -> Vec<DeltaCost> {
+    use mirror_core::delta::{Encoder, Piece, Signer};
+    let cases = file_changes(log_mib, big_mib, jar_mb);
+    let mut out = Vec::new();
+    for (what, _, old, new) in &cases {
+        for &avg in avgs {
+            // As the agent's hashers read a file: 1 MiB at a time (its hash is known already).
+            let t = Instant::now();
+            let mut signer = Signer::new(avg).unwrap();
+            for piece in old.chunks(1 << 20) {
+                signer.update(piece);
+            }
+            let base = signer.finish([0; 32]);
+            let sign_rate = old.len() as f64 / t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let mut e = Encoder::new(&new[..], new.len() as u64, &base).ok().unwrap();
+            let mut literal = 0;
+            while let Some(p) = e.next_piece().unwrap() {
+                if let Piece::Literal(v) = p {
+                    literal += v.len() as u64;
+                }
+            }
+            let encode_rate = new.len() as f64 / t.elapsed().as_secs_f64();
+            let request = 20 * base.chunks.len() as u64 + 48;
+            out.push(DeltaCost { what: what.clone(), avg, request, literal, sign_rate, encode_rate });
+        }
+    }
+    out
+}

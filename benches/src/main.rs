@@ -82,8 +82,47 @@ fn link(rtt: u64, mbit: f64, samples: usize) {
     }
 }
 
+fn changes(rtt: u64, mbit: f64, log: usize, big: usize, jar: usize, random: usize) {
+    let kb = |b: u64| format!("{:.1} KB", b as f64 / 1000.0);
+    println!(
+        "| over {rtt} ms / {mbit} Mbit/s | size | ours: time | ours: on the wire | rsync -az: time | rsync -az: on the wire |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for c in mirror_benches::changes_over_link(rtt, mbit, log, big, jar, random) {
+        let (rt, rw) = c.rsync.map_or(("-".into(), "-".into()), |(t, w)| (ms(t), kb(w)));
+        println!("| {} | {} | {} | {} | {rt} | {rw} |", c.what, kb(c.size), ms(c.ours.0), kb(c.ours.1));
+    }
+}
+
 fn main() {
     let arg = |n: usize| std::env::args().nth(n).and_then(|a| a.parse().ok());
+    if std::env::args().nth(1).as_deref() == Some("deltas") {
+        let (log, big, jar) = (arg(2).unwrap_or(100), arg(3).unwrap_or(1024), arg(4).unwrap_or(50));
+        println!("| change | average chunk | base in the request | new bytes sent | total | describe | encode |");
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for d in mirror_benches::delta_sweep(log, big, jar, &[16384, 32768, 65536, 131072]) {
+            let kb = |b: u64| format!("{:.1} KB", b as f64 / 1000.0);
+            let gb = |r: f64| format!("{:.2} GB/s", r / 1e9);
+            let (req, lit) = (d.request, d.literal);
+            println!(
+                "| {} | {} KiB | {} | {} | {} | {} | {} |",
+                d.what,
+                d.avg / 1024,
+                kb(req),
+                kb(lit),
+                kb(req + lit),
+                gb(d.sign_rate),
+                gb(d.encode_rate)
+            );
+        }
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("changes") {
+        let parsed = |n: usize| std::env::args().nth(n).and_then(|a| a.parse::<f64>().ok());
+        let (rtt, mbit) = (parsed(2).map_or(40, |v| v as u64), parsed(3).unwrap_or(20.0));
+        changes(rtt, mbit, arg(4).unwrap_or(100), arg(5).unwrap_or(1024), arg(6).unwrap_or(50), arg(7).unwrap_or(64));
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("hub") {
         hub(arg(2).unwrap_or(100).max(2), arg(3).unwrap_or(10_000), arg(4).unwrap_or(50));
         return;

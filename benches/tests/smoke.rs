@@ -41,3 +41,17 @@ fn the_shaped_link_delays_and_every_file_crosses_it() {
     assert!(f.up.p50 >= std::time::Duration::from_millis(5), "faster than the link's one-way delay: {f:?}");
     assert!(f.wire_per_change > 1000, "a 1 KiB file crossed in {} bytes", f.wire_per_change);
 }
+
+#[test]
+fn the_changes_over_a_link_cross_it_and_a_delta_sends_less_than_the_file() {
+    let cases = mirror_benches::changes_over_link(10, 200.0, 1, 4, 1, 1);
+    assert_eq!(cases.len(), 4);
+    for c in &cases {
+        assert!(c.ours.1 > 0, "{c:?}");
+    }
+    // The append and the change in the middle go as deltas: less than the file on the wire.
+    assert!(cases[0].ours.1 < cases[0].size / 10, "{:?}", cases[0]);
+    assert!(cases[1].ours.1 < cases[1].size / 2, "{:?}", cases[1]);
+    // A new file of random bytes cannot be less than itself.
+    assert!(cases[3].ours.1 >= cases[3].size, "{:?}", cases[3]);
+}

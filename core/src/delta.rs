@@ -84,17 +84,15 @@ pub struct Signer {
     buf: Vec<u8>,
     chunks: Vec<ChunkSig>,
     size: u64,
-    whole: blake3::Hasher,
 }
 
 impl Signer {
     pub fn new(avg: u32) -> Option<Self> {
         let chunker = Chunker::new(avg)?;
-        Some(Signer { chunker, avg, buf: Vec::new(), chunks: Vec::new(), size: 0, whole: blake3::Hasher::new() })
+        Some(Signer { chunker, avg, buf: Vec::new(), chunks: Vec::new(), size: 0 })
     }
 
     pub fn update(&mut self, bytes: &[u8]) {
-        self.whole.update(bytes);
         self.size += bytes.len() as u64;
         self.buf.extend_from_slice(bytes);
         let mut start = 0;
@@ -111,13 +109,15 @@ impl Signer {
         n
     }
 
-    /// The base: every chunk, the size and the whole hash of the bytes given.
-    pub fn finish(mut self) -> Base {
+    /// The base: every chunk and the size of the bytes given, and `hash`, their whole hash as
+    /// the caller knows it (it is not computed again here: the file was read while its stat
+    /// stayed the one that hash was recorded with, and the rebuilt file is checked whole).
+    pub fn finish(mut self, hash: Hash) -> Base {
         let mut start = 0;
         while start < self.buf.len() {
             start += self.cut(start);
         }
-        Base { size: self.size, hash: *self.whole.finalize().as_bytes(), avg: self.avg, chunks: self.chunks }
+        Base { size: self.size, hash, avg: self.avg, chunks: self.chunks }
     }
 }
 
@@ -126,7 +126,7 @@ impl Signer {
 pub fn sign(bytes: &[u8], avg: u32) -> Option<Base> {
     let mut s = Signer::new(avg)?;
     s.update(bytes);
-    Some(s.finish())
+    Some(s.finish(*blake3::hash(bytes).as_bytes()))
 }
 
 /// One piece of a delta, in order.

@@ -999,7 +999,7 @@ impl World {
                     let (life, after) = (self.machines[m].life, 1 + self.rng.below(30_000) as u64);
                     self.at(self.t + after, Event::Hashed { machine: m, life, path, stat });
                 }
-                Command::Sign { path, stat, avg } => {
+                Command::Sign { path, stat, avg, .. } => {
                     let (life, after) = (self.machines[m].life, 1 + self.rng.below(30_000) as u64);
                     self.at(self.t + after, Event::Signed { machine: m, life, path, stat, avg });
                 }

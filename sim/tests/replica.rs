@@ -483,7 +483,7 @@ fn asked_with_base(r: &mut R, c: &mut Clock, e: Entry) -> (u64, Box<mirror_proto
     let (stat, avg) = out
         .iter()
         .find_map(|c| match c {
-            Command::Sign { path: at, stat, avg } if *at == path => Some((*stat, *avg)),
+            Command::Sign { path: at, stat, avg, .. } if *at == path => Some((*stat, *avg)),
             _ => None,
         })
         .unwrap_or_else(|| panic!("our version was not described: {out:?}"));

@@ -224,7 +224,8 @@ impl<D: Disk, J: Journal, R: Ignore> Replica<D, J, R> {
                         // Described first, off the replica's thread; asked for once it is.
                         if !self.signing.contains_key(&f.entry.path) {
                             let avg = avg_for(stat.size, self.cfg.delta_avg);
-                            self.out.push(Command::Sign { path: f.entry.path.clone(), stat, avg });
+                            let (path, hash) = (f.entry.path.clone(), ours);
+                            self.out.push(Command::Sign { path, stat, hash, avg });
                             self.signing.insert(f.entry.path.clone(), stat);
                         }
                         f.delta = Delta::Wanted { stat, hash: ours };

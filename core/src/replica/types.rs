@@ -171,11 +171,13 @@ pub enum Command<U> {
         path: RelPath,
         stat: Stat,
     },
-    /// Describe the file at `path`, expected to have `stat`, as chunks of `avg` bytes on
-    /// average, and say [`Input::Signed`]: the base of a delta, read off the replica's thread.
+    /// Describe the file at `path`, expected to have `stat` and the content `hash`, as chunks
+    /// of `avg` bytes on average, and say [`Input::Signed`]: the base of a delta, read off the
+    /// replica's thread (the base carries `hash` as it is: not computed again).
     Sign {
         path: RelPath,
         stat: Stat,
+        hash: Hash,
         avg: u32,
     },
     /// The ignore rules of this directory (relative to the root) changed: watch it again.
